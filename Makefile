@@ -1,0 +1,41 @@
+# Two commands on a fresh machine: `make serve` (set up + start the gateway) and `make test` (set up + run the suite).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+CONFIG ?= config.example.yaml
+PYTEST_ARGS ?=
+
+.PHONY: install serve test lint typecheck fake-upstream bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(STAMP)
+
+serve: $(STAMP)
+	$(BIN)/aligngate serve --config $(CONFIG)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+# A stand-in for vLLM to try the gateway without a GPU: an OpenAI-compatible fake on :8001.
+fake-upstream: $(STAMP)
+	$(BIN)/python -m tests.fakes.upstream --port 8001 --name fake-vllm
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/gateway_overhead.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,65 @@
+"""The FastAPI application: wiring of settings, the shared upstream session, services and routers.
+
+``create_app(settings)`` builds it; ``app_from_env`` is the factory uvicorn workers import (the CLI hands
+them the resolved settings through the environment).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from gateway import __version__, metrics
+from gateway.auth import ApiKeyAuth
+from gateway.config import Settings, check_servable, settings_from_env
+from gateway.errors import install_handlers
+from gateway.inference.router import router as inference_router
+from gateway.inference.service import InferenceService
+from gateway.middleware import RequestMiddleware
+from gateway.ops.router import router as ops_router
+from gateway.upstream.backend import RemoteBackend
+from gateway.upstream.client import make_session
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    check_servable(settings)
+    auth = ApiKeyAuth(settings.server.api_keys)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        session = make_session()
+        backends = {
+            b.name: RemoteBackend(b, session, on_error=metrics.count_upstream_error) for b in settings.backends
+        }
+        app.state.inference = InferenceService(
+            backends, auth,
+            max_body_bytes=settings.server.max_body_bytes,
+            log_request_bodies=settings.server.log_request_bodies,
+        )
+        try:
+            yield
+        finally:
+            for backend in backends.values():
+                await backend.close()
+            await session.close()
+
+    app = FastAPI(
+        title="aligngate", version=__version__, lifespan=lifespan,
+        docs_url=None, redoc_url=None, openapi_url=None,
+    )
+    app.state.settings = settings
+    install_handlers(app)
+    app.include_router(inference_router)
+    app.include_router(ops_router)
+    app.add_middleware(RequestMiddleware)
+    return app
+
+
+def app_from_env() -> FastAPI:
+    """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables)."""
+    return create_app(settings_from_env())

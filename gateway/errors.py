@@ -1,0 +1,173 @@
+"""The one mapping from exceptions to the OpenAI error shape ``{"error": {message, type, param, code}}``.
+
+Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), request
+validation, unknown routes, and anything unexpected (the request middleware logs its traceback and
+answers ``internal_error_body`` without one). Streams use ``error_frame`` for failures after the first byte.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+
+class GatewayError(Exception):
+    """An error with the status and OpenAI error fields the client should see."""
+
+    status: int = 500
+    type: str = "server_error"
+    code: str | None = None
+
+    def __init__(
+        self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+class BadRequest(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+
+
+class Unauthorized(GatewayError):
+    status = 401
+    type = "authentication_error"
+    code = "invalid_api_key"
+
+
+class NotFound(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "request_too_large"
+
+
+class RateLimited(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamUnavailable(GatewayError):
+    """No replica could be reached (or every attempt failed with a retryable status)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_unavailable"
+
+
+class UpstreamTimeout(GatewayError):
+    status = 504
+    type = "upstream_error"
+    code = "upstream_timeout"
+
+
+class UpstreamBroken(GatewayError):
+    """The upstream failed after its response started (cut connection, malformed stream)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "upstream_stream_broken"
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=headers
+    )
+
+
+def internal_error_body() -> bytes:
+    """The body of the 500 answered for an unexpected exception (logged, never shown to the client)."""
+    return orjson.dumps(
+        error_body("Internal error in the gateway; see its logs.", "server_error", None, "internal_error")
+    )
+
+
+def error_frame(exc: GatewayError) -> bytes:
+    """An SSE event carrying the error, as vLLM and OpenAI send it mid-stream."""
+    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError) -> BadRequest:
+    """Turn pydantic's error list into one readable 400, naming the first offending field as ``param``."""
+    errors = exc.errors()
+    if not errors:
+        return BadRequest("Invalid request.")
+    first = errors[0]
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
+    if first.get("type") == "json_invalid":
+        return BadRequest("Malformed JSON in request body.", code="invalid_json")
+    param = ".".join(loc) or None
+    msg = str(first.get("msg", "invalid value"))
+    if first.get("type") == "missing":
+        message = f"Missing required parameter: '{param}'."
+        return BadRequest(message, param=param, code="missing_required_parameter")
+    message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
+    if len(errors) > 1:
+        message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
+    return BadRequest(message, param=param, code="invalid_value")
+
+
+_STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
+                 404: "invalid_request_error", 405: "invalid_request_error", 413: "invalid_request_error",
+                 429: "rate_limit_error"}
+
+
+def install_handlers(app: FastAPI) -> None:
+    """Register the exception handlers that give every error the OpenAI shape."""
+
+    async def on_gateway_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, GatewayError)
+        return error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, (RequestValidationError, ValidationError))
+        return error_response(from_validation_error(exc))
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        type_ = _STATUS_TYPES.get(exc.status_code, "server_error")
+        detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
+        if exc.status_code == 404:
+            detail = f"Unknown route: {request.method} {request.url.path}"
+        elif exc.status_code == 405:
+            detail = f"Method {request.method} not allowed on {request.url.path}"
+        return Response(
+            orjson.dumps(error_body(detail, type_, None, None)),
+            status_code=exc.status_code,
+            media_type="application/json",
+            headers=getattr(exc, "headers", None),
+        )
+
+    app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(ValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)

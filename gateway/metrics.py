@@ -1,0 +1,85 @@
+"""Prometheus metrics, all prefixed ``aligngate_``, and their exposition.
+
+With several uvicorn workers the CLI sets ``PROMETHEUS_MULTIPROC_DIR`` before any worker imports this
+module, so each process writes its samples to shared files and ``/metrics`` aggregates them. Label values
+are bounded: ``model`` is a configured backend name (or ``unknown``), never a raw client string.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from gateway.context import RequestContext
+
+MULTIPROCESS = bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+_OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1)
+
+REQUESTS = Counter(
+    "aligngate_requests", "Requests answered, by backend model, arm and HTTP status.", ["model", "arm", "status"]
+)
+DURATION = Histogram(
+    "aligngate_request_duration_seconds", "Time from request arrival to the last byte sent.",
+    ["model", "arm"], buckets=_LATENCY_BUCKETS,
+)
+TTFT = Histogram(
+    "aligngate_ttft_seconds", "Time from request arrival to the first body byte sent (streams: first token).",
+    ["model", "arm"], buckets=_LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "aligngate_overhead_seconds", "Time spent in the gateway itself (upstream, helper and client waits excluded).",
+    ["model", "arm"], buckets=_OVERHEAD_BUCKETS,
+)
+IN_FLIGHT = Gauge(
+    "aligngate_in_flight", "Requests being served.", ["model"], multiprocess_mode="livesum"
+)
+UPSTREAM_ERRORS = Counter(
+    "aligngate_upstream_errors",
+    "Failed upstream attempts, by backend and status (an HTTP status, connect_error, timeout, stream_broken).",
+    ["model", "status"],
+)
+
+
+def count_upstream_error(model: str, status: str) -> None:
+    UPSTREAM_ERRORS.labels(model, status).inc()
+
+
+def request_started(ctx: RequestContext) -> None:
+    """Count a request in flight once its backend is known."""
+    if ctx.model is not None and not ctx.in_flight_counted:
+        ctx.in_flight_counted = True
+        IN_FLIGHT.labels(ctx.model).inc()
+
+
+def request_finished(ctx: RequestContext, status: int, duration_s: float, overhead_s: float) -> None:
+    model = ctx.model or "unknown"
+    arm = ctx.arm or "none"
+    if ctx.in_flight_counted:
+        IN_FLIGHT.labels(model).dec()
+    REQUESTS.labels(model, arm, str(status)).inc()
+    DURATION.labels(model, arm).observe(duration_s)
+    OVERHEAD.labels(model, arm).observe(overhead_s)
+    if ctx.first_byte_s is not None and status < 400:
+        TTFT.labels(model, arm).observe(ctx.first_byte_s)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text of every metric (aggregated across workers in multiprocess mode)."""
+    if MULTIPROCESS:
+        from prometheus_client import multiprocess
+
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -1,0 +1,102 @@
+"""The request middleware (pure ASGI, so it costs microseconds): request id, timing headers, metrics,
+the access-log line, and the last-resort 500 for an unexpected exception (logged, never shown).
+
+Adds ``X-Request-Id`` (the client's own when it sends a sane one), ``X-Aligngate-Overhead-Ms`` and, once
+an arm is known, ``X-Aligngate-Arm`` to every response.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway import metrics
+from gateway.context import RequestContext
+from gateway.errors import internal_error_body
+
+logger = logging.getLogger(__name__)
+access_logger = logging.getLogger("aligngate.access")
+
+_MAX_REQUEST_ID = 128
+_METRIC_PREFIX = "/v1/"
+
+
+def _request_id(scope: Scope) -> str:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            if 0 < len(value) <= _MAX_REQUEST_ID and value.isascii():
+                text: str = value.decode("ascii")
+                if text.isprintable():
+                    return text
+            break
+    return uuid.uuid4().hex
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        clock = time.perf_counter
+        ctx = RequestContext(request_id=_request_id(scope), started=clock())
+        scope.setdefault("state", {})["ctx"] = ctx
+        status = 0
+        rid = ctx.request_id.encode("ascii")
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers: list[Any] = list(message.get("headers", ()))
+                headers.append((b"x-request-id", rid))
+                headers.append((b"x-aligngate-overhead-ms", b"%.3f" % (ctx.overhead_s() * 1000)))
+                if ctx.arm is not None:
+                    headers.append((b"x-aligngate-arm", ctx.arm.encode("ascii")))
+                message = {**message, "headers": headers}
+                await send(message)
+                return
+            if ctx.first_byte_s is None and message.get("body"):
+                ctx.first_byte_s = clock() - ctx.started
+            t = clock()
+            await send(message)
+            ctx.client_s += clock() - t
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception:
+            logger.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], ctx.request_id)
+            if status == 0:
+                status = 500
+                await send_wrapper({
+                    "type": "http.response.start", "status": 500,
+                    "headers": [(b"content-type", b"application/json")],
+                })
+                await send_wrapper({"type": "http.response.body", "body": internal_error_body()})
+            else:
+                ctx.outcome = ctx.outcome or "internal_error"
+        finally:
+            self._finish(scope, ctx, status or 499)
+
+    @staticmethod
+    def _finish(scope: Scope, ctx: RequestContext, status: int) -> None:
+        now = time.perf_counter()
+        duration = now - ctx.started
+        overhead = ctx.overhead_s(now)
+        path: str = scope["path"]
+        if path.startswith(_METRIC_PREFIX):
+            metrics.request_finished(ctx, status, duration, overhead)
+        if access_logger.isEnabledFor(logging.INFO):
+            client = scope.get("client")
+            access_logger.info(
+                '%s "%s %s" %d %.1fms rid=%s model=%s arm=%s stream=%s replica=%s overhead_ms=%.2f outcome=%s',
+                client[0] if client else "-", scope["method"], path, status, duration * 1000, ctx.request_id,
+                ctx.model or "-", ctx.arm or "-", int(ctx.stream), "-" if ctx.replica is None else ctx.replica,
+                overhead * 1000, ctx.outcome or "ok",
+            )

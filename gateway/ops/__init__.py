@@ -1,0 +1,1 @@
+"""Operational routes: liveness, readiness and Prometheus metrics (never behind the API key)."""

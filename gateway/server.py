@@ -1,0 +1,85 @@
+"""Runs the gateway under uvicorn (uvloop + httptools), with N worker processes and graceful shutdown.
+
+Before uvicorn starts workers this sets ``PROMETHEUS_MULTIPROC_DIR`` (N > 1) and hands the resolved settings
+to the workers through the environment. On SIGTERM/SIGINT uvicorn stops accepting connections and lets
+in-flight requests, streams included, finish for up to ``server.graceful_timeout_s`` seconds.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import logging.config
+import os
+import shutil
+import tempfile
+from typing import Any
+
+import uvicorn
+
+from gateway.config import RESOLVED_ENV, Settings, dump_resolved
+
+logger = logging.getLogger(__name__)
+
+
+def log_config(level: str) -> dict[str, Any]:
+    """logging.dictConfig for uvicorn and the gateway's own loggers (one access line per request)."""
+    lvl = level.upper()
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {
+            "plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"},
+        },
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
+        "loggers": {
+            "aligngate": {"handlers": ["stderr"], "level": lvl, "propagate": False},
+            "gateway": {"handlers": ["stderr"], "level": lvl, "propagate": False},
+            "models": {"handlers": ["stderr"], "level": lvl, "propagate": False},
+            "uvicorn": {"handlers": ["stderr"], "level": "INFO" if lvl == "DEBUG" else lvl, "propagate": False},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def run(settings: Settings) -> None:
+    server = settings.server
+    logging.config.dictConfig(log_config(server.log_level))
+    if not server.api_keys and not is_loopback(server.host):
+        logger.warning(
+            "listening on %s with no server.api_keys: anyone who can reach this port can use the backends",
+            server.host,
+        )
+    os.environ[RESOLVED_ENV] = dump_resolved(settings)
+    multiproc_dir: str | None = None
+    if server.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        multiproc_dir = tempfile.mkdtemp(prefix="aligngate-prom-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    try:
+        uvicorn.run(
+            "gateway.app:app_from_env",
+            factory=True,
+            host=server.host,
+            port=server.port,
+            workers=server.workers,
+            loop="uvloop",
+            http="httptools",
+            access_log=False,
+            log_config=log_config(server.log_level),
+            timeout_graceful_shutdown=int(server.graceful_timeout_s) or None,
+            timeout_keep_alive=30,
+            server_header=False,
+            date_header=False,
+        )
+    finally:
+        if multiproc_dir is not None:
+            shutil.rmtree(multiproc_dir, ignore_errors=True)

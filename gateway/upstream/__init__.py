@@ -1,0 +1,1 @@
+"""Upstream access: the shared HTTP session, replica pools, and remote OpenAI-compatible backends."""

@@ -1,0 +1,227 @@
+"""A remote backend: replicas of an OpenAI-compatible server behind one model name.
+
+``RemoteBackend.fetch`` (whole response) and ``RemoteBackend.open_stream`` (streamed response) send a
+request body to the least-busy replica and retry connect errors and 502/503/504 on another replica, with
+backoff when a replica must be tried twice, as long as nothing has gone to the client. The upstream API key
+comes from the environment variable the config names and is only ever put in the outgoing header.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from gateway.config import BackendSettings
+from gateway.errors import GatewayError, UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
+from gateway.upstream.pool import Replica, ReplicaPool
+
+logger = logging.getLogger(__name__)
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+BACKOFF_BASE_S = 0.05
+BACKOFF_MAX_S = 2.0
+PROBE_TIMEOUT_S = 5.0
+
+#: Called once per failed attempt with (backend name, reason: an HTTP status or "connect_error"/"timeout").
+ErrorHook = Callable[[str, str], None]
+
+
+@dataclass(slots=True)
+class UpstreamResult:
+    """A complete upstream response: status, content type and the body bytes, untouched."""
+
+    status: int
+    content_type: str
+    body: bytes
+    replica: int
+
+
+class UpstreamStream:
+    """An open upstream response being streamed; ``close`` must be called (it releases the replica)."""
+
+    __slots__ = ("_backend", "_closed", "_resp", "replica", "status", "waited_s")
+
+    def __init__(self, backend: RemoteBackend, replica: Replica, resp: aiohttp.ClientResponse) -> None:
+        self._backend = backend
+        self._resp = resp
+        self._closed = False
+        self.replica = replica
+        self.status = resp.status
+        #: Seconds spent waiting on the upstream inside ``chunks`` (for the gateway-overhead measure).
+        self.waited_s = 0.0
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """Raw body bytes as they arrive; transport failures become ``UpstreamBroken``/``UpstreamTimeout``."""
+        content = self._resp.content
+        clock = time.perf_counter
+        try:
+            while True:
+                t = clock()
+                chunk = await content.readany()
+                self.waited_s += clock() - t
+                if not chunk:
+                    return
+                yield chunk
+        except aiohttp.SocketTimeoutError as exc:
+            self._backend.on_error(self._backend.name, "timeout")
+            raise UpstreamTimeout(
+                f"Backend '{self._backend.name}' sent nothing for {self._backend.settings.timeout_s:g}s."
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            self._backend.on_error(self._backend.name, "stream_broken")
+            logger.info("backend %s replica %d broke off a stream: %s", self._backend.name, self.replica.index,
+                        _describe(exc))
+            raise UpstreamBroken(f"Backend '{self._backend.name}' broke off the response mid-stream.") from exc
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._resp.content.at_eof():
+            self._resp.release()
+        else:  # unfinished (client went away, or an error): drop the connection, which aborts the upstream
+            self._resp.close()
+        self.replica.in_flight -= 1
+
+
+def _describe(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 200 else text[:200] + "…"
+
+
+def _ignore_error(backend: str, reason: str) -> None:
+    return None
+
+
+class RemoteBackend:
+    """Replicas of one OpenAI-compatible server, reached through the shared session."""
+
+    def __init__(
+        self, settings: BackendSettings, session: aiohttp.ClientSession, on_error: ErrorHook = _ignore_error
+    ) -> None:
+        self.settings = settings
+        self.name = settings.name
+        self.session = session
+        self.on_error = on_error
+        self.pool = ReplicaPool(
+            settings.name, settings.urls, eject_after=settings.eject_after, eject_s=settings.eject_s,
+            probe=self.probe,
+        )
+        self.headers: dict[str, str] = {"Content-Type": "application/json"}
+        if settings.api_key_env:
+            key = os.environ.get(settings.api_key_env)
+            if key:
+                self.headers["Authorization"] = f"Bearer {key}"
+            else:
+                logger.warning(
+                    "backend %s: environment variable %s (api_key_env) is not set; calling it without a key",
+                    settings.name, settings.api_key_env,
+                )
+        self.timeout = aiohttp.ClientTimeout(
+            total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.timeout_s
+        )
+        self._probe_timeout = aiohttp.ClientTimeout(
+            total=PROBE_TIMEOUT_S, sock_connect=min(settings.connect_timeout_s, PROBE_TIMEOUT_S)
+        )
+
+    async def fetch(self, path: str, body: bytes) -> UpstreamResult:
+        """POST ``body`` to ``path`` and read the whole response, retrying while allowed."""
+        result = await self._request(path, body, stream=False)
+        assert isinstance(result, UpstreamResult)
+        return result
+
+    async def open_stream(self, path: str, body: bytes) -> UpstreamStream | UpstreamResult:
+        """POST ``body`` and return once response headers arrive.
+
+        A 2xx answer comes back as an open ``UpstreamStream``; an error status comes back read in full as
+        an ``UpstreamResult`` (after retries, for 502/503/504), so the caller can relay it as plain JSON.
+        """
+        return await self._request(path, body, stream=True)
+
+    async def _request(self, path: str, body: bytes, *, stream: bool) -> UpstreamStream | UpstreamResult:
+        last: UpstreamResult | None = None
+        failure: GatewayError | None = None
+        tried: list[Replica] = []
+        for attempt in range(self.settings.retries + 1):
+            replica = await self._next_replica(tried, attempt)
+            if replica is None:
+                break
+            replica.in_flight += 1
+            handed_over = False
+            try:
+                resp = await self.session.post(
+                    replica.url + path, data=body, headers=self.headers, timeout=self.timeout
+                )
+                try:
+                    if stream and resp.status < 300:
+                        self.pool.record_success(replica)
+                        handed_over = True  # the stream now owns the connection and the in-flight count
+                        return UpstreamStream(self, replica, resp)
+                    data = await resp.read()
+                finally:
+                    if not handed_over:
+                        resp.release()
+            except aiohttp.SocketTimeoutError as exc:
+                self.on_error(self.name, "timeout")
+                raise UpstreamTimeout(
+                    f"Backend '{self.name}' did not answer within {self.settings.timeout_s:g}s."
+                ) from exc
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                failure = self._connect_failed(replica, exc)
+                continue
+            finally:
+                if not handed_over:
+                    replica.in_flight -= 1
+            result = UpstreamResult(resp.status, resp.content_type, data, replica.index)
+            if result.status in RETRY_STATUSES:
+                self._status_failed(replica, result.status)
+                last = result
+                continue
+            self.pool.record_success(replica)
+            return result
+        if last is not None:
+            return last  # every attempt answered 502/503/504: relay the upstream's own answer
+        raise failure or UpstreamUnavailable(f"Backend '{self.name}' has no reachable replica.")
+
+    async def _next_replica(self, tried: list[Replica], attempt: int) -> Replica | None:
+        replica = self.pool.pick(exclude=tried)
+        if replica is None:  # every replica tried once already: go round again, after a backoff
+            replica = self.pool.pick()
+            if replica is None:
+                return None
+            delay = min(BACKOFF_BASE_S * 2 ** (attempt - 1), BACKOFF_MAX_S)
+            await asyncio.sleep(delay * (0.5 + random.random()))
+        tried.append(replica)
+        return replica
+
+    def _connect_failed(self, replica: Replica, exc: BaseException) -> GatewayError:
+        reason = "connect_error"
+        self.on_error(self.name, reason)
+        self.pool.record_failure(replica, f"{type(exc).__name__}")
+        logger.info("backend %s replica %d: %s", self.name, replica.index, _describe(exc))
+        return UpstreamUnavailable(f"Backend '{self.name}' is unreachable: {_describe(exc)}.")
+
+    def _status_failed(self, replica: Replica, status: int) -> None:
+        self.on_error(self.name, str(status))
+        self.pool.record_failure(replica, f"HTTP {status}")
+
+    async def probe(self, replica: Replica) -> bool:
+        """Whether a replica answers ``GET /models`` with 200 (used to bring ejected replicas back)."""
+        try:
+            async with self.session.get(
+                replica.url + "/models", headers=self.headers, timeout=self._probe_timeout
+            ) as resp:
+                await resp.read()
+                return resp.status == 200
+        except (TimeoutError, aiohttp.ClientError, OSError):
+            return False
+
+    async def close(self) -> None:
+        await self.pool.close()
