@@ -7,13 +7,16 @@ file or the environment; everything else receives a ``Settings`` object.
 from __future__ import annotations
 
 import os
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from gateway.auth import parse_key
 
 #: Environment variable through which ``aligngate serve`` hands the resolved settings to its workers.
 RESOLVED_ENV = "ALIGNGATE_RESOLVED_CONFIG"
@@ -36,6 +39,13 @@ class ServerSettings(_Section):
     #: Seconds a shutdown waits for in-flight requests (streams included) before cancelling them.
     graceful_timeout_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("api_keys")
+    @classmethod
+    def _valid_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            parse_key(key)  # raises ValueError with the reason
+        return keys
     #: Debug only: log request bodies (prompts). Off by default; prompts never reach logs otherwise.
     log_request_bodies: bool = False
 
@@ -69,7 +79,7 @@ class BackendSettings(_Section):
     def _strip_urls(cls, urls: list[str]) -> list[str]:
         out = []
         for url in urls:
-            if not url.startswith(("http://", "https://")):
+            if not url.lower().startswith(("http://", "https://")):
                 raise ValueError(f"backend url must start with http:// or https://: {url!r}")
             out.append(url.rstrip("/"))
         return out
@@ -141,20 +151,6 @@ class Settings(BaseSettings):
         return next((b for b in self.backends if b.name == name), None)
 
 
-class _DictSource(PydanticBaseSettingsSource):
-    """Settings source over an already-parsed YAML mapping (lowest priority)."""
-
-    def __init__(self, settings_cls: type[BaseSettings], data: dict[str, Any]) -> None:
-        super().__init__(settings_cls)
-        self._data = data
-
-    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:
-        return self._data.get(field_name), field_name, False
-
-    def __call__(self) -> dict[str, Any]:
-        return dict(self._data)
-
-
 class ConfigError(Exception):
     """The configuration cannot be used; the message says why and where."""
 
@@ -175,28 +171,45 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The settings model a field holds (unwrapping ``X | None``), or None for plain values."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def _merge(model: type[BaseModel], base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """``override`` on top of ``base``: sections merge key by key, every other value (lists, mappings such as
+    ``experiment.arms``) is replaced whole, so a later source can also remove entries."""
+    out = dict(base)
+    for key, value in override.items():
+        field = model.model_fields.get(key)
+        sub = _section_model(field.annotation) if field is not None else None
+        if sub is not None and isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(sub, out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
     """Resolve settings: defaults < YAML ``path`` < ``ALIGNGATE_*`` environment < ``overrides``."""
     yaml_data = read_yaml(path) if path is not None else {}
-
-    class _Loaded(Settings):
-        @classmethod
-        def settings_customise_sources(
-            cls,
-            settings_cls: type[BaseSettings],
-            init_settings: PydanticBaseSettingsSource,
-            env_settings: PydanticBaseSettingsSource,
-            dotenv_settings: PydanticBaseSettingsSource,
-            file_secret_settings: PydanticBaseSettingsSource,
-        ) -> tuple[PydanticBaseSettingsSource, ...]:
-            return (init_settings, env_settings, _DictSource(settings_cls, yaml_data))
-
+    where = f" in {path}" if path is not None else ""
     try:
-        loaded = _Loaded(**(overrides or {}))
-    except ValueError as exc:  # pydantic.ValidationError and settings-source parse errors
-        where = f" in {path}" if path is not None else ""
-        raise ConfigError(f"invalid configuration{where}:\n{exc}") from exc
-    return Settings.model_validate(loaded.model_dump())
+        env_data = EnvSettingsSource(
+            Settings, env_prefix="ALIGNGATE_", env_nested_delimiter="__", case_sensitive=False
+        )()
+    except ValueError as exc:  # e.g. a JSON value that does not parse
+        raise ConfigError(f"invalid ALIGNGATE_* environment variable: {exc}") from exc
+    merged = _merge(Settings, _merge(Settings, yaml_data, env_data), overrides or {})
+    try:
+        return Settings.model_validate(merged)
+    except ValueError as exc:  # pydantic.ValidationError
+        raise ConfigError(f"invalid configuration{where} (after ALIGNGATE_* overrides):\n{exc}") from exc
 
 
 def check_servable(settings: Settings) -> None:

@@ -94,6 +94,14 @@ class UpstreamBroken(GatewayError):
     code = "upstream_stream_broken"
 
 
+class ClientDisconnected(Exception):
+    """The client closed its connection before the answer was ready (recorded as 499, nothing is sent)."""
+
+
+#: Status recorded (never sent) for a request whose client went away first, as nginx does.
+CLIENT_CLOSED = 499
+
+
 def error_body(message: str, type_: str, param: str | None = None, code: str | int | None = None) -> dict[str, Any]:
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
@@ -116,24 +124,64 @@ def error_frame(exc: GatewayError) -> bytes:
     return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
 
 
-def from_validation_error(exc: ValidationError | RequestValidationError) -> BadRequest:
-    """Turn pydantic's error list into one readable 400, naming the first offending field as ``param``."""
+_UNSET: Any = object()
+
+
+def _field_path(loc: tuple[Any, ...], data: Any, missing: bool) -> list[str]:
+    """The part of a pydantic error location that names a place in the request.
+
+    Pydantic adds labels for the alternatives of a union (``temperature.int``); walking the parsed request
+    keeps only keys and indices that exist there (plus the absent key itself for a missing field).
+    """
+    parts = [p for p in loc if p != "body"]
+    if data is _UNSET:
+        return [str(p) for p in parts]
+    out: list[str] = []
+    node = data
+    for i, part in enumerate(parts):
+        if isinstance(node, dict) and isinstance(part, str) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            if missing and i == len(parts) - 1 and isinstance(node, dict):
+                out.append(str(part))
+            break
+        out.append(str(part))
+    return out
+
+
+def from_validation_error(exc: ValidationError | RequestValidationError, data: Any = _UNSET) -> BadRequest:
+    """Turn pydantic's error list into one readable 400, naming the first offending field as ``param``.
+
+    ``data`` is the parsed request, when there is one: it lets union alternatives be told apart from
+    field names, so ``param`` is always a path into the request (``messages.0.role``).
+    """
     errors = exc.errors()
     if not errors:
         return BadRequest("Invalid request.")
     first = errors[0]
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     if first.get("type") == "json_invalid":
         return BadRequest("Malformed JSON in request body.", code="invalid_json")
-    param = ".".join(loc) or None
-    msg = str(first.get("msg", "invalid value"))
-    if first.get("type") == "missing":
-        message = f"Missing required parameter: '{param}'."
-        return BadRequest(message, param=param, code="missing_required_parameter")
+    by_path: dict[str, list[str]] = {}
+    for err in errors:
+        path = ".".join(_field_path(tuple(err.get("loc", ())), data, err.get("type") == "missing"))
+        msgs = by_path.setdefault(path, [])
+        msg = str(err.get("msg", "invalid value"))
+        if msg not in msgs:
+            msgs.append(msg)
+    param, msgs = next(iter(by_path.items()))
+    if first.get("type") == "missing" and param:
+        return BadRequest(f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    if len(msgs) > 1:  # the alternatives of a union: "Input should be a valid integer or a valid number"
+        prefix = "Input should be "
+        msgs = [m[len(prefix):] if m.startswith(prefix) and i else m for i, m in enumerate(msgs)]
+    msg = " or ".join(msgs)
     message = f"Invalid value for '{param}': {msg}." if param else f"Invalid request: {msg}."
-    if len(errors) > 1:
-        message += f" ({len(errors) - 1} more error{'s' if len(errors) > 2 else ''})"
-    return BadRequest(message, param=param, code="invalid_value")
+    if len(by_path) > 1:
+        more = len(by_path) - 1
+        message += f" ({more} more invalid field{'s' if more > 1 else ''})"
+    return BadRequest(message, param=param or None, code="invalid_value")
 
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",
@@ -167,7 +215,12 @@ def install_handlers(app: FastAPI) -> None:
             headers=getattr(exc, "headers", None),
         )
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        request.scope["state"]["ctx"].outcome = "client_disconnected"
+        return Response(status_code=CLIENT_CLOSED)
+
     app.add_exception_handler(GatewayError, on_gateway_error)
+    app.add_exception_handler(ClientDisconnected, on_client_gone)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(ValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)

@@ -10,9 +10,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import logging.config
+import math
 import os
 import shutil
+import signal
 import tempfile
+import threading
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -51,6 +55,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
+    """SIGTERM outside uvicorn's own handler: exit with status 0.
+
+    uvicorn drains in-flight requests on SIGTERM, then restores the previous handler and re-raises the signal;
+    with the default handler the process would end killed by SIGTERM (status 143) after a clean shutdown.
+    """
+    raise SystemExit(0)
+
+
 def run(settings: Settings) -> None:
     server = settings.server
     logging.config.dictConfig(log_config(server.log_level))
@@ -64,6 +77,8 @@ def run(settings: Settings) -> None:
     if server.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiproc_dir = tempfile.mkdtemp(prefix="aligngate-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
+    main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
+    previous = signal.signal(signal.SIGTERM, _exit_cleanly) if main_thread else None
     try:
         uvicorn.run(
             "gateway.app:app_from_env",
@@ -75,11 +90,14 @@ def run(settings: Settings) -> None:
             http="httptools",
             access_log=False,
             log_config=log_config(server.log_level),
-            timeout_graceful_shutdown=int(server.graceful_timeout_s) or None,
+            # Rounded up, never to None (which would wait for ever): uvicorn types this as a whole number.
+            timeout_graceful_shutdown=math.ceil(server.graceful_timeout_s),
             timeout_keep_alive=30,
             server_header=False,
             date_header=False,
         )
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         if multiproc_dir is not None:
             shutil.rmtree(multiproc_dir, ignore_errors=True)

@@ -80,5 +80,14 @@ def iter_events(data: bytes) -> Iterator[tuple[str, str]]:
 
 
 def contains_done(events: bytes) -> bool:
-    """Whether a run of complete events includes the ``[DONE]`` sentinel."""
-    return b"data: [DONE]" in events or b"data:[DONE]" in events
+    """Whether a run of complete events includes the ``[DONE]`` sentinel as a ``data:`` line of its own.
+
+    Only a match at the start of a line counts: JSON payloads cannot hold a raw newline, so text such as
+    ``"content": "data: [DONE]"`` inside an event never matches.
+    """
+    if b"[DONE]" not in events:
+        return False
+    for prefix in (b"data: [DONE]", b"data:[DONE]"):
+        if events.startswith(prefix) or b"\n" + prefix in events or b"\r" + prefix in events:
+            return True
+    return False

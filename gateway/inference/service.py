@@ -9,6 +9,7 @@ ends with an error frame and ``data: [DONE]``; a client that goes away cancels t
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -16,7 +17,7 @@ from typing import TypeVar
 
 import orjson
 from pydantic import BaseModel, ValidationError
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
@@ -24,6 +25,7 @@ from gateway.auth import ApiKeyAuth
 from gateway.context import RequestContext, get_context
 from gateway.errors import (
     BadRequest,
+    ClientDisconnected,
     GatewayError,
     ModelNotFound,
     PayloadTooLarge,
@@ -43,13 +45,7 @@ R = TypeVar("R", bound=BaseModel)
 
 #: Arm of every request until the helpers exist in the pipeline.
 DEFAULT_ARM = "control"
-#: Status recorded (never sent) for a request whose client went away first, as nginx does.
-CLIENT_CLOSED = 499
 _SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-
-
-class ClientDisconnected(Exception):
-    """The client closed its connection before the answer was ready."""
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -64,11 +60,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(f"Request body of {size} bytes exceeds the limit of {limit} bytes.")
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > limit:
+                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+            chunks.append(chunk)
+    except ClientDisconnect:
+        raise ClientDisconnected() from None
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
@@ -78,7 +77,11 @@ def parse_request(raw: bytes, schema: type[R]) -> R:
     try:
         return schema.model_validate_json(raw)
     except ValidationError as exc:
-        raise from_validation_error(exc) from None
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None
 
 
 def normalize_error_body(status: int, body: bytes) -> bytes:
@@ -89,8 +92,11 @@ def normalize_error_body(status: int, body: bytes) -> bytes:
         text = body.decode("utf-8", "replace").strip()[:1000] or f"Upstream answered HTTP {status}."
         return orjson.dumps(error_body(text, "upstream_error", None, status))
     if isinstance(data, dict):
-        if isinstance(data.get("error"), dict):
+        error = data.get("error")
+        if isinstance(error, dict):
             return body
+        if isinstance(error, str) and error:
+            return orjson.dumps(error_body(error[:1000], "upstream_error", None, status))
         if "message" in data:  # vLLM's older ErrorResponse: {"object": "error", "message", "type", "code"}
             return orjson.dumps(
                 error_body(str(data["message"]), str(data.get("type") or "upstream_error"), data.get("param"),
@@ -159,19 +165,15 @@ class InferenceService:
         metrics.request_started(ctx)
         upstream_model = backend.settings.upstream_model
         body = raw if upstream_model is None else _with_model(raw, upstream_model)
+        if ctx.stream:
+            return await self._stream(request, ctx, backend, path, body)
+        t = time.perf_counter()
         try:
-            if ctx.stream:
-                return await self._stream(request, ctx, backend, path, body)
-            t = time.perf_counter()
-            try:
-                result = await _until_disconnect(request, backend.fetch(path, body))
-            finally:
-                ctx.upstream_s += time.perf_counter() - t
-            ctx.replica = result.replica
-            return relay_result(result)
-        except ClientDisconnected:
-            ctx.outcome = "client_disconnected"
-            return Response(status_code=CLIENT_CLOSED)
+            result = await _until_disconnect(request, backend.fetch(path, body))
+        finally:
+            ctx.upstream_s += time.perf_counter() - t
+        ctx.replica = result.replica
+        return relay_result(result)
 
     async def _stream(
         self, request: Request, ctx: RequestContext, backend: RemoteBackend, path: str, body: bytes
@@ -214,9 +216,11 @@ async def _relay(ctx: RequestContext, upstream: UpstreamStream) -> AsyncIterator
 
 
 def _with_model(raw: bytes, model: str) -> bytes:
-    data = orjson.loads(raw)
+    """The body with ``model`` replaced. The stdlib codec keeps every other value exact (orjson would turn
+    integers beyond 64 bits into floats); it only runs for backends with ``upstream_model`` set."""
+    data = json.loads(raw)
     data["model"] = model
-    return orjson.dumps(data)
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def _until_disconnect(request: Request, aw: Awaitable[T]) -> T:

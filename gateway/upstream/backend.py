@@ -64,8 +64,10 @@ class UpstreamStream:
         try:
             while True:
                 t = clock()
-                chunk = await content.readany()
-                self.waited_s += clock() - t
+                try:
+                    chunk = await content.readany()
+                finally:  # a wait that ends in a timeout, a cut or a cancellation is upstream time too
+                    self.waited_s += clock() - t
                 if not chunk:
                     return
                 yield chunk
@@ -184,6 +186,8 @@ class RemoteBackend:
                 self._status_failed(replica, result.status)
                 last = result
                 continue
+            if result.status >= 500:  # not retried, and the replica stays in rotation, but still a failed attempt
+                self.on_error(self.name, str(result.status))
             self.pool.record_success(replica)
             return result
         if last is not None:
