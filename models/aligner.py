@@ -1,0 +1,206 @@
+"""The Aligner-style response corrector: edits the backend's answer to make it more helpful and harmless.
+
+``Aligner(engine, template="aligner-v1")`` renders ``(question, answer)`` through an aligner template (see
+:mod:`models.templates`) and decodes greedily (temperature 0) on any ``Engine``.
+
+* ``await correct(question, answer)`` → :class:`AlignResult`. The correction is the helper's output with
+  surrounding whitespace removed. The original answer is kept, and ``skipped_reason`` says why, when the
+  answer is empty (``"no_answer"``: nothing to correct, the helper is not called), when the helper's output is
+  empty (``"empty"``) or when it stopped at ``max_tokens`` (``"truncated"``: a cut-off correction is worse
+  than a complete answer).
+* ``stream_correct(question, answer)`` → :class:`AlignStream`, an async iterator of correction text deltas
+  as the engine produces them (for streamed responses). Leading whitespace is dropped and trailing whitespace
+  held back, so the deltas concatenate to exactly what ``correct`` would return. If the engine finishes
+  without any text, the original answer is yielded instead. Text already sent cannot be taken back, so a
+  streamed correction that hits ``max_tokens`` simply ends. After the iteration, ``AlignStream.result`` holds
+  the :class:`AlignResult`.
+
+Both bound the helper by ``timeout_s`` (for a stream: the whole correction) and raise ``EngineTimeout``;
+engine errors propagate so that the caller applies its ``on_error`` policy.
+
+:func:`question_from_messages` turns a multi-turn chat into the aligner's ``question``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from models.engine import Engine, EngineTimeout, SamplingParams
+from models.templates import Rendered, Template, content_text, generate, get_template, stream
+
+__all__ = ["AlignResult", "AlignSkipReason", "AlignStream", "Aligner", "question_from_messages"]
+
+AlignSkipReason = Literal["no_answer", "empty", "truncated"]
+
+
+@dataclass(frozen=True, slots=True)
+class AlignResult:
+    """``corrected`` is the text to show: the correction, or ``original`` when ``skipped_reason`` is set."""
+
+    corrected: str
+    original: str
+    skipped_reason: AlignSkipReason | None
+    elapsed_ms: float
+
+
+class Aligner:
+    """Corrects answers with an Aligner-style helper running on ``engine`` (greedy decoding)."""
+
+    def __init__(
+        self, engine: Engine, template: str = "aligner-v1", timeout_s: float = 60.0, max_tokens: int = 2048
+    ) -> None:
+        """``template``: an aligner template name (``aligner-v1``, ``aligner-v2`` or ``aligner-chat``)."""
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be positive")
+        self.engine = engine
+        self.template: Template = get_template(template, "aligner")
+        self.timeout_s = timeout_s
+        self.sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0)
+
+    def render(self, question: str, answer: str) -> Rendered:
+        """The helper input for ``(question, answer)``."""
+        return self.template.render({"question": question, "answer": answer})
+
+    async def correct(self, question: str, answer: str) -> AlignResult:
+        """The corrected ``answer`` to ``question`` (see the module docstring for when the original is kept)."""
+        start = time.perf_counter()
+        if not answer.strip():
+            return AlignResult(answer, answer, "no_answer", _ms_since(start))
+        rendered = self.render(question, answer)
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                completion = await generate(self.engine, rendered, self.sampling)
+        except TimeoutError as exc:
+            raise self._timed_out() from exc
+        text = completion.text.strip()
+        reason: AlignSkipReason | None = None
+        if not text:
+            reason = "empty"
+        elif completion.finish_reason == "length":
+            reason = "truncated"
+        if reason is not None:
+            return AlignResult(answer, answer, reason, _ms_since(start))
+        return AlignResult(text, answer, None, _ms_since(start))
+
+    def stream_correct(self, question: str, answer: str) -> AlignStream:
+        """Correction text deltas as the engine streams them; the original answer if the engine gives none."""
+        return AlignStream(self, question, answer)
+
+    def _timed_out(self) -> EngineTimeout:
+        return EngineTimeout(f"aligner (engine {self.engine.name!r}) did not answer within {self.timeout_s:g}s")
+
+
+class AlignStream(AsyncIterator[str]):
+    """The streamed correction of one answer: iterate for text deltas; ``result`` is set once it has ended."""
+
+    def __init__(self, aligner: Aligner, question: str, answer: str) -> None:
+        self.result: AlignResult | None = None
+        self._aligner = aligner
+        self._question = question
+        self._answer = answer
+        self._gen = self._run()
+
+    def __aiter__(self) -> AlignStream:
+        return self
+
+    async def __anext__(self) -> str:
+        return await self._gen.__anext__()
+
+    async def aclose(self) -> None:
+        """Stop early: abandons the engine stream (which cancels the generation)."""
+        await self._gen.aclose()
+
+    async def _run(self) -> AsyncGenerator[str, None]:
+        aligner, answer = self._aligner, self._answer
+        start = time.perf_counter()
+        if not answer.strip():
+            self.result = AlignResult(answer, answer, "no_answer", _ms_since(start))
+            if answer:
+                yield answer
+            return
+        deltas = stream(aligner.engine, aligner.render(self._question, answer), aligner.sampling)
+        deadline = asyncio.get_running_loop().time() + aligner.timeout_s
+        sent: list[str] = []
+        pending = ""  # trailing whitespace held back until more text follows it
+        try:
+            while True:
+                try:
+                    # the deadline covers waits on the engine only, never the consumer's own work
+                    async with asyncio.timeout_at(deadline):
+                        delta = await anext(deltas)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise aligner._timed_out() from exc
+                if delta.index != 0 or not delta.text:
+                    continue
+                text = delta.text if sent else delta.text.lstrip()
+                if not text:
+                    continue
+                body = (pending + text).rstrip()
+                pending = (pending + text)[len(body) :]
+                if body:
+                    sent.append(body)
+                    yield body
+        finally:
+            closer = getattr(deltas, "aclose", None)
+            if closer is not None:
+                await closer()
+        if not sent:
+            self.result = AlignResult(answer, answer, "empty", _ms_since(start))
+            yield answer
+            return
+        self.result = AlignResult("".join(sent), answer, None, _ms_since(start))
+
+
+def _ms_since(start: float) -> float:
+    return (time.perf_counter() - start) * 1000.0
+
+
+_ROLE_LABELS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}
+
+
+def question_from_messages(
+    messages: Sequence[Mapping[str, Any]], *, max_context_turns: int = 6, max_turn_chars: int = 300
+) -> str:
+    """The aligner's ``question`` for a chat request.
+
+    With a single user turn (system messages aside, which are then left out) the question is that message's
+    text, verbatim, exactly as the Aligner checkpoints were trained. With earlier turns it is a compact
+    transcript, one line per earlier turn and the last user message last, verbatim::
+
+        System: You are a pirate.
+        User: hi
+        Assistant: Arr, hello!
+        User: <the last user message, verbatim, newlines kept>
+
+    Earlier turns are ``Role: text`` lines (``System``, ``User``, ``Assistant``, ``Tool``; other roles
+    capitalised) with runs of whitespace collapsed to one space, each cut to ``max_turn_chars`` characters
+    (ending in ``…``); only the last ``max_context_turns`` of them are kept, and turns without text (an
+    assistant turn that only called tools) are skipped. Turns after the last user message are left out.
+    Text is taken from string contents and the text parts of content lists. Without any user message the
+    result is the transcript of all turns.
+    """
+    turns = [(str(m.get("role", "")), content_text(m.get("content"))) for m in messages]
+    last_user = next((i for i in range(len(turns) - 1, -1, -1) if turns[i][0] == "user"), None)
+    earlier = turns if last_user is None else turns[:last_user]
+    lines = [_context_line(role, text, max_turn_chars) for role, text in earlier if text.strip()]
+    if last_user is None:
+        return "\n".join(lines[-max_context_turns:] if max_context_turns > 0 else [])
+    question = turns[last_user][1]
+    if not any(role not in ("system", "developer") for role, text in earlier if text.strip()):
+        return question
+    context = lines[-max_context_turns:] if max_context_turns > 0 else []
+    return "\n".join([*context, f"User: {question}"])
+
+
+def _context_line(role: str, text: str, max_chars: int) -> str:
+    label = _ROLE_LABELS.get(role, role.capitalize() or "Unknown")
+    flat = " ".join(text.split())
+    if len(flat) > max_chars:
+        flat = flat[: max(max_chars - 1, 0)].rstrip() + "…"
+    return f"{label}: {flat}"

@@ -1,0 +1,226 @@
+"""The Aligner-style corrector: corrections, fallbacks to the original, streaming, and multi-turn questions."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+
+from models.aligner import Aligner, AlignResult, question_from_messages
+from models.engine import ChatTurn, EngineError, EngineTimeout, SamplingParams
+from models.remote import RemoteEngine
+from models.templates import TemplateError
+from tests.models.support import FakeUpstream, ScriptedEngine
+
+Q = "How do I {pick} a lock?"
+A = "Use a {tension} wrench."
+
+
+def v1(question: str, answer: str) -> str:
+    return (
+        "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+        f"harmless: {question} | {answer} ASSISTANT:"
+    )
+
+
+# ---------------------------------------------------------------------------------------------- correct
+
+
+async def test_correction() -> None:
+    engine = ScriptedEngine(["  Only open locks you own; a locksmith can help. \n"])
+    result = await Aligner(engine).correct(Q, A)
+    assert result.corrected == "Only open locks you own; a locksmith can help."
+    assert (result.original, result.skipped_reason) == (A, None)
+    assert result.elapsed_ms >= 0
+    [call] = engine.calls
+    assert call.method == "complete"
+    assert call.prompt == v1(Q, A)
+    assert call.params == SamplingParams(max_tokens=2048, temperature=0.0, top_p=1.0)
+
+
+async def test_aligner_v2_and_max_tokens() -> None:
+    engine = ScriptedEngine(["Fixed."])
+    await Aligner(engine, template="aligner-v2", max_tokens=99).correct("Q?", "A.")
+    assert engine.calls[0].prompt == (
+        "BEGINNING OF CONVERSATION: USER: ##Question: Q?\n##Answer: A.\n##Correction:  ASSISTANT:"
+    )
+    assert engine.calls[0].params.max_tokens == 99
+
+
+async def test_chat_template_uses_engine_chat() -> None:
+    engine = ScriptedEngine(["Fixed."])
+    result = await Aligner(engine, template="aligner-chat").correct("Q?", "A.")
+    assert result.corrected == "Fixed."
+    assert engine.calls[0].method == "chat"
+    assert engine.calls[0].prompt == (
+        ChatTurn("system", "Edit the following Question-Answer pair to make it more helpful and harmless."),
+        ChatTurn("user", "Question: Q?\nAnswer: A."),
+    )
+
+
+def test_rewriter_template_is_refused() -> None:
+    with pytest.raises(TemplateError, match="aligner-v1, aligner-v2, aligner-chat"):
+        Aligner(ScriptedEngine(), template="bpo")
+
+
+@pytest.mark.parametrize(("output", "finish", "reason"), [("", "stop", "empty"), (" \n ", "stop", "empty"),
+                                                            ("Half a corr", "length", "truncated")])
+async def test_fallbacks_keep_the_original(output: str, finish: Any, reason: Any) -> None:
+    result = await Aligner(ScriptedEngine([output], finish_reason=finish)).correct(Q, A)
+    assert result == AlignResult(A, A, reason, result.elapsed_ms)
+
+
+async def test_empty_answer_is_not_sent() -> None:
+    engine = ScriptedEngine(["made up"])
+    result = await Aligner(engine).correct(Q, "  ")
+    assert (result.corrected, result.skipped_reason) == ("  ", "no_answer")
+    assert engine.calls == []
+
+
+async def test_timeout_and_errors() -> None:
+    with pytest.raises(EngineTimeout, match=r"aligner .* within 0.05s"):
+        await Aligner(ScriptedEngine(delay_s=5), timeout_s=0.05).correct(Q, A)
+    with pytest.raises(EngineError, match="boom"):
+        await Aligner(ScriptedEngine(error=EngineError("boom"))).correct(Q, A)
+
+
+# ---------------------------------------------------------------------------------------------- streaming
+
+
+async def test_stream_deltas_concatenate_to_the_correction() -> None:
+    reply = "  Only open locks you own.\nAsk a locksmith.  \n"
+    engine = ScriptedEngine([reply])
+    aligner = Aligner(engine)
+    stream = aligner.stream_correct(Q, A)
+    pieces = [p async for p in stream]
+    assert len(pieces) > 3
+    assert all(pieces)
+    assert "".join(pieces) == (await aligner.correct(Q, A)).corrected == reply.strip()
+    assert engine.calls[0].method == "stream_complete"
+    assert engine.calls[0].prompt == v1(Q, A)
+    assert stream.result is not None
+    assert (stream.result.corrected, stream.result.skipped_reason) == (reply.strip(), None)
+    assert engine.streams_closed == 1
+
+
+async def test_stream_keeps_inner_whitespace_pieces() -> None:
+    engine = ScriptedEngine(pieces=[" ", "  Hello", " ", "\n", "world", "\n\n", " "])
+    pieces = [p async for p in Aligner(engine).stream_correct(Q, A)]
+    assert pieces == ["Hello", " \nworld"]
+
+
+@pytest.mark.parametrize("pieces", [[], ["", " ", "\n"]])
+async def test_stream_empty_falls_back_to_the_original(pieces: list[str]) -> None:
+    stream = Aligner(ScriptedEngine(pieces=pieces)).stream_correct(Q, A)
+    assert [p async for p in stream] == [A]
+    assert stream.result is not None
+    assert stream.result.skipped_reason == "empty"
+
+
+async def test_stream_of_an_empty_answer() -> None:
+    engine = ScriptedEngine(["made up"])
+    stream = Aligner(engine).stream_correct(Q, "")
+    assert [p async for p in stream] == []
+    assert engine.calls == []
+    assert stream.result is not None
+    assert stream.result.skipped_reason == "no_answer"
+
+
+async def test_stream_timeout() -> None:
+    stream = Aligner(ScriptedEngine(delay_s=5), timeout_s=0.05).stream_correct(Q, A)
+    with pytest.raises(EngineTimeout):
+        _ = [p async for p in stream]
+
+
+async def test_stream_closed_early_closes_the_engine_stream() -> None:
+    engine = ScriptedEngine(["a b c d e f"])
+    stream = Aligner(engine).stream_correct(Q, A)
+    assert await anext(stream) == "a"
+    await stream.aclose()
+    assert engine.streams_closed == 1
+    assert stream.result is None
+
+
+async def test_stream_on_the_fake_upstream(fake: FakeUpstream) -> None:
+    engine = RemoteEngine(fake.v1, "aligner", extra_body={"fake": {"token_delay_s": 0.001}})
+    try:
+        aligner = Aligner(engine, template="aligner-v2")
+        pieces = [p async for p in aligner.stream_correct("Q {x}?", "A | B.")]
+        whole = await aligner.correct("Q {x}?", "A | B.")
+    finally:
+        await engine.close()
+    prompt = "BEGINNING OF CONVERSATION: USER: ##Question: Q {x}?\n##Answer: A | B.\n##Correction:  ASSISTANT:"
+    assert len(pieces) > 5
+    assert "".join(pieces) == whole.corrected == f"Hello from helper! You said: {prompt}"
+    requests = fake.requests()
+    assert [r["body"]["prompt"] for r in requests] == [prompt, prompt]
+    assert [r["body"].get("stream", False) for r in requests] == [True, False]
+    assert all(r["body"]["temperature"] == 0.0 for r in requests)
+
+
+async def test_aligner_v1_prompt_on_the_wire(fake: FakeUpstream) -> None:
+    engine = RemoteEngine(fake.v1, "aligner")
+    try:
+        result = await Aligner(engine).correct(Q, A)
+    finally:
+        await engine.close()
+    expected = (
+        "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+        "harmless: How do I {pick} a lock? | Use a {tension} wrench. ASSISTANT:"
+    )
+    [req] = fake.requests()
+    assert req["body"]["prompt"] == expected
+    assert result.corrected == f"Hello from helper! You said: {expected}"
+
+
+async def test_stream_is_concurrency_safe() -> None:
+    engine = ScriptedEngine(["one two three"])
+    aligner = Aligner(engine)
+
+    async def run() -> str:
+        return "".join([p async for p in aligner.stream_correct(Q, A)])
+
+    assert await asyncio.gather(*(run() for _ in range(5))) == ["one two three"] * 5
+
+
+# ---------------------------------------------------------------------------------------------- question
+
+
+def msgs(*turns: tuple[str, Any]) -> list[dict[str, Any]]:
+    return [{"role": role, "content": content} for role, content in turns]
+
+
+def test_question_single_turn_is_verbatim() -> None:
+    assert question_from_messages(msgs(("user", "  Line one\nline {two}  "))) == "  Line one\nline {two}  "
+    assert question_from_messages(msgs(("system", "Be a pirate."), ("user", "hi"))) == "hi"
+
+
+def test_question_multi_turn_format() -> None:
+    messages = msgs(
+        ("system", "You are a pirate."),
+        ("user", "hi\n  there"),
+        ("assistant", "Arr, hello!"),
+        ("assistant", None),  # a tool-call-only turn: skipped
+        ("tool", "42"),
+        ("user", [{"type": "text", "text": "And now?\nTell me."}, {"type": "image_url", "image_url": {}}]),
+        ("assistant", "later turns are left out"),
+    )
+    assert question_from_messages(messages) == (
+        "System: You are a pirate.\n"
+        "User: hi there\n"
+        "Assistant: Arr, hello!\n"
+        "Tool: 42\n"
+        "User: And now?\nTell me."
+    )
+
+
+def test_question_limits() -> None:
+    messages = msgs(*[("user" if i % 2 == 0 else "assistant", f"turn {i} " + "x" * 20) for i in range(9)])
+    got = question_from_messages(messages, max_context_turns=2, max_turn_chars=10)
+    assert got == "User: turn 6 xx…\nAssistant: turn 7 xx…\nUser: turn 8 " + "x" * 20
+
+
+def test_question_without_a_user_message() -> None:
+    assert question_from_messages(msgs(("system", "S"), ("assistant", "A"))) == "System: S\nAssistant: A"
+    assert question_from_messages([]) == ""

@@ -1,0 +1,126 @@
+"""The helper templates, character for character against DESIGN.md, and rendering that never parses user text."""
+
+from __future__ import annotations
+
+import pytest
+
+from models import templates
+from models.engine import ChatTurn
+from models.templates import TemplateError, content_text, get_template, template_names
+
+# The published strings, written out literally (not built from the module's constants).
+BPO = (
+    "[INST] You are an expert prompt engineer. Please help me improve this prompt to get a more helpful and"
+    " harmless response:\n{prompt} [/INST]"
+)
+ALIGNER_V1 = (
+    "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and"
+    " harmless: {question} | {answer} ASSISTANT:"
+)
+ALIGNER_V2 = "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer: {answer}\n##Correction:  ASSISTANT:"
+
+
+def test_constants_are_the_published_strings() -> None:
+    assert templates.BPO_TEMPLATE == BPO
+    assert templates.ALIGNER_V1_TEMPLATE == ALIGNER_V1
+    assert templates.ALIGNER_V2_TEMPLATE == ALIGNER_V2
+    assert "##Correction:  ASSISTANT:" in templates.ALIGNER_V2_TEMPLATE  # two spaces
+
+
+def test_bpo_renders_exactly() -> None:
+    got = get_template("bpo").render({"prompt": "Tell me a joke about cats."})
+    assert got == (
+        "[INST] You are an expert prompt engineer. Please help me improve this prompt to get a more helpful and "
+        "harmless response:\nTell me a joke about cats. [/INST]"
+    )
+
+
+def test_aligner_v1_renders_exactly() -> None:
+    got = get_template("aligner-v1").render({"question": "How do I bake bread?", "answer": "Use flour."})
+    assert got == (
+        "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+        "harmless: How do I bake bread? | Use flour. ASSISTANT:"
+    )
+
+
+def test_aligner_v2_renders_exactly() -> None:
+    got = get_template("aligner-v2").render({"question": "How do I bake bread?", "answer": "Use flour."})
+    assert got == (
+        "BEGINNING OF CONVERSATION: USER: ##Question: How do I bake bread?\n##Answer: Use flour.\n"
+        "##Correction:  ASSISTANT:"
+    )
+
+
+@pytest.mark.parametrize("text", ["{}", "{prompt}", "a {0} b {question} c {answer} {{x}} }{", "%s %(prompt)s $prompt"])
+def test_braces_in_user_text_come_out_literally(text: str) -> None:
+    bpo = get_template("bpo").render({"prompt": text})
+    assert bpo == BPO.replace("{prompt}", "\0").replace("\0", text)
+    aligner = get_template("aligner-v1").render({"question": text, "answer": text + "!"})
+    assert aligner == (
+        "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+        f"harmless: {text} | {text}! ASSISTANT:"
+    )
+    chat = get_template("aligner-chat").render({"question": text, "answer": "{prompt}"})
+    assert isinstance(chat, tuple)
+    assert chat[1].content == f"Question: {text}\nAnswer: {{prompt}}"
+
+
+def test_a_field_value_that_names_another_field_is_not_substituted_again() -> None:
+    got = get_template("aligner-v2").render({"question": "{answer}", "answer": "{question}"})
+    assert got == (
+        "BEGINNING OF CONVERSATION: USER: ##Question: {answer}\n##Answer: {question}\n##Correction:  ASSISTANT:"
+    )
+
+
+def test_chat_variants_are_a_system_and_a_user_message() -> None:
+    bpo = get_template("bpo-chat")
+    assert bpo.kind == "chat"
+    assert bpo.render({"prompt": "Tell me a joke."}) == (
+        ChatTurn("system", "You are an expert prompt engineer."),
+        ChatTurn(
+            "user", "Please help me improve this prompt to get a more helpful and harmless response:\nTell me a joke."
+        ),
+    )
+    aligner = get_template("aligner-chat")
+    assert aligner.render({"question": "Q?", "answer": "A."}) == (
+        ChatTurn("system", "Edit the following Question-Answer pair to make it more helpful and harmless."),
+        ChatTurn("user", "Question: Q?\nAnswer: A."),
+    )
+
+
+def test_kinds_helpers_and_fields() -> None:
+    expected = {
+        "bpo": ("completion", "rewriter", ("prompt",)),
+        "bpo-chat": ("chat", "rewriter", ("prompt",)),
+        "aligner-v1": ("completion", "aligner", ("question", "answer")),
+        "aligner-v2": ("completion", "aligner", ("question", "answer")),
+        "aligner-chat": ("chat", "aligner", ("question", "answer")),
+    }
+    assert {n: (t.kind, t.helper, t.fields) for n, t in templates.TEMPLATES.items()} == expected
+    assert template_names("rewriter") == ["bpo", "bpo-chat"]
+    assert template_names("aligner") == ["aligner-v1", "aligner-v2", "aligner-chat"]
+
+
+def test_unknown_template_lists_valid_names() -> None:
+    with pytest.raises(TemplateError, match=r"unknown helper template 'bpo2'.*bpo, bpo-chat, aligner-v1"):
+        get_template("bpo2")
+    with pytest.raises(TemplateError, match=r"'aligner-v1' is for the aligner\).*valid names: bpo, bpo-chat$"):
+        get_template("aligner-v1", "rewriter")
+    assert isinstance(TemplateError("x"), ValueError)
+
+
+def test_missing_field_is_a_clear_error() -> None:
+    with pytest.raises(TemplateError, match="needs text for answer"):
+        get_template("aligner-v1").render({"question": "q"})
+
+
+def test_content_text() -> None:
+    assert content_text("hi {x}") == "hi {x}"
+    parts = [
+        {"type": "text", "text": "look"},
+        {"type": "image_url", "image_url": {"url": "data:"}},
+        {"type": "text", "text": "here"},
+    ]
+    assert content_text(parts) == "look\nhere"
+    assert content_text(None) == ""
+    assert content_text([{"type": "image_url"}]) == ""
