@@ -13,13 +13,16 @@ Guards keep the original message and say why in ``RewriteResult.skipped_reason``
 ``no_text``          the last user message has no text (empty, or only images)
 ``prompt_too_long``  the user text has more than ``max_prompt_words`` words (the helper is not called)
 ``empty``            the helper's output is empty once cleaned
-``truncated``        the helper stopped at ``max_tokens`` (a cut-off prompt would mislead the backend)
+``truncated``        the helper stopped at its token budget (a cut-off prompt would mislead the backend)
 ``too_long_output``  the rewrite has more than ``max_ratio`` (6) times the original's words
 ``too_short_output`` the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
 ==================== ==================================================================================
 
 Output cleaning (:func:`clean_rewrite`) removes surrounding whitespace, a leading label such as
 ``Optimized prompt:`` / ``Improved prompt:``, and quotes around the whole text.
+
+The helper may generate at most ``token_budget(original)`` tokens: the configured ``max_tokens``, capped at
+what a rewrite within ``max_ratio`` could need (a small model that rambles is stopped early).
 
 Successful rewrites are cached (LRU, ``cache_size`` entries, ``cache_ttl_s`` seconds, keyed by template and
 original text); a hit sets ``RewriteResult.cached``. Concurrent calls for the same text share one helper call
@@ -30,6 +33,8 @@ original text); a hit sets ``RewriteResult.cached``. Concurrent calls for the sa
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import math
 import re
 import time
 from collections import OrderedDict
@@ -243,11 +248,17 @@ class Rewriter:
         finally:
             flight.waiters -= 1
 
+    def token_budget(self, original: str) -> int:
+        """Most tokens worth generating for ``original``: a rewrite past ``max_ratio`` times its words would be
+        refused anyway (about 2 tokens a word, with room for short prompts), so the helper stops there."""
+        return min(self.sampling.max_tokens, math.ceil(self.max_ratio * _word_count(original) * 2) + 16)
+
     async def _generate(self, key: tuple[str, str], original: str) -> tuple[str | None, SkipReason | None]:
         rendered = self.template.render({"prompt": original})
+        sampling = dataclasses.replace(self.sampling, max_tokens=self.token_budget(original))
         try:
             async with asyncio.timeout(self.timeout_s):
-                completion = await generate(self.engine, rendered, self.sampling)
+                completion = await generate(self.engine, rendered, sampling)
         except TimeoutError as exc:
             raise EngineTimeout(
                 f"rewriter (engine {self.engine.name!r}) did not answer within {self.timeout_s:g}s"

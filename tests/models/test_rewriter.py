@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from typing import Any
 
 import pytest
@@ -52,7 +53,9 @@ async def test_rewrites_only_the_last_user_message() -> None:
     [call] = engine.calls
     assert call.method == "complete"
     assert call.prompt == bpo(PROMPT)
-    assert call.params == SamplingParams(max_tokens=1024, temperature=0.6, top_p=0.9)
+    # max_tokens: capped at what a rewrite within 6x the prompt's words could need (2 tokens a word + 16)
+    budget = math.ceil(6 * len(PROMPT.split()) * 2) + 16
+    assert call.params == SamplingParams(max_tokens=budget, temperature=0.6, top_p=0.9)
     assert result.elapsed_ms >= 0
 
 
@@ -312,7 +315,7 @@ async def test_with_remote_engine_on_the_fake(fake: FakeUpstream) -> None:
     assert req["path"] == "/v1/completions"
     assert req["body"]["prompt"] == bpo("Write {a} poem")
     assert (req["body"]["temperature"], req["body"]["top_p"]) == (0.6, 0.9)
-    assert BPO_SAMPLING.max_tokens == req["body"]["max_tokens"]
+    assert req["body"]["max_tokens"] == min(BPO_SAMPLING.max_tokens, 6 * 3 * 2 + 16)
 
 
 async def test_with_remote_engine_accepting_a_rewrite(fake: FakeUpstream) -> None:
@@ -323,3 +326,9 @@ async def test_with_remote_engine_accepting_a_rewrite(fake: FakeUpstream) -> Non
         await engine.close()
     assert result.rewritten == " ".join(f"w{i}" for i in range(12))
     assert result.messages[-1]["content"] == result.rewritten
+
+
+async def test_token_budget_caps_long_rambles_but_not_long_prompts() -> None:
+    rewriter = Rewriter(ScriptedEngine([GOOD]))
+    assert rewriter.token_budget("one two three") == 6 * 3 * 2 + 16
+    assert rewriter.token_budget(" ".join(["w"] * 500)) == BPO_SAMPLING.max_tokens  # the configured cap wins

@@ -54,19 +54,18 @@ def test_braces_in_values_are_inserted_literally() -> None:
     )
 
 
-def test_chat_templates_are_one_user_message() -> None:
+def test_chat_templates_are_the_gateways_system_and_user_messages() -> None:
+    # Training and serving render from the same templates (models.templates): system + user messages.
     assert render_aligner_prompt("aligner-chat", "Q", "A") == [
-        {
-            "role": "user",
-            "content": "Edit the following Question-Answer pair to make it more helpful and harmless: Q | A",
-        }
+        {"role": "system", "content": "Edit the following Question-Answer pair to make it more helpful and harmless."},
+        {"role": "user", "content": "Question: Q\nAnswer: A"},
     ]
     assert render_rewriter_prompt("bpo-chat", "P") == [
+        {"role": "system", "content": "You are an expert prompt engineer."},
         {
             "role": "user",
-            "content": "You are an expert prompt engineer. Please help me improve this prompt to get a more "
-            "helpful and harmless response:\nP",
-        }
+            "content": "Please help me improve this prompt to get a more helpful and harmless response:\nP",
+        },
     ]
 
 
