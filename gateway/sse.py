@@ -91,3 +91,15 @@ def contains_done(events: bytes) -> bool:
         if events.startswith(prefix) or b"\n" + prefix in events or b"\r" + prefix in events:
             return True
     return False
+
+
+def insert_before_done(events: bytes, extra: bytes) -> bytes:
+    """``events`` with the complete event(s) ``extra`` placed just before the ``[DONE]`` sentinel."""
+    for prefix in (b"data: [DONE]", b"data:[DONE]"):
+        if events.startswith(prefix):
+            return extra + events
+        for nl in (b"\n", b"\r"):
+            pos = events.find(nl + prefix)
+            if pos >= 0:
+                return events[: pos + 1] + extra + events[pos + 1 :]
+    return events + extra

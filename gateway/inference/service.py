@@ -1,9 +1,10 @@
-"""The pass-through proxy behind the inference routes.
+"""The inference service behind the OpenAI routes.
 
-Validates the request (400/404/413 in the OpenAI shape), picks the configured backend, forwards the
-client's own body bytes (so unknown fields reach the upstream unchanged) and relays the upstream's answer
-without re-serialising it: whole for plain requests, event by event for streams. A stream that breaks
-ends with an error frame and ``data: [DONE]``; a client that goes away cancels the upstream request.
+Validates the request (400/404/413 in the OpenAI shape), picks the configured backend and the arm. The
+control arm (no trace asked) is a pure pass-through: the client's own body bytes go to the upstream (so
+unknown fields arrive unchanged) and the upstream's answer comes back without re-serialisation, whole or
+event by event. Every other arm runs the alignment pipeline (``gateway/pipeline``). A client that goes away
+cancels the upstream request.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
 import orjson
@@ -22,30 +23,28 @@ from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
+from gateway.config import ExperimentSettings, HelpersSettings
 from gateway.context import RequestContext, get_context
 from gateway.errors import (
     BadRequest,
     ClientDisconnected,
-    GatewayError,
     ModelNotFound,
     PayloadTooLarge,
-    UpstreamBroken,
-    error_body,
-    error_frame,
     from_validation_error,
 )
+from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
 from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from gateway.sse import DONE, EventAligner, contains_done
-from gateway.upstream.backend import RemoteBackend, UpstreamResult, UpstreamStream
+from gateway.pipeline.arms import ARM_HEADER, ArmChooser
+from gateway.pipeline.helpers import Helpers
+from gateway.pipeline.pipeline import Pipeline, PipelineRequest
+from gateway.upstream.protocol import Backend, UpstreamResult
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R", bound=BaseModel)
 
-#: Arm of every request until the helpers exist in the pipeline.
-DEFAULT_ARM = "control"
-_SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+TRACE_HEADER = "x-aligngate-trace"
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -84,45 +83,22 @@ def parse_request(raw: bytes, schema: type[R]) -> R:
         raise from_validation_error(exc, data) from None
 
 
-def normalize_error_body(status: int, body: bytes) -> bytes:
-    """An upstream error body in the OpenAI shape: relayed as-is when it already is, wrapped otherwise."""
-    try:
-        data = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        text = body.decode("utf-8", "replace").strip()[:1000] or f"Upstream answered HTTP {status}."
-        return orjson.dumps(error_body(text, "upstream_error", None, status))
-    if isinstance(data, dict):
-        error = data.get("error")
-        if isinstance(error, dict):
-            return body
-        if isinstance(error, str) and error:
-            return orjson.dumps(error_body(error[:1000], "upstream_error", None, status))
-        if "message" in data:  # vLLM's older ErrorResponse: {"object": "error", "message", "type", "code"}
-            return orjson.dumps(
-                error_body(str(data["message"]), str(data.get("type") or "upstream_error"), data.get("param"),
-                           data.get("code", status))
-            )
-    return orjson.dumps(error_body(f"Upstream answered HTTP {status}.", "upstream_error", None, status))
-
-
-def relay_result(result: UpstreamResult) -> Response:
-    body = result.body if result.status < 400 else normalize_error_body(result.status, result.body)
-    media_type = result.content_type if result.status < 400 else "application/json"
-    return Response(body, status_code=result.status, media_type=media_type or "application/json")
-
-
 class InferenceService:
     """Serves the OpenAI routes over the configured backends (one instance per worker process)."""
 
     def __init__(
         self,
-        backends: dict[str, RemoteBackend],
+        backends: Mapping[str, Backend],
         auth: ApiKeyAuth,
         *,
         max_body_bytes: int,
         log_request_bodies: bool = False,
+        arms: ArmChooser | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.backends = backends
+        self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
+        self.pipeline = pipeline or Pipeline(Helpers(None, None))
         self.auth = auth
         self.max_body_bytes = max_body_bytes
         self.log_request_bodies = log_request_bodies
@@ -160,10 +136,17 @@ class InferenceService:
             )
         ctx = get_context(request)
         ctx.model = backend.name
-        ctx.arm = DEFAULT_ARM
+        headers = request.headers
+        arm = self.arms.choose(headers.get(ARM_HEADER))
+        ctx.arm = arm
         ctx.stream = bool(req.stream)
         metrics.request_started(ctx)
-        upstream_model = backend.settings.upstream_model
+        trace_on = headers.get(TRACE_HEADER, "").strip().lower() in ("1", "true")
+        if arm != "control" or trace_on:
+            preq = PipelineRequest(ctx, backend, path, json.loads(raw), arm, trace_on)
+            return await _until_disconnect(request, self.pipeline.run(preq))
+        # The control arm: the client's bytes go up, the upstream's bytes come back.
+        upstream_model = backend.upstream_model
         body = raw if upstream_model is None else _with_model(raw, upstream_model)
         if ctx.stream:
             return await self._stream(request, ctx, backend, path, body)
@@ -176,43 +159,17 @@ class InferenceService:
         return relay_result(result)
 
     async def _stream(
-        self, request: Request, ctx: RequestContext, backend: RemoteBackend, path: str, body: bytes
+        self, request: Request, ctx: RequestContext, backend: Backend, path: str, body: bytes
     ) -> Response:
         t = time.perf_counter()
         try:
             opened = await _until_disconnect(request, backend.open_stream(path, body))
         finally:
             ctx.upstream_s += time.perf_counter() - t
-        ctx.replica = opened.replica if isinstance(opened, UpstreamResult) else opened.replica.index
+        ctx.replica = opened.replica if isinstance(opened, UpstreamResult) else opened.replica_index
         if isinstance(opened, UpstreamResult):  # the upstream refused before streaming: plain JSON error
             return relay_result(opened)
-        return StreamingResponse(_relay(ctx, opened), media_type="text/event-stream", headers=_SSE_HEADERS)
-
-
-async def _relay(ctx: RequestContext, upstream: UpstreamStream) -> AsyncIterator[bytes]:
-    """Upstream SSE bytes re-cut on event boundaries; a failure becomes an error frame, then ``[DONE]``."""
-    aligner = EventAligner()
-    done = False
-    try:
-        async for chunk in upstream.chunks():
-            out = aligner.feed(chunk)
-            if out:
-                if not done and contains_done(out):
-                    done = True
-                yield out
-        if not done:
-            raise UpstreamBroken(f"Backend '{ctx.model}' ended the stream without [DONE].")
-    except GatewayError as exc:
-        if not done:
-            ctx.outcome = exc.code
-            logger.warning("request %s: stream from %s failed: %s", ctx.request_id, ctx.model, exc.message)
-            yield error_frame(exc) + DONE
-    except asyncio.CancelledError:
-        ctx.outcome = "client_disconnected"
-        raise
-    finally:
-        ctx.upstream_s += upstream.waited_s
-        upstream.close()
+        return StreamingResponse(relay_stream(ctx, opened), media_type="text/event-stream", headers=SSE_HEADERS)
 
 
 def _with_model(raw: bytes, model: str) -> bytes:

@@ -14,13 +14,13 @@ import os
 import random
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
 import aiohttp
 
 from gateway.config import BackendSettings
 from gateway.errors import GatewayError, UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.pool import Replica, ReplicaPool
+from gateway.upstream.protocol import UpstreamResult
 
 logger = logging.getLogger(__name__)
 
@@ -33,26 +33,17 @@ PROBE_TIMEOUT_S = 5.0
 ErrorHook = Callable[[str, str], None]
 
 
-@dataclass(slots=True)
-class UpstreamResult:
-    """A complete upstream response: status, content type and the body bytes, untouched."""
-
-    status: int
-    content_type: str
-    body: bytes
-    replica: int
-
-
 class UpstreamStream:
     """An open upstream response being streamed; ``close`` must be called (it releases the replica)."""
 
-    __slots__ = ("_backend", "_closed", "_resp", "replica", "status", "waited_s")
+    __slots__ = ("_backend", "_closed", "_resp", "replica", "replica_index", "status", "waited_s")
 
     def __init__(self, backend: RemoteBackend, replica: Replica, resp: aiohttp.ClientResponse) -> None:
         self._backend = backend
         self._resp = resp
         self._closed = False
         self.replica = replica
+        self.replica_index = replica.index
         self.status = resp.status
         #: Seconds spent waiting on the upstream inside ``chunks`` (for the gateway-overhead measure).
         self.waited_s = 0.0
@@ -110,6 +101,7 @@ class RemoteBackend:
     ) -> None:
         self.settings = settings
         self.name = settings.name
+        self.upstream_model = settings.upstream_model
         self.session = session
         self.on_error = on_error
         self.pool = ReplicaPool(
@@ -226,6 +218,11 @@ class RemoteBackend:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
+
+    async def readiness(self) -> tuple[int, int]:
+        """Probe every replica now: ``(replicas answering, replicas)``."""
+        oks = await asyncio.gather(*(self.probe(r) for r in self.pool.replicas))
+        return sum(1 for ok in oks if ok), len(oks)
 
     async def close(self) -> None:
         await self.pool.close()

@@ -3,7 +3,8 @@
 Run it as its own process from the repository root::
 
     python -m tests.fakes.upstream --host 127.0.0.1 --port 8001 [--name replica-a] \
-        [--fail-status 503] [--delay-s 0.0] [--token-delay-s 0.0] [--require-key KEY] [--model NAME ...]
+        [--fail-status 503] [--delay-s 0.0] [--token-delay-s 0.0] [--require-key KEY] [--model NAME ...] \
+        [--reply TEXT]
 
 Once it listens it prints ``READY <port>`` on stdout (``--port 0`` picks a free port and prints it).
 SIGTERM and SIGINT stop it cleanly with exit status 0.
@@ -11,6 +12,11 @@ SIGTERM and SIGINT stop it cleanly with exit status 0.
 OpenAI routes: ``GET /v1/models``, ``POST /v1/chat/completions``, ``POST /v1/completions``
 (non-streamed and SSE-streamed, ``n`` choices, logprobs, tool calls, ``response_format``, usage).
 vLLM-like ``GET /health``.
+
+``--reply TEXT`` makes every chat and completion reply exactly ``TEXT`` instead of the hello text
+``Hello from <name>! You said: <prompt>`` (so that the fake can play a helper server: a plausible rewrite or
+correction that passes the helpers' guards). The per-request ``n_words`` and ``response_format`` below still
+take precedence, and ``unicode`` still appends its suffix.
 
 Each request may carry an extra body field ``"fake": {...}`` that steers the fake:
 
@@ -244,6 +250,8 @@ class Config:
     token_delay_s: float = 0.0
     require_key: str | None = None
     models: tuple[str, ...] = ()
+    #: Every chat/completion reply is exactly this text (instead of the hello text), when set.
+    reply: str | None = None
 
 
 class FakeUpstream:
@@ -326,7 +334,10 @@ class FakeUpstream:
             return json.dumps({"answer": answer}, ensure_ascii=False)
         if opts.n_words is not None:
             return " ".join([f"w{i}" for i in range(opts.n_words)])
-        text = f"Hello from {self.config.name}! You said: {said}"
+        if self.config.reply is not None:
+            text = self.config.reply
+        else:
+            text = f"Hello from {self.config.name}! You said: {said}"
         if opts.unicode:
             text += UNICODE_SUFFIX
         return text
@@ -814,6 +825,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
         default=[],
         help="model id listed by /v1/models (repeatable); seen models are listed too",
     )
+    parser.add_argument(
+        "--reply", default=None, help="every chat/completion reply is exactly TEXT (instead of the hello text)"
+    )
     args = parser.parse_args(argv)
     config = Config(
         name=args.name,
@@ -822,6 +836,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
         token_delay_s=args.token_delay_s,
         require_key=args.require_key,
         models=tuple(args.model),
+        reply=args.reply,
     )
     return config, args.host, args.port
 

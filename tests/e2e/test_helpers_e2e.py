@@ -1,0 +1,350 @@
+"""The helpers end to end: real gateway processes whose rewriter and aligner are fake OpenAI servers.
+
+The helper fakes record every request (``/_fake/requests``), which proves the published templates on the
+wire character for character; they answer a fixed plausible text (``--reply``) so the rewriter's guards let
+it through. The backend fake answers ``Hello from backend! You said: <last user message>``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.e2e.support import (
+    Fake,
+    Gateway,
+    Procs,
+    assert_openai_error,
+    backend,
+    free_port,
+    gateway_config,
+    metric_sum,
+    sse_data,
+)
+
+# The published strings, written out here on purpose (not imported from models.templates).
+BPO = (
+    "[INST] You are an expert prompt engineer. Please help me improve this prompt to get a more helpful and "
+    "harmless response:\n{prompt} [/INST]"
+)
+ALIGNER_V1 = (
+    "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
+    "harmless: {question} | {answer} ASSISTANT:"
+)
+ALIGNER_V2 = "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer: {answer}\n##Correction:  ASSISTANT:"
+
+REWRITE = "Explain step by step how to bake a simple loaf of bread at home, with safe oven temperatures."
+CORRECTION = "Here is a careful and helpful answer: knead, proof, then bake at 220 C for 30 minutes."
+MODEL = "m"
+TOKEN_DELAY_S = 0.05
+
+
+def bpo(prompt: str) -> str:
+    return BPO.replace("{prompt}", prompt)
+
+
+def aligner_v1(question: str, answer: str) -> str:
+    return ALIGNER_V1.replace("{question}", question).replace("{answer}", answer)
+
+
+def aligner_v2(question: str, answer: str) -> str:
+    return ALIGNER_V2.replace("{question}", question).replace("{answer}", answer)
+
+
+def hello(said: str) -> str:
+    return f"Hello from backend! You said: {said}"
+
+
+def helpers_config(rewriter_url: str, aligner_url: str, aligner_template: str, on_error: str) -> dict[str, Any]:
+    return {
+        "rewriter": {"url": rewriter_url, "model": "bpo", "template": "bpo", "on_error": on_error, "timeout_s": 10},
+        "aligner": {"url": aligner_url, "model": "aligner", "template": aligner_template, "on_error": on_error,
+                    "timeout_s": 10},
+    }
+
+
+@dataclass
+class HelperStack:
+    backend: Fake
+    rewriter: Fake
+    aligner: Fake
+    v1: Gateway  # aligner-v1, on_error skip
+    v2: Gateway  # aligner-v2
+    down_skip: Gateway  # both helpers on a closed port, on_error skip
+    down_fail: Gateway  # both helpers on a closed port, on_error fail
+
+
+@pytest.fixture(scope="module")
+def hs(module_procs: Procs) -> HelperStack:
+    be = module_procs.fake("backend")
+    rw = module_procs.fake("rewriter", 0, "--reply", REWRITE)
+    # streamed corrections come word by word, TOKEN_DELAY_S apart (whole answers are not delayed)
+    al = module_procs.fake("aligner", 0, "--reply", CORRECTION, "--token-delay-s", str(TOKEN_DELAY_S))
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+
+    def gw(helpers: dict[str, Any], tag: str) -> Gateway:
+        config = gateway_config(backend(MODEL, be.v1))
+        config["helpers"] = helpers
+        config["experiment"] = {"arms": {"control": 1}, "allow_override": True}
+        return module_procs.gateway(config, tag=tag)
+
+    return HelperStack(
+        be, rw, al,
+        v1=gw(helpers_config(rw.v1, al.v1, "aligner-v1", "skip"), "helpers-v1"),
+        v2=gw(helpers_config(rw.v1, al.v1, "aligner-v2", "skip"), "helpers-v2"),
+        down_skip=gw(helpers_config(closed, closed, "aligner-v1", "skip"), "helpers-down-skip"),
+        down_fail=gw(helpers_config(closed, closed, "aligner-v1", "fail"), "helpers-down-fail"),
+    )
+
+
+@pytest.fixture(autouse=True)
+def _reset(hs: HelperStack) -> Iterator[None]:
+    for fake in (hs.backend, hs.rewriter, hs.aligner):
+        fake.reset()
+    yield
+
+
+def chat(gw: Gateway, content: str, arm: str, *, trace: bool = True, **fields: Any) -> httpx.Response:
+    headers = {"X-Aligngate-Arm": arm}
+    if trace:
+        headers["X-Aligngate-Trace"] = "1"
+    body = {"model": MODEL, "messages": [{"role": "user", "content": content}], **fields}
+    return gw.http.post("/v1/chat/completions", json=body, headers=headers)
+
+
+def only_post(fake: Fake) -> dict[str, Any]:
+    posts = fake.posts()
+    assert len(posts) == 1, posts
+    return posts[0]
+
+
+# ---------------------------------------------------------------- templates on the wire
+
+
+def test_bpo_prompt_on_the_wire_and_the_backend_gets_the_rewrite(hs: HelperStack) -> None:
+    question = 'How do I bake {bread} at home? | 100% "sure"\n  Thanks!'
+    r = chat(hs.v1, question, "rewrite", max_tokens=50)
+    assert r.status_code == 200, r.text
+    assert r.headers["x-aligngate-arm"] == "rewrite"
+    sent = only_post(hs.rewriter)
+    assert sent["path"] == "/v1/completions"
+    assert sent["body"]["prompt"] == bpo(question)  # character for character
+    assert sent["body"]["model"] == "bpo"
+    assert (sent["body"]["temperature"], sent["body"]["top_p"]) == (0.6, 0.9)
+    to_backend = only_post(hs.backend)["body"]
+    assert to_backend["messages"] == [{"role": "user", "content": REWRITE}]
+    assert to_backend["max_tokens"] == 50
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == hello(REWRITE)
+    trace = body["aligngate"]
+    assert trace["request_id"] == r.headers["x-request-id"]
+    assert trace["arm"] == "rewrite" and trace["rewritten_prompt"] == REWRITE
+    assert trace["helper_ms"]["rewriter"] > 0 and trace["helper_ms"]["aligner"] is None
+    assert hs.aligner.posts() == []
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_aligner_prompt_on_the_wire_and_the_client_gets_the_correction(hs: HelperStack, version: str) -> None:
+    gw, render = (hs.v1, aligner_v1) if version == "v1" else (hs.v2, aligner_v2)
+    question = f"What is {{x}} | y?\nAsk the {version} aligner."
+    r = chat(gw, question, "align")
+    assert r.status_code == 200, r.text
+    assert r.headers["x-aligngate-arm"] == "align"
+    original = hello(question)
+    sent = only_post(hs.aligner)
+    assert sent["path"] == "/v1/completions"
+    assert sent["body"]["prompt"] == render(question, original)  # character for character
+    assert sent["body"]["model"] == "aligner"
+    assert sent["body"]["temperature"] == 0.0  # greedy
+    assert only_post(hs.backend)["body"]["messages"][-1]["content"] == question
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == CORRECTION
+    trace = body["aligngate"]
+    assert trace["arm"] == "align" and trace["original_content"] == original
+    assert trace["rewritten_prompt"] is None and trace["helper_ms"]["aligner"] > 0
+    assert hs.rewriter.posts() == []
+
+
+def test_rewrite_align_asks_the_aligner_about_the_users_own_words(hs: HelperStack) -> None:
+    question = "How do I bake bread quickly at home today?"
+    r = chat(hs.v2, question, "rewrite+align")
+    assert r.status_code == 200, r.text
+    assert only_post(hs.rewriter)["body"]["prompt"] == bpo(question)
+    assert only_post(hs.backend)["body"]["messages"][-1]["content"] == REWRITE
+    assert only_post(hs.aligner)["body"]["prompt"] == aligner_v2(question, hello(REWRITE))
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == CORRECTION
+    trace = body["aligngate"]
+    assert trace["arm"] == "rewrite+align"
+    assert trace["rewritten_prompt"] == REWRITE and trace["original_content"] == hello(REWRITE)
+    assert trace["helper_ms"]["rewriter"] > 0 and trace["helper_ms"]["aligner"] > 0
+
+
+def test_completions_through_both_helpers(hs: HelperStack) -> None:
+    prompt = "Write a short note about baking bread safely."
+    r = hs.v1.http.post("/v1/completions", json={"model": MODEL, "prompt": prompt},
+                        headers={"X-Aligngate-Arm": "rewrite+align"})
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"] == CORRECTION
+    assert "aligngate" not in r.json()
+    assert only_post(hs.rewriter)["body"]["prompt"] == bpo(prompt)
+    assert only_post(hs.backend)["body"]["prompt"] == REWRITE
+    assert only_post(hs.aligner)["body"]["prompt"] == aligner_v1(prompt, hello(REWRITE))
+
+
+def test_control_calls_no_helper(hs: HelperStack) -> None:
+    r = chat(hs.v1, "just the backend please", "control", trace=False)
+    assert r.json()["choices"][0]["message"]["content"] == hello("just the backend please")
+    assert r.headers["x-aligngate-arm"] == "control"
+    assert hs.rewriter.posts() == [] and hs.aligner.posts() == []
+
+
+def test_a_bad_arm_header_is_a_400(hs: HelperStack) -> None:
+    r = chat(hs.v1, "hi", "sideways")
+    err = assert_openai_error(r, 400, code="invalid_arm")
+    assert "sideways" in err["message"]
+    assert hs.backend.posts() == []
+
+
+# ---------------------------------------------------------------- streamed correction
+
+
+def test_streamed_alignment_through_the_sdk(hs: HelperStack) -> None:
+    question = "Stream me a corrected answer about bread."
+    with hs.v1.client() as client:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], stream=True,
+            stream_options={"include_usage": True}, extra_headers={"X-Aligngate-Arm": "align"},
+        )
+        chunks = list(stream)
+    texts = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert "".join(texts) == CORRECTION
+    assert len(texts) == len(CORRECTION.split())  # as the aligner streamed it, word by word
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage is not None
+    to_backend = only_post(hs.backend)["body"]
+    assert not to_backend.get("stream")  # the backend's answer is fetched whole, then corrected
+    sent = only_post(hs.aligner)["body"]
+    assert sent["stream"] is True
+    assert sent["prompt"] == aligner_v1(question, hello(question))
+
+
+def test_streamed_alignment_carries_the_trace_on_the_last_chunk(hs: HelperStack) -> None:
+    question = "Trace my streamed correction."
+    r = chat(hs.v2, question, "rewrite+align", stream=True)
+    assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+    assert r.headers["x-aligngate-arm"] == "rewrite+align"
+    events = sse_data(r.content)
+    assert events[-1] == "[DONE]"
+    chunks = [json.loads(e) for e in events[:-1]]
+    assert all("aligngate" not in c for c in chunks[:-1])
+    trace = chunks[-1]["aligngate"]
+    assert trace["request_id"] == r.headers["x-request-id"]
+    assert trace["arm"] == "rewrite+align"
+    assert trace["rewritten_prompt"] == REWRITE and trace["original_content"] == hello(REWRITE)
+    text = "".join(ch["delta"].get("content") or "" for c in chunks for ch in c["choices"])
+    assert text == CORRECTION
+
+
+def test_the_correction_streams_as_the_aligner_generates_it(hs: HelperStack) -> None:
+    """Each word reaches the client when the aligner makes it, not once the whole correction is done."""
+    body = {"model": MODEL, "messages": [{"role": "user", "content": "When do the words arrive?"}], "stream": True}
+    arrivals: list[float] = []
+    with httpx.stream("POST", f"{hs.v1.v1}/chat/completions", json=body, headers={"X-Aligngate-Arm": "align"},
+                      timeout=30) as resp:
+        assert resp.status_code == 200
+        for line in resp.iter_lines():
+            if line.startswith("data: {") and '"content":"' in line and '"content":""' not in line:
+                arrivals.append(time.monotonic())
+    words = len(CORRECTION.split())
+    assert len(arrivals) == words
+    assert arrivals[-1] - arrivals[0] >= 0.6 * TOKEN_DELAY_S * (words - 1)
+
+
+def test_n2_corrects_each_choice(hs: HelperStack) -> None:
+    question = "Two answers, please."
+    r = chat(hs.v1, question, "align", n=2)
+    assert r.status_code == 200, r.text
+    assert [c["message"]["content"] for c in r.json()["choices"]] == [CORRECTION, CORRECTION]
+    assert r.json()["aligngate"]["original_content"] == [hello(question), hello(question)]
+    prompts = [p["body"]["prompt"] for p in hs.aligner.posts()]
+    assert prompts == [aligner_v1(question, hello(question))] * 2
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_tool_calls_pass_through_uncorrected(hs: HelperStack, stream: bool) -> None:
+    tools: list[Any] = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    with hs.v1.client() as client:
+        kwargs: dict[str, Any] = {
+            "model": MODEL, "messages": [{"role": "user", "content": "Weather in Paris?"}], "tools": tools,
+            "tool_choice": "required", "extra_headers": {"X-Aligngate-Arm": "align"},
+        }
+        if stream:
+            chunks = list(client.chat.completions.create(stream=True, **kwargs))
+            calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            answer = client.chat.completions.create(**kwargs)
+            calls = list(answer.choices[0].message.tool_calls or [])
+            finish = answer.choices[0].finish_reason
+    assert len(calls) == 1
+    call = calls[0]
+    assert call.function is not None
+    assert (call.function.name, call.function.arguments) == ("get_weather", '{"city": "Paris"}')
+    assert finish == "tool_calls"
+    assert hs.aligner.posts() == []
+
+
+# ---------------------------------------------------------------- helpers down
+
+
+def failures(gw: Gateway, helper: str) -> float:
+    return metric_sum(gw.metrics(), "aligngate_helper_failures_total", helper=helper)
+
+
+def test_helpers_down_with_skip_serve_the_original_and_count_the_failures(hs: HelperStack) -> None:
+    gw = hs.down_skip
+    before = {h: failures(gw, h) for h in ("rewriter", "aligner")}
+    question = "Are the helpers up?"
+    r = chat(gw, question, "rewrite+align")
+    assert r.status_code == 200, r.text
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == hello(question)
+    assert only_post(hs.backend)["body"]["messages"][-1]["content"] == question
+    trace = body["aligngate"]
+    assert trace["rewriter_skipped"] == "failed:error" and trace["aligner_skipped"] == "failed:error"
+    assert trace["rewritten_prompt"] is None and trace["original_content"] == hello(question)
+    # streamed: the original answer, streamed
+    with gw.client() as client:
+        stream = client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": question}], stream=True,
+            extra_headers={"X-Aligngate-Arm": "align"},
+        )
+        text = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert text == hello(question)
+    samples = gw.metrics()
+    assert metric_sum(samples, "aligngate_helper_failures_total", helper="rewriter", reason="error") >= 1
+    assert failures(gw, "rewriter") - before["rewriter"] == 1
+    assert failures(gw, "aligner") - before["aligner"] == 2
+
+
+@pytest.mark.parametrize(("arm", "helper"), [("rewrite", "rewriter"), ("align", "aligner")])
+@pytest.mark.parametrize("stream", [False, True])
+def test_helpers_down_with_fail_answer_502_naming_the_helper(
+    hs: HelperStack, arm: str, helper: str, stream: bool
+) -> None:
+    gw = hs.down_fail
+    before = failures(gw, helper)
+    r = chat(gw, f"Is the {helper} up?", arm, stream=stream)
+    err = assert_openai_error(r, 502, code="helper_failed", type_="upstream_error")
+    assert helper in err["message"]
+    assert "Traceback" not in err["message"]
+    assert r.headers["x-aligngate-arm"] == arm
+    assert failures(gw, helper) - before == 1
+    assert len(hs.backend.posts()) == (0 if helper == "rewriter" else 1)
