@@ -17,6 +17,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -24,6 +25,7 @@ from models.engine import (
     ChatTurn,
     Completion,
     Delta,
+    Engine,
     EngineError,
     EngineTimeout,
     SamplingParams,
@@ -278,3 +280,9 @@ def _validate(params: SamplingParams) -> None:
         raise EngineError("temperature must be >= 0")
     if not 0 < params.top_p <= 1:
         raise EngineError("top_p must be in (0, 1]")
+
+
+if TYPE_CHECKING:  # LocalEngine satisfies the Engine protocol (its extra keyword-only options included)
+
+    def _is_an_engine(engine: LocalEngine) -> Engine:
+        return engine

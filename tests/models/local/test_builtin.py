@@ -80,12 +80,14 @@ async def test_batching_multiplies_throughput(builtin: LocalEngine) -> None:
     started = time.perf_counter()
     [single] = await builtin.chat([ChatTurn("user", questions[0])], params)
     single_rate = single.completion_tokens / (time.perf_counter() - started)
-    prefills = builtin.stats.prefill_batches
+    before = builtin.stats
     started = time.perf_counter()
     answers = await asyncio.gather(*(builtin.chat([ChatTurn("user", q)], params) for q in questions))
     batched_rate = sum(a[0].completion_tokens for a in answers) / (time.perf_counter() - started)
-    assert builtin.stats.prefill_batches - prefills == 1
+    after = builtin.stats
+    assert after.prefill_batches - before.prefill_batches == 1
+    assert after.decode_steps - before.decode_steps <= params.max_tokens  # one step serves all 8 rows
     assert all(a[0].text for a in answers)
-    # 8 rows in one batch cost far less than 8 single steps (about 4x the throughput here; 2x is the floor).
-    print(f"single {single_rate:.1f} tok/s, 8 batched {batched_rate:.1f} tok/s")
-    assert batched_rate > 2 * single_rate, (batched_rate, single_rate)
+    # A step over 8 rows costs far less than 8 single steps: ~3x the tokens/s here with prefill included
+    # (16 tokens each); the bound is loose because other processes may share the cores.
+    assert batched_rate > 1.5 * single_rate, (batched_rate, single_rate)

@@ -249,6 +249,7 @@ async def test_prompt_lookup_accepts_copied_text(script: Script, make_engine: Ma
     assert lookup.stats.decode_steps < plain.stats.decode_steps
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # peft calls a deprecated transformers helper
 async def test_lora_adapter_is_applied(tiny_dir: Path, tmp_path: Path, make_engine: MakeEngine) -> None:
     from peft import LoraConfig, get_peft_model
 
