@@ -17,6 +17,8 @@ from gateway.auth import ApiKeyAuth
 from gateway.config import Settings, check_servable, settings_from_env
 from gateway.engines import EngineSet
 from gateway.errors import install_handlers
+from gateway.feedback.router import router as feedback_router
+from gateway.feedback.service import FeedbackService
 from gateway.inference.router import router as inference_router
 from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
@@ -24,6 +26,7 @@ from gateway.ops.router import router as ops_router
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
+from gateway.store.store import Store
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
 from gateway.upstream.local import LocalBackend
@@ -41,7 +44,10 @@ def create_app(settings: Settings) -> FastAPI:
         session = make_session()
         engines = EngineSet(settings.helpers, session)
         backends: dict[str, Backend] = {}
+        store = Store(settings.store) if settings.store.enabled else None
         try:
+            if store is not None:
+                await store.start()
             for b in settings.backends:
                 if b.local is not None:
                     backends[b.name] = LocalBackend(
@@ -64,9 +70,14 @@ def create_app(settings: Settings) -> FastAPI:
                 log_request_bodies=settings.server.log_request_bodies,
                 arms=ArmChooser(settings.experiment, settings.helpers),
                 pipeline=Pipeline(helpers),
+                store=store, log_bodies=settings.store.log_bodies,
             )
+            app.state.feedback = FeedbackService(store, auth)
+            app.state.store = store
             yield
         finally:
+            if store is not None:  # after the last request: writes what is queued, or spills it
+                await store.close()
             for backend in backends.values():
                 await backend.close()
             await engines.close()
@@ -79,6 +90,7 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.settings = settings
     install_handlers(app)
     app.include_router(inference_router)
+    app.include_router(feedback_router)
     app.include_router(ops_router)
     app.add_middleware(RequestMiddleware)
     return app

@@ -164,8 +164,34 @@ class ExperimentSettings(_Section):
 
 
 class StoreSettings(_Section):
+    """The trace store (gateway/store): one row per inference request, plus feedback."""
+
+    #: ``false``: record nothing (``POST /v1/feedback`` then answers 503).
+    enabled: bool = True
+    #: ``sqlite:///relative.db``, ``sqlite:////absolute.db`` or ``postgresql://user:pass@host/db``.
     url: str = "sqlite:///aligngate.db"
+    #: ``false``: metadata only (no messages, prompts or answers).
     log_bodies: bool = True
+    #: Where records go while the database cannot take them (JSONL, replayed later). Default: beside a SQLite
+    #: file (``<db>.spill``), else ``aligngate.spill`` in the working directory. One file per process.
+    spill_path: str | None = None
+    #: Most rows per insert, and the longest a row waits in the queue before a (partial) batch is written.
+    batch_size: int = Field(200, ge=1)
+    flush_interval_s: float = Field(0.2, gt=0)
+    #: Records waiting to be written; when full, records are spilled at once (requests never wait on it).
+    queue_size: int = Field(10_000, ge=1)
+    #: Pause between attempts to reach the database again after a failure.
+    retry_s: float = Field(2.0, gt=0)
+    #: Connect timeout, and how long a write waits for a locked SQLite database (busy timeout).
+    timeout_s: float = Field(5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, url: str) -> str:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme.split("+", 1)[0] not in ("sqlite", "postgresql", "postgres"):
+            raise ValueError(f"store.url must start with sqlite:/// or postgresql://, not {url!r}")
+        return url
 
 
 class Settings(BaseSettings):
@@ -294,6 +320,13 @@ def check_servable(settings: Settings) -> None:
                     )
     if not settings.backends:
         raise ConfigError("no backends configured: add at least one under `backends:` (see config.example.yaml)")
+    store = settings.store
+    scheme = store.url.split("://", 1)[0].lower()
+    if store.enabled and scheme in ("postgres", "postgresql") and not importlib.util.find_spec("asyncpg"):
+        raise ConfigError(
+            "store.url is a Postgres database, which needs the asyncpg driver: "
+            "`pip install 'aligngate[postgres]'` (or use sqlite:///aligngate.db)"
+        )
 
 
 def dump_resolved(settings: Settings) -> str:

@@ -7,9 +7,57 @@ metrics and the access-log line.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from starlette.requests import Request
+
+
+class RecordSink(Protocol):
+    """Where a finished request's record goes (the trace store): O(1), never raises."""
+
+    def submit(self, ctx: RequestContext, status: int, duration_s: float, overhead_s: float) -> None: ...
+
+
+@dataclass(slots=True)
+class Capture:
+    """What the trace store records of one inference request, filled in while it runs.
+
+    Set on the context once the request has an arm; the middleware hands the context to ``sink`` when the
+    response has ended. The hot path only keeps references here (the request's bytes, the relayed answer's
+    bytes or events): the store's background writer parses them, so recording costs a request nothing it
+    would not spend anyway. ``bodies`` is ``store.log_bodies``: when off, no text is captured, only what
+    token counts need (the upstream's answer, or a stream's last two pieces).
+    """
+
+    sink: RecordSink
+    experiment: str
+    endpoint: str  # "chat" or "completions"
+    bodies: bool
+    arm_forced: bool = False
+    user_source: str = "random"
+    #: The key the user was assigned by (hashed before it is stored); None for a random draw.
+    user_key: str | None = None
+    bucket: int | None = None
+    #: The client's request body (only with ``bodies``).
+    request_body: bytes | None = None
+    #: The upstream's whole answer, relayed as it came (non-streamed, no correction).
+    response_body: bytes | None = None
+    #: The relayed SSE pieces of a streamed answer (without ``bodies``: only the last two, for usage).
+    chunks: list[bytes] = field(default_factory=list)
+    #: The pipeline's trace (rewritten prompt, helper times, skips) when the request went through it.
+    trace: Any = None
+    #: Set by the pipeline when it parsed the answer itself (aligning arms): choice 0, before and after.
+    raw_answer: str | None = None
+    final_answer: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+
+    def add_chunk(self, piece: bytes) -> None:
+        chunks = self.chunks
+        chunks.append(piece)
+        if not self.bodies and len(chunks) > 2:
+            del chunks[0]
 
 
 @dataclass(slots=True)
@@ -28,6 +76,8 @@ class RequestContext:
     #: Why a response failed after it started (stream error code), or "client_disconnected".
     outcome: str | None = None
     in_flight_counted: bool = False
+    #: What the trace store records (None: this request is not recorded).
+    capture: Capture | None = None
 
     def overhead_s(self, now: float | None = None) -> float:
         """Time spent in the gateway itself so far: elapsed minus upstream, helper and client waits."""

@@ -86,6 +86,22 @@ class UpstreamTimeout(GatewayError):
     code = "upstream_timeout"
 
 
+class EngineOverloadedError(GatewayError):
+    """An in-process engine's queue is full (503, as an overloaded OpenAI-compatible server answers)."""
+
+    status = 503
+    type = "overloaded_error"
+    code = "engine_overloaded"
+
+
+class EngineFailed(GatewayError):
+    """An in-process engine failed to answer (502)."""
+
+    status = 502
+    type = "upstream_error"
+    code = "engine_error"
+
+
 class UpstreamBroken(GatewayError):
     """The upstream failed after its response started (cut connection, malformed stream)."""
 

@@ -64,6 +64,17 @@ HELPER_SKIPS = Counter(
     ["helper", "reason"],
 )
 
+FEEDBACK = Counter(
+    "aligngate_feedback", "Ratings received on POST /v1/feedback, by the rated request's arm and the rating (1, -1).",
+    ["arm", "rating"],
+)
+STORE_RECORDS = Counter(
+    "aligngate_store_records",
+    "Trace-store records by what became of them: written, spilled (the database was unavailable), replayed "
+    "(from the spill file), rejected (refused by a working database, set aside), dropped (lost).",
+    ["outcome"],
+)
+
 
 def count_upstream_error(model: str, status: str) -> None:
     UPSTREAM_ERRORS.labels(model, status).inc()

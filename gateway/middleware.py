@@ -2,7 +2,8 @@
 the access-log line, and the last-resort 500 for an unexpected exception (logged, never shown).
 
 Adds ``X-Request-Id`` (the client's own when it sends a sane one), ``X-Aligngate-Overhead-Ms`` and, once
-an arm is known, ``X-Aligngate-Arm`` to every response.
+an arm is known, ``X-Aligngate-Arm`` to every response. When a request has ended, its record (if the
+inference service set one up) goes to the trace store.
 """
 
 from __future__ import annotations
@@ -92,6 +93,12 @@ class RequestMiddleware:
         path: str = scope["path"]
         if path.startswith(_METRIC_PREFIX):
             metrics.request_finished(ctx, status, duration, overhead)
+        capture = ctx.capture
+        if capture is not None:  # the trace store: enqueues a reference, O(1)
+            try:
+                capture.sink.submit(ctx, status, duration, overhead)
+            except Exception:
+                logger.exception("could not record request %s", ctx.request_id)
         if access_logger.isEnabledFor(logging.INFO):
             client = scope.get("client")
             access_logger.info(

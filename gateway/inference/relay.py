@@ -57,6 +57,7 @@ async def relay_stream(ctx: RequestContext, upstream: StreamHandle, tail: bytes 
     """
     aligner = EventAligner()
     done = False
+    capture = ctx.capture
     try:
         async for chunk in upstream.chunks():
             out = aligner.feed(chunk)
@@ -65,6 +66,8 @@ async def relay_stream(ctx: RequestContext, upstream: StreamHandle, tail: bytes 
                     done = True
                     if tail is not None:
                         out = insert_before_done(out, tail)
+                if capture is not None:
+                    capture.add_chunk(out)
                 yield out
         if not done:
             raise UpstreamBroken(f"Backend '{ctx.model}' ended the stream without [DONE].")

@@ -7,9 +7,21 @@ proxy forwards the client's own bytes, not a re-serialisation of these models.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
+import orjson
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+)
+
+from gateway.errors import BadRequest, from_validation_error
 
 Number = StrictInt | StrictFloat
 
@@ -82,3 +94,20 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_request(raw: bytes, schema: type[R]) -> R:
+    """Validate a request body against ``schema``; every failure is a 400 naming the offending field."""
+    if not raw:
+        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None

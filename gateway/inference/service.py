@@ -4,7 +4,9 @@ Validates the request (400/404/413 in the OpenAI shape), picks the configured ba
 control arm (no trace asked) is a pure pass-through: the client's own body bytes go to the upstream (so
 unknown fields arrive unchanged) and the upstream's answer comes back without re-serialisation, whole or
 event by event. Every other arm runs the alignment pipeline (``gateway/pipeline``). A client that goes away
-cancels the upstream request.
+cancels the upstream request. The arm is the user's assignment (``X-Aligngate-User``, ``user``, the API key)
+unless ``X-Aligngate-Arm`` forces one; a request with an arm gets a ``Capture`` that the trace store records
+once the response has ended (references only on this path: the store's writer parses them later).
 """
 
 from __future__ import annotations
@@ -16,25 +18,23 @@ import time
 from collections.abc import Awaitable, Mapping
 from typing import TypeVar
 
-import orjson
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response, StreamingResponse
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import ExperimentSettings, HelpersSettings
-from gateway.context import RequestContext, get_context
+from gateway.context import Capture, RecordSink, RequestContext, get_context
 from gateway.errors import (
     BadRequest,
     ClientDisconnected,
     ModelNotFound,
     PayloadTooLarge,
-    from_validation_error,
 )
 from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
-from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from gateway.pipeline.arms import ARM_HEADER, ArmChooser
+from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, parse_request
+from gateway.pipeline.arms import ARM_HEADER, USER_HEADER, ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline, PipelineRequest
 from gateway.upstream.protocol import Backend, UpstreamResult
@@ -70,19 +70,6 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def parse_request(raw: bytes, schema: type[R]) -> R:
-    if not raw:
-        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise from_validation_error(exc) from None
-        raise from_validation_error(exc, data) from None
-
-
 class InferenceService:
     """Serves the OpenAI routes over the configured backends (one instance per worker process)."""
 
@@ -95,6 +82,8 @@ class InferenceService:
         log_request_bodies: bool = False,
         arms: ArmChooser | None = None,
         pipeline: Pipeline | None = None,
+        store: RecordSink | None = None,
+        log_bodies: bool = True,
     ) -> None:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
@@ -103,6 +92,9 @@ class InferenceService:
         self.max_body_bytes = max_body_bytes
         self.log_request_bodies = log_request_bodies
         self.created = int(time.time())
+        #: The trace store every inference request is recorded in (None: nothing is recorded).
+        self.store = store
+        self.log_bodies = log_bodies
 
     def models(self, request: Request) -> ModelList:
         self.auth.check(request.headers.get("authorization"))
@@ -137,9 +129,20 @@ class InferenceService:
         ctx = get_context(request)
         ctx.model = backend.name
         headers = request.headers
-        arm = self.arms.choose(headers.get(ARM_HEADER))
+        # The API key names a user only when keys are configured (without them every client's token is
+        # whatever its SDK needed, often the same placeholder).
+        key, source = user_key(headers.get(USER_HEADER), req.user,
+                               headers.get("authorization") if self.auth.enabled else None)
+        assignment = self.arms.choose(headers.get(ARM_HEADER), key)
+        arm = assignment.arm
         ctx.arm = arm
         ctx.stream = bool(req.stream)
+        if self.store is not None:
+            ctx.capture = Capture(
+                self.store, self.arms.experiment, "chat" if path == "/chat/completions" else "completions",
+                self.log_bodies, assignment.forced, source, key, assignment.bucket,
+                request_body=raw if self.log_bodies else None,
+            )
         metrics.request_started(ctx)
         trace_on = headers.get(TRACE_HEADER, "").strip().lower() in ("1", "true")
         if arm != "control" or trace_on:
@@ -156,6 +159,8 @@ class InferenceService:
         finally:
             ctx.upstream_s += time.perf_counter() - t
         ctx.replica = result.replica
+        if ctx.capture is not None:
+            ctx.capture.response_body = result.body
         return relay_result(result)
 
     async def _stream(

@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from gateway.context import RequestContext
+from gateway.context import Capture, RequestContext
 from gateway.errors import GatewayError, error_frame
 from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
 from gateway.pipeline.arms import Arm
@@ -68,6 +68,9 @@ class Pipeline:
     async def run(self, req: PipelineRequest) -> Response:
         ctx, data = req.ctx, req.data
         trace = Trace(request_id=ctx.request_id, arm=req.arm)
+        capture = ctx.capture
+        if capture is not None:
+            capture.trace = trace
         question = await self._rewrite_step(req, trace)
         if req.backend.upstream_model is not None:
             data["model"] = req.backend.upstream_model
@@ -85,9 +88,15 @@ class Pipeline:
             answer = json.loads(result.body)
         except ValueError:
             return relay_result(result)
+        if capture is not None:
+            _capture_usage(capture, answer)
         if stream:
             return await self._stream_corrected(req, trace, question, answer, include_usage)
         await self._align_all(req, trace, question, answer)
+        if capture is not None:
+            capture.raw_answer = _first_choice(trace.original_content)
+            choices = answer.get("choices") or []
+            capture.final_answer = _answer_text(choices[0], req.chat) if choices else None
         if req.trace_on:
             answer["aligngate"] = trace.as_json()
         return Response(_dumps(answer), media_type="application/json")
@@ -140,6 +149,8 @@ class Pipeline:
         body = _dumps(req.data)
         if not stream:
             result = await self._fetch(req, body)
+            if req.ctx.capture is not None:
+                req.ctx.capture.response_body = result.body
             if not req.trace_on or result.status != 200:
                 return relay_result(result)
             try:
@@ -205,6 +216,8 @@ class Pipeline:
         choices = answer.get("choices") or []
         texts = [_answer_text(c, req.chat) for c in choices]
         trace.original_content = texts[0] if len(texts) == 1 else texts
+        if req.ctx.capture is not None:
+            req.ctx.capture.raw_answer = texts[0] if texts else None
         first_stream: CorrectionStream | None = None
         first_delta = ""
         first_waited = 0.0
@@ -241,6 +254,8 @@ class Pipeline:
         ctx = req.ctx
         first_stream, first_delta, first_waited = first
         skipped: list[str | None] = []
+        # choice 0's corrected text, for the trace store (kept only when it records bodies)
+        sent: list[str] | None = [] if ctx.capture is not None and ctx.capture.bodies else None
         aligner_s = 0.0
         stream: CorrectionStream | None = None
         try:
@@ -257,8 +272,12 @@ class Pipeline:
                         stream = self.helpers.stream_correct(question, text)
                         delta = await stream.first()
                     if delta:
+                        if sent is not None and i == 0:
+                            sent.append(delta)
                         yield chunks.text(index, delta)
                     async for delta in stream.rest():
+                        if sent is not None and i == 0:
+                            sent.append(delta)
                         yield chunks.text(index, delta)
                     skipped.append(stream.skipped)
                     aligner_s = max(aligner_s, stream.waited_s)
@@ -276,9 +295,23 @@ class Pipeline:
             ctx.outcome = "client_disconnected"
             raise
         finally:
+            if sent is not None and ctx.capture is not None:
+                ctx.capture.final_answer = "".join(sent) if sent else None
             if stream is not None:  # failed or cancelled mid-correction: its wait still is helper time
                 ctx.upstream_s += stream.waited_s - (first_waited if stream is first_stream else 0.0)
                 await stream.aclose()
+
+
+def _first_choice(value: str | list[str | None] | None) -> str | None:
+    return value[0] if isinstance(value, list) else value
+
+
+def _capture_usage(capture: Capture, answer: dict[str, Any]) -> None:
+    usage = answer.get("usage")
+    if isinstance(usage, dict):
+        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        capture.prompt_tokens = p if isinstance(p, int) else None
+        capture.completion_tokens = c if isinstance(c, int) else None
 
 
 def _answer_text(choice: dict[str, Any], chat: bool) -> str | None:

@@ -46,17 +46,17 @@ from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
 import orjson
-from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
     BadRequest,
+    EngineFailed,
+    EngineOverloadedError,
     GatewayError,
     NotFound,
     UpstreamBroken,
     UpstreamTimeout,
-    from_validation_error,
 )
-from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
 from gateway.sse import DONE
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
@@ -70,7 +70,7 @@ from models.engine import (
     SamplingParams,
 )
 
-__all__ = ["EngineFailed", "EngineOverloadedError", "LocalBackend", "LocalStream"]
+__all__ = ["LocalBackend", "LocalStream"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,22 +88,6 @@ _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
 
 #: What a streaming task puts on its queue: (engine call, a Delta | the failure | None once it ended).
 _Item: TypeAlias = tuple[int, Delta | Exception | None]
-
-
-class EngineOverloadedError(GatewayError):
-    """The local engine's queue is full (503, as an overloaded OpenAI-compatible server answers)."""
-
-    status = 503
-    type = "overloaded_error"
-    code = "engine_overloaded"
-
-
-class EngineFailed(GatewayError):
-    """The local engine failed to answer (502)."""
-
-    status = 502
-    type = "upstream_error"
-    code = "engine_error"
 
 
 def _ignore_error(backend: str, reason: str) -> None:
@@ -143,19 +127,6 @@ class _Plan:
     @property
     def calls(self) -> int:
         return len(self.prompts) if self.route == "completions" else 1
-
-
-def _parse_json(body: bytes, schema: type[BaseModel]) -> Any:
-    if not body:
-        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
-    try:
-        return schema.model_validate_json(body)  # the service's parser: big integers and strict types alike
-    except ValidationError as exc:
-        try:
-            data = orjson.loads(body)
-        except orjson.JSONDecodeError:
-            raise from_validation_error(exc) from None
-        raise from_validation_error(exc, data) from None
 
 
 def _sampling(
@@ -389,7 +360,7 @@ class LocalBackend:
             )
         include_usage: bool
         if route == "chat":
-            chat: ChatCompletionRequest = _parse_json(body, ChatCompletionRequest)
+            chat: ChatCompletionRequest = parse_request(body, ChatCompletionRequest)
             _check_chat(chat)
             messages = _chat_turns(chat.messages)
             max_tokens: int | None
@@ -400,7 +371,7 @@ class LocalBackend:
             params = _sampling(chat, max_tokens, max_param, self.default_max_tokens)
             include_usage = bool(chat.stream and chat.stream_options and chat.stream_options.include_usage)
             return _Plan("chat", chat.model, params, messages=messages, include_usage=include_usage)
-        comp: CompletionRequest = _parse_json(body, CompletionRequest)
+        comp: CompletionRequest = parse_request(body, CompletionRequest)
         prompts = _completion_prompts(comp)
         params = _sampling(comp, comp.max_tokens, "max_tokens", self.default_max_tokens)
         include_usage = bool(comp.stream and comp.stream_options and comp.stream_options.include_usage)

@@ -242,8 +242,12 @@ class Gateway(ManagedProcess):
 
     def __init__(self, config: dict[str, Any], log_dir: Path, *, port: int | None = None, workers: int | None = None,
                  env: dict[str, str] | None = None, tag: str = "gw") -> None:
-        self.config = config
         self.port = port if port is not None else free_port()
+        # the trace store: a SQLite file beside the logs unless the test configures one
+        config = {**config, "store": config.get("store") or {}}
+        config["store"].setdefault("url", f"sqlite:///{log_dir / f'{tag}-{self.port}-{time.monotonic_ns()}.db'}")
+        self.config = config
+        self.db_path = Path(config["store"]["url"].removeprefix("sqlite:///"))
         cfg_path = log_dir / f"{tag}-{self.port}-{time.monotonic_ns()}.yaml"
         cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(cfg_path), "--port", str(self.port)]

@@ -39,8 +39,9 @@ class EmbeddedGateway(ManagedProcess):
     def __init__(self, log_dir: Path) -> None:
         self.port = free_port()
         args = [sys.executable, "-m", "gateway", "serve", "--port", str(self.port)]
+        env = {**HELPER_ENV, "ALIGNGATE_STORE__URL": f"sqlite:///{log_dir / f'embedded-{self.port}.db'}"}
         super().__init__("gateway embedded", args, log_dir / f"embedded-{self.port}-{time.monotonic_ns()}.log",
-                         clean_env(HELPER_ENV), pipe_stdout=False)
+                         clean_env(env), pipe_stdout=False)
         self.url = f"http://{HOST}:{self.port}"
         self.http = httpx.Client(base_url=self.url, timeout=120.0)
         deadline = time.monotonic() + START_TIMEOUT_S

@@ -7,6 +7,7 @@ import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -95,23 +96,28 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backend_mod, "BACKOFF_BASE_S", 0.001)
 
 
-def settings_for(backends: list[dict[str, Any]], **server: Any) -> Settings:
-    """Settings without reading the environment (``model_validate`` skips the env sources)."""
-    return Settings.model_validate({"server": server, "backends": backends})
+def settings_for(backends: list[dict[str, Any]], *, store: dict[str, Any] | None = None, **server: Any) -> Settings:
+    """Settings without reading the environment (``model_validate`` skips the env sources); the trace store
+    is off unless ``store`` says otherwise (never an ``aligngate.db`` in the working directory)."""
+    return Settings.model_validate(
+        {"server": server, "backends": backends, "store": store if store is not None else {"enabled": False}}
+    )
 
 
 GatewayFactory = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]]
 
 
 @pytest.fixture
-def gateway() -> GatewayFactory:
-    """``async with gateway(backends, **server) as (app, client)``: the app with its lifespan running."""
+def gateway(tmp_path: Path) -> GatewayFactory:
+    """``async with gateway(backends, **server) as (app, client)``: the app with its lifespan running, its
+    trace store a SQLite file in ``tmp_path`` (``store={...}`` overrides)."""
 
     @asynccontextmanager
     async def run(
-        backends: list[dict[str, Any]], **server: Any
+        backends: list[dict[str, Any]], *, store: dict[str, Any] | None = None, **server: Any
     ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-        app = create_app(settings_for(backends, **server))
+        store = store if store is not None else {"url": f"sqlite:///{tmp_path / 'aligngate.db'}"}
+        app = create_app(settings_for(backends, store=store, **server))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:

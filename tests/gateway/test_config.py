@@ -345,3 +345,35 @@ def test_check_servable_rejects_no_backends() -> None:
 
 def test_check_servable_accepts_remote_backends(tmp_path: Path) -> None:
     assert check_servable(load_settings(_write(tmp_path, REMOTE_YAML))) is None
+
+
+# ---------------------------------------------------------------- store
+
+
+def test_store_defaults_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.store.enabled, s.store.url, s.store.log_bodies, s.store.spill_path) == (
+        True, "sqlite:///aligngate.db", True, None)
+    assert (s.store.batch_size, s.store.flush_interval_s, s.store.queue_size) == (200, 0.2, 10_000)
+    monkeypatch.setenv("ALIGNGATE_STORE__LOG_BODIES", "false")
+    monkeypatch.setenv("ALIGNGATE_STORE__URL", "postgresql://u@db:5432/ag")
+    s = load_settings()
+    assert s.store.log_bodies is False and s.store.url == "postgresql://u@db:5432/ag"
+
+
+@pytest.mark.parametrize("url", ["mysql://h/db", "aligngate.db", "http://h/db"])
+def test_store_url_must_be_sqlite_or_postgres(tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError, match=r"store\.url must start with sqlite:/// or postgresql://"):
+        load_settings(_write(tmp_path, f"store: {{url: '{url}'}}\n"))
+
+
+def test_check_servable_asks_for_the_postgres_extra(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings(_write(tmp_path, REMOTE_YAML), {"store": {"url": "postgresql://u@db/ag"}})
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "asyncpg" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"aligngate\[postgres\]"):
+        check_servable(s)
+    check_servable(load_settings(_write(tmp_path, REMOTE_YAML), {"store": {"enabled": False,
+                                                                          "url": "postgresql://u@db/ag"}}))

@@ -9,7 +9,8 @@
 * :class:`FakeBackend` plays the backend LLM: ``Answer <i>: <last user text>`` per choice (``n``), tool calls
   for the choices listed in the request's ``fake.tool_choices`` (or all of them with ``tool_choice:
   "required"``), an error status with ``fake.status``; streams in the backend's own SSE format.
-* :func:`make_app` wires the gateway's routers and middleware around them (as ``create_app`` does).
+* :func:`make_rig` wires the gateway's routers and middleware around them (as ``create_app`` does), with a
+  trace store when given one.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from fastapi import FastAPI
 from gateway.auth import ApiKeyAuth
 from gateway.config import ExperimentSettings, HelperSettings, HelpersSettings
 from gateway.errors import install_handlers
+from gateway.feedback.router import router as feedback_router
+from gateway.feedback.service import FeedbackService
 from gateway.inference.router import router as inference_router
 from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
@@ -35,6 +38,7 @@ from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers, OnError
 from gateway.pipeline.pipeline import Pipeline
 from gateway.sse import iter_events
+from gateway.store.store import Store
 from gateway.upstream.protocol import UpstreamResult
 from models.aligner import Aligner
 from models.engine import ChatTurn, Completion, Delta, FinishReason, SamplingParams
@@ -322,6 +326,9 @@ def make_rig(
     allow_override: bool = True,
     rewriter_timeout_s: float = 30.0,
     aligner_timeout_s: float = 30.0,
+    store: Store | None = None,
+    api_keys: list[str] | None = None,
+    experiment: str = "default",
 ) -> Rig:
     """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``)."""
     rw = (rewriter or RewriterEngine()) if with_rewriter else None
@@ -334,17 +341,22 @@ def make_rig(
     remote = HelperSettings(url="http://helpers.invalid/v1", model="helper")
     helper_settings = HelpersSettings(rewriter=remote if rw is not None else None,
                                       aligner=remote if al is not None else None)
-    experiment = ExperimentSettings(arms=arms or {"control": 1}, allow_override=allow_override)
+    experiment_settings = ExperimentSettings(name=experiment, arms=arms or {"control": 1},
+                                             allow_override=allow_override)
     backend = FakeBackend()
+    auth = ApiKeyAuth(api_keys or [])
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
     install_handlers(app)
     app.include_router(inference_router)
+    app.include_router(feedback_router)
     app.include_router(ops_router)
     app.add_middleware(RequestMiddleware)
     app.state.inference = InferenceService(
-        {backend.name: backend}, ApiKeyAuth([]), max_body_bytes=1_000_000,
-        arms=ArmChooser(experiment, helper_settings), pipeline=Pipeline(helpers),
+        {backend.name: backend}, auth, max_body_bytes=1_000_000,
+        arms=ArmChooser(experiment_settings, helper_settings), pipeline=Pipeline(helpers),
+        store=store, log_bodies=store.log_bodies if store is not None else True,
     )
+    app.state.feedback = FeedbackService(store, auth)
     return Rig(app, backend, rw, al)
 
 

@@ -1,0 +1,170 @@
+"""Turning a finished request's context into a ``requests`` row (in the store's writer, off the request path).
+
+The hot path left references only (``Capture``): the client's body, the upstream's answer bytes or the
+relayed SSE pieces, the pipeline's trace. Here they are parsed once: the messages, choice 0's answer before
+and after correction, the token counts. With ``log_bodies`` off every text field stays empty.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+import orjson
+
+from gateway.context import Capture, RequestContext
+from gateway.sse import iter_events
+from models.templates import content_text
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 3)
+
+
+def _first(value: Any) -> Any:
+    """Choice 0 of a per-choice trace value (a list when ``n`` > 1)."""
+    if isinstance(value, list):
+        return value[0] if value else None
+    return value
+
+
+def _loads(raw: bytes | None) -> Any:
+    if not raw:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _choice_text(choice: Any, chat: bool) -> str | None:
+    if not isinstance(choice, dict):
+        return None
+    if not chat:
+        text = choice.get("text")
+        return text if isinstance(text, str) else None
+    message = choice.get("message")
+    if not isinstance(message, dict):
+        return None
+    content = message.get("content")
+    return content_text(content) if isinstance(content, (str, list)) else None
+
+
+def _usage(data: Any) -> tuple[int | None, int | None]:
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
+
+
+def _whole_answer(raw: bytes | None, chat: bool, want_text: bool) -> tuple[str | None, int | None, int | None]:
+    data = _loads(raw)
+    if not isinstance(data, dict):
+        return None, None, None
+    text = None
+    if want_text:
+        choices = data.get("choices")
+        if isinstance(choices, list):
+            text = next((_choice_text(c, chat) for c in choices if isinstance(c, dict) and c.get("index", 0) == 0),
+                        None)
+    return (text, *_usage(data))
+
+
+def _streamed_answer(chunks: list[bytes], chat: bool, want_text: bool) -> tuple[str | None, int | None, int | None]:
+    """Choice 0's text concatenated from relayed SSE pieces, and the usage chunk's counts."""
+    parts: list[str] = []
+    prompt_tokens = completion_tokens = None
+    try:
+        events = list(iter_events(b"".join(chunks)))
+    except UnicodeDecodeError:
+        return None, None, None
+    for _, data in events:
+        if data == "[DONE]":
+            continue
+        event = _loads(data.encode())
+        if not isinstance(event, dict):
+            continue
+        p, c = _usage(event)
+        if p is not None or c is not None:
+            prompt_tokens, completion_tokens = p, c
+        if not want_text:
+            continue
+        for choice in event.get("choices") or ():
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            if chat:
+                delta = choice.get("delta")
+                piece = delta.get("content") if isinstance(delta, dict) else None
+            else:
+                piece = choice.get("text")
+            if isinstance(piece, str):
+                parts.append(piece)
+    return ("".join(parts) if want_text and parts else None), prompt_tokens, completion_tokens
+
+
+def _messages(cap: Capture) -> Any:
+    data = _loads(cap.request_body)
+    if not isinstance(data, dict):
+        return None
+    if cap.endpoint == "chat":
+        return data.get("messages")
+    prompt = data.get("prompt")
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def hash_key(user_key: str) -> str:
+    return hashlib.sha256(user_key.encode("utf-8")).hexdigest()
+
+
+def request_row(
+    ctx: RequestContext, status: int, duration_s: float, overhead_s: float, finished: float
+) -> dict[str, Any]:
+    """The ``requests`` row of a finished request (``finished``: wall-clock time at its end)."""
+    cap = ctx.capture
+    assert cap is not None
+    bodies = cap.bodies
+    chat = cap.endpoint == "chat"
+    trace = cap.trace
+    raw_answer, final_answer = cap.raw_answer, cap.final_answer
+    prompt_tokens, completion_tokens = cap.prompt_tokens, cap.completion_tokens
+    if status < 400 and final_answer is None and (cap.response_body is not None or cap.chunks):
+        # relayed as the upstream sent it: before and after correction are the same text
+        if cap.response_body is not None:
+            text, p, c = _whole_answer(cap.response_body, chat, bodies)
+        else:
+            text, p, c = _streamed_answer(cap.chunks, chat, bodies)
+        final_answer = text
+        if raw_answer is None:
+            raw_answer = text
+        if prompt_tokens is None and completion_tokens is None:
+            prompt_tokens, completion_tokens = p, c
+    helper_ms = getattr(trace, "helper_ms", None)
+    return {
+        "id": ctx.request_id,
+        "time": round(finished - duration_s, 6),
+        "experiment": cap.experiment,
+        "arm": ctx.arm or "control",
+        "arm_forced": cap.arm_forced,
+        "user_source": cap.user_source,
+        "user_key_hash": hash_key(cap.user_key) if cap.user_key is not None else None,
+        "bucket": cap.bucket,
+        "model": ctx.model or "unknown",
+        "endpoint": cap.endpoint,
+        "stream": ctx.stream,
+        "status": status,
+        "outcome": ctx.outcome,
+        "messages": _messages(cap) if bodies else None,
+        "rewritten_prompt": getattr(trace, "rewritten_prompt", None) if bodies else None,
+        "raw_answer": raw_answer if bodies else None,
+        "final_answer": final_answer if bodies else None,
+        "latency_ms": _ms(duration_s),
+        "ttft_ms": _ms(ctx.first_byte_s),
+        "overhead_ms": _ms(overhead_s),
+        "rewriter_ms": getattr(helper_ms, "rewriter", None),
+        "aligner_ms": getattr(helper_ms, "aligner", None),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "rewriter_skipped": _first(getattr(trace, "rewriter_skipped", None)),
+        "aligner_skipped": _first(getattr(trace, "aligner_skipped", None)),
+    }
