@@ -26,6 +26,7 @@ from gateway.ops.router import router as ops_router
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
+from gateway.pipeline.shadow import ShadowRunner
 from gateway.store.store import Store
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
@@ -45,6 +46,7 @@ def create_app(settings: Settings) -> FastAPI:
         engines = EngineSet(settings.helpers, session)
         backends: dict[str, Backend] = {}
         store = Store(settings.store) if settings.store.enabled else None
+        shadow: ShadowRunner | None = None
         try:
             if store is not None:
                 await store.start()
@@ -64,18 +66,22 @@ def create_app(settings: Settings) -> FastAPI:
                 aligner_on_error=h.aligner.on_error if h.aligner is not None else "skip",
             )
             await engines.start()
+            if settings.experiment.shadow.share > 0 and store is not None:
+                shadow = ShadowRunner(settings.experiment.shadow, helpers, store, experiment=settings.experiment.name)
             app.state.inference = InferenceService(
                 backends, auth,
                 max_body_bytes=settings.server.max_body_bytes,
                 log_request_bodies=settings.server.log_request_bodies,
                 arms=ArmChooser(settings.experiment, settings.helpers),
                 pipeline=Pipeline(helpers),
-                store=store, log_bodies=settings.store.log_bodies,
+                store=store, log_bodies=settings.store.log_bodies, shadow=shadow,
             )
             app.state.feedback = FeedbackService(store, auth)
             app.state.store = store
             yield
         finally:
+            if shadow is not None:  # before the store and the helpers: runs in flight finish or are cancelled
+                await shadow.close()
             if store is not None:  # after the last request: writes what is queued, or spills it
                 await store.close()
             for backend in backends.values():

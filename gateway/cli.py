@@ -1,13 +1,40 @@
-"""The ``aligngate`` command line: ``aligngate serve [--config FILE] [--host H] [--port P] [--workers N]``."""
+"""The ``aligngate`` command line.
+
+* ``aligngate serve [--config FILE] [--host H] [--port P] [--workers N]`` — run the gateway.
+* ``aligngate ab report [--config FILE] [--store URL] [--experiment NAME] [--out DIR] [--since ISO]
+  [--include-forced]`` — per-arm results of an experiment (:mod:`gateway.report.ab`).
+* ``aligngate data export --kind {preferences,aligner,rewriter} [--config FILE] [--store URL] --out FILE.jsonl
+  [--experiment NAME] [--since ISO]`` — training data for ``train/`` (:mod:`gateway.report.export`).
+
+Exit status: 0 done; 1 nothing to report, or an output that cannot be written; 2 a bad config, flag or store
+(message on stderr, never a traceback). The report and export modules are imported only by their commands:
+``serve`` must not import ``prometheus_client`` before it has set up multiprocess metrics.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from gateway import __version__
 from gateway.config import ConfigError, check_servable, load_settings
+from gateway.report import EXPORT_KINDS
+
+
+def _store_flags(parser: argparse.ArgumentParser, experiment_help: str) -> None:
+    parser.add_argument(
+        "--config", metavar="FILE", help="YAML config file: its store.url is read (env ALIGNGATE_STORE__URL overrides)"
+    )
+    parser.add_argument(
+        "--store", metavar="URL",
+        help="trace store URL (sqlite:///aligngate.db, postgresql://...); default: the config's store.url",
+    )
+    parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
+    parser.add_argument(
+        "--since", metavar="ISO", help="only requests from this time on (ISO 8601; UTC unless an offset is given)"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -24,7 +51,38 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, help="listen port (server.port)")
     serve.add_argument("--workers", type=int, help="worker processes (server.workers)")
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], help="server.log_level")
+
+    ab = sub.add_parser("ab", help="A/B experiment results from the trace store")
+    ab_sub = ab.add_subparsers(dest="ab_command", metavar="{report}", required=True)
+    report = ab_sub.add_parser(
+        "report", help="per-arm results of an experiment (default: the most recent): report.md and report.png",
+        description="Per-arm requests, error rate, latency, helper latency, thumbs-up rate (Wilson interval) and "
+        "its difference against control (two-proportion z-test). Writes report.md and report.png into --out "
+        "and prints the table.",
+    )
+    _store_flags(report, "the experiment to report on (default: the one of the most recent request)")
+    report.add_argument("--out", metavar="DIR", default="ab-report", help="output folder (default: ./ab-report)")
+    report.add_argument(
+        "--include-forced", action="store_true",
+        help="include requests whose arm was forced with X-Aligngate-Arm (not randomised; left out by default)",
+    )
+
+    data = sub.add_parser("data", help="training data from the trace store")
+    data_sub = data.add_subparsers(dest="data_command", metavar="{export}", required=True)
+    export = data_sub.add_parser(
+        "export", help="write preference, aligner or rewriter training rows (JSONL) for train/",
+        description="Export the store's requests and feedback as JSONL that train/ reads "
+        "(train.data.loaders.load_gateway_export). The rules of each kind are in the README.",
+    )
+    export.add_argument("--kind", required=True, choices=EXPORT_KINDS, help="what to export")
+    _store_flags(export, "only this experiment's requests (default: every experiment)")
+    export.add_argument("--out", metavar="FILE.jsonl", required=True, help="output file (written atomically)")
     return parser
+
+
+def _fail(message: str, status: int = 2) -> int:
+    print(f"aligngate: {message}", file=sys.stderr)
+    return status
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -37,11 +95,95 @@ def _serve(args: argparse.Namespace) -> int:
         settings = load_settings(args.config, {"server": server} if server else None, embedded_default=True)
         check_servable(settings)
     except ConfigError as exc:
-        print(f"aligngate: {exc}", file=sys.stderr)
-        return 2
+        return _fail(str(exc))
     from gateway import server as server_mod
 
     server_mod.run(settings)
+    return 0
+
+
+class _Usage(Exception):
+    """A bad flag or config: exit status 2."""
+
+
+def _store(args: argparse.Namespace) -> tuple[str, float]:
+    """The store URL (--store, else the config's store.url, else the default) and its connect timeout."""
+    if args.store is not None:
+        scheme = args.store.split("://", 1)[0].split("+", 1)[0].lower() if "://" in args.store else ""
+        if scheme not in ("sqlite", "postgresql", "postgres"):
+            raise _Usage(f"--store must be a sqlite:///FILE or postgresql://... URL, not {args.store!r}")
+    try:
+        settings = load_settings(args.config, {"store": {"url": args.store}} if args.store else None)
+    except ConfigError as exc:
+        raise _Usage(str(exc)) from None
+    return settings.store.url, settings.store.timeout_s
+
+
+def _since(args: argparse.Namespace) -> float | None:
+    from gateway.report.source import parse_since
+
+    if args.since is None:
+        return None
+    try:
+        return parse_since(args.since)
+    except ValueError as exc:
+        raise _Usage(str(exc)) from None
+
+
+def _ab_report(args: argparse.Namespace) -> int:
+    from gateway.report.ab import render_table, summarize, write_report
+    from gateway.report.source import Selection, StoreError, format_time, read
+
+    try:
+        url, timeout_s = _store(args)
+        since = _since(args)
+    except _Usage as exc:
+        return _fail(str(exc))
+    try:
+        snapshot = read(url, Selection(args.experiment, since, args.include_forced), latest_by_default=True,
+                        timeout_s=timeout_s)
+    except StoreError as exc:
+        return _fail(str(exc))
+    if not snapshot.requests:
+        if snapshot.experiment is None:
+            return _fail(f"nothing to report: the store {snapshot.url} has no requests yet", 1)
+        what = f"experiment {snapshot.experiment!r}" + (f" since {format_time(since)}" if since is not None else "")
+        if snapshot.forced_excluded:
+            return _fail(f"nothing to report: {what} has only forced-arm requests ({snapshot.forced_excluded}); "
+                         "--include-forced includes them", 1)
+        return _fail(f"nothing to report: {what} has no requests", 1)
+    report = summarize(snapshot, since=since, include_forced=args.include_forced)
+    try:
+        files = write_report(report, Path(args.out))
+    except OSError as exc:
+        return _fail(f"cannot write the report into {args.out}: {exc}", 1)
+    print(f"experiment {report.experiment}: {sum(a.requests for a in report.arms)} requests, "
+          f"{format_time(report.first)} to {format_time(report.last)}")
+    print(render_table(report))
+    written = f"{files.markdown}" + (f" and {files.png}" if files.png is not None else "")
+    print(f"wrote {written}")
+    if files.note is not None:
+        print(f"note: {files.note}", file=sys.stderr)
+    return 0
+
+
+def _data_export(args: argparse.Namespace) -> int:
+    from gateway.report.export import export
+    from gateway.report.source import Selection, StoreError
+
+    try:
+        url, timeout_s = _store(args)
+        since = _since(args)
+    except _Usage as exc:
+        return _fail(str(exc))
+    out = Path(args.out)
+    try:
+        result = export(url, args.kind, out, Selection(args.experiment, since, True), timeout_s=timeout_s)
+    except StoreError as exc:
+        return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot write {out}: {exc}", 1)
+    print(result.summary(out))
     return 0
 
 
@@ -49,4 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve(args)
+    if args.command == "ab":
+        return _ab_report(args)
+    if args.command == "data":
+        return _data_export(args)
     raise AssertionError(args.command)

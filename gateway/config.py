@@ -145,10 +145,23 @@ class HelpersSettings(_Section):
         return self
 
 
+class ShadowSettings(_Section):
+    """Shadow mode: for a sampled share of the assigned-control traffic, run the helpers in the background
+    after the response has been sent and store what they made, without changing the response."""
+
+    #: Share of the requests assigned to ``control`` (not forced) that are shadow-run; 0 turns it off.
+    share: float = Field(0.0, ge=0.0, le=1.0)
+    #: Which helpers a shadow run runs: ``rewrite`` (the rewriter), ``align`` (the aligner) or both.
+    arm: Literal["rewrite", "align", "rewrite+align"] = "rewrite+align"
+    #: Most shadow runs in flight per worker process; a sampled request beyond it is skipped (and counted).
+    max_concurrent: int = Field(4, ge=1)
+
+
 class ExperimentSettings(_Section):
     name: str = "default"
     arms: dict[str, float] = Field(default_factory=lambda: {"control": 1.0})
     allow_override: bool = True
+    shadow: ShadowSettings = Field(default_factory=ShadowSettings)
 
     @field_validator("arms")
     @classmethod
@@ -318,6 +331,19 @@ def check_servable(settings: Settings) -> None:
                         f"experiment arm {arm!r} needs helpers.{helper}, which is not configured "
                         "(configure it, or give the arm weight 0)"
                     )
+    shadow = settings.experiment.shadow
+    if shadow.share > 0:
+        for helper in ARM_HELPERS[shadow.arm]:
+            if getattr(settings.helpers, helper) is None:
+                raise ConfigError(
+                    f"experiment.shadow.arm {shadow.arm!r} needs helpers.{helper}, which is not configured "
+                    "(configure it, or set experiment.shadow.share to 0)"
+                )
+        if not settings.store.enabled:
+            raise ConfigError(
+                "experiment.shadow.share > 0 stores what the helpers make in the trace store, which is disabled "
+                "(set store.enabled to true, or experiment.shadow.share to 0)"
+            )
     if not settings.backends:
         raise ConfigError("no backends configured: add at least one under `backends:` (see config.example.yaml)")
     store = settings.store

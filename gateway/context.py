@@ -24,9 +24,10 @@ class Capture:
     """What the trace store records of one inference request, filled in while it runs.
 
     Set on the context once the request has an arm; the middleware hands the context to ``sink`` when the
-    response has ended. The hot path only keeps references here (the request's bytes, the relayed answer's
-    bytes or events): the store's background writer parses them, so recording costs a request nothing it
-    would not spend anyway. ``bodies`` is ``store.log_bodies``: when off, no text is captured, only what
+    response has ended (the store; for a shadow-sampled request the shadow runner, which records it and then
+    starts its shadow run). The hot path only keeps references here (the request's bytes, the relayed
+    answer's bytes or events): the store's background writer parses them, so recording costs a request
+    nothing it would not spend anyway. ``bodies`` is ``store.log_bodies``: when off, no text is captured, only what
     token counts need (the upstream's answer, or a stream's last two pieces).
     """
 
@@ -52,11 +53,15 @@ class Capture:
     final_answer: str | None = None
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
+    #: Shadow mode (``gateway/pipeline/shadow.py``): the pending shadow run of a sampled control request, which
+    #: starts when ``sink`` records the request. Its answer is read from ``response_body`` or ``chunks``, so a
+    #: sampled stream keeps all of its pieces even without ``bodies``. None for every other request.
+    shadow: Any = None
 
     def add_chunk(self, piece: bytes) -> None:
         chunks = self.chunks
         chunks.append(piece)
-        if not self.bodies and len(chunks) > 2:
+        if not self.bodies and len(chunks) > 2 and self.shadow is None:
             del chunks[0]
 
 

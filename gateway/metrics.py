@@ -64,6 +64,34 @@ HELPER_SKIPS = Counter(
     ["helper", "reason"],
 )
 
+# Shadow mode (gateway/pipeline/shadow.py) has counters of its own: the live helper metrics above describe what
+# clients were served, and a shadow run's failures or times must not blur them.
+SHADOW_RUNS = Counter(
+    "aligngate_shadow_runs",
+    "Shadow runs of sampled control requests, by outcome: completed, helper_failed (a helper failed; the "
+    "client was not affected), saturated (skipped: experiment.shadow.max_concurrent runs in flight), "
+    "request_failed (skipped: the client's request failed), shutdown (skipped: the gateway was stopping), "
+    "cancelled (still running when shutdown stopped waiting).",
+    ["outcome"],
+)
+SHADOW_IN_FLIGHT = Gauge(
+    "aligngate_shadow_in_flight", "Shadow runs in progress.", multiprocess_mode="livesum"
+)
+SHADOW_HELPER_DURATION = Histogram(
+    "aligngate_shadow_helper_duration_seconds", "Time a helper call of a shadow run took.",
+    ["helper"], buckets=_LATENCY_BUCKETS,
+)
+SHADOW_HELPER_FAILURES = Counter(
+    "aligngate_shadow_helper_failures",
+    "Helper calls of shadow runs that failed (reason: timeout, overloaded, error).",
+    ["helper", "reason"],
+)
+SHADOW_HELPER_SKIPS = Counter(
+    "aligngate_shadow_helper_skips",
+    "Helper outputs of shadow runs that a guard discarded (reason: empty, too_long_output, ...).",
+    ["helper", "reason"],
+)
+
 FEEDBACK = Counter(
     "aligngate_feedback", "Ratings received on POST /v1/feedback, by the rated request's arm and the rating (1, -1).",
     ["arm", "rating"],

@@ -6,7 +6,9 @@ unknown fields arrive unchanged) and the upstream's answer comes back without re
 event by event. Every other arm runs the alignment pipeline (``gateway/pipeline``). A client that goes away
 cancels the upstream request. The arm is the user's assignment (``X-Aligngate-User``, ``user``, the API key)
 unless ``X-Aligngate-Arm`` forces one; a request with an arm gets a ``Capture`` that the trace store records
-once the response has ended (references only on this path: the store's writer parses them later).
+once the response has ended (references only on this path: the store's writer parses them later). In shadow
+mode a sampled share of the assigned-control requests also get a shadow run of the helpers once their response
+has been sent (``gateway/pipeline/shadow.py``); their response is the same.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, 
 from gateway.pipeline.arms import ARM_HEADER, USER_HEADER, ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline, PipelineRequest
+from gateway.pipeline.shadow import ShadowRunner
 from gateway.upstream.protocol import Backend, UpstreamResult
 
 logger = logging.getLogger(__name__)
@@ -84,6 +87,7 @@ class InferenceService:
         pipeline: Pipeline | None = None,
         store: RecordSink | None = None,
         log_bodies: bool = True,
+        shadow: ShadowRunner | None = None,
     ) -> None:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
@@ -95,6 +99,8 @@ class InferenceService:
         #: The trace store every inference request is recorded in (None: nothing is recorded).
         self.store = store
         self.log_bodies = log_bodies
+        #: Shadow mode (None: off, ``experiment.shadow.share`` 0); it records through the store, so needs one.
+        self.shadow = shadow if store is not None else None
 
     def models(self, request: Request) -> ModelList:
         self.auth.check(request.headers.get("authorization"))
@@ -143,6 +149,11 @@ class InferenceService:
                 self.log_bodies, assignment.forced, source, key, assignment.bucket,
                 request_body=raw if self.log_bodies else None,
             )
+            shadow = self.shadow
+            if (shadow is not None and arm == "control" and not assignment.forced
+                    and shadow.sampled(ctx.request_id)):
+                # the response does not change; once it has been sent, the shadow run starts
+                shadow.attach(ctx.capture, raw, path == "/chat/completions")
         metrics.request_started(ctx)
         trace_on = headers.get(TRACE_HEADER, "").strip().lower() in ("1", "true")
         if arm != "control" or trace_on:

@@ -1,4 +1,5 @@
-"""Turning a finished request's context into a ``requests`` row (in the store's writer, off the request path).
+"""Turning a finished request's context into a ``requests`` row (in the store's writer, off the request path),
+and a shadow run into a ``shadow_runs`` row.
 
 The hot path left references only (``Capture``): the client's body, the upstream's answer bytes or the
 relayed SSE pieces, the pipeline's trace. Here they are parsed once: the messages, choice 0's answer before
@@ -111,6 +112,45 @@ def _messages(cap: Capture) -> Any:
         return data.get("messages")
     prompt = data.get("prompt")
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
+
+
+def request_data(raw: bytes | None) -> dict[str, Any] | None:
+    """A request body as JSON (None when it does not parse into an object)."""
+    data = _loads(raw)
+    return data if isinstance(data, dict) else None
+
+
+def relayed_answer(cap: Capture) -> str | None:
+    """Choice 0's text of an answer relayed as the upstream sent it (``response_body`` or the SSE ``chunks``):
+    what a client on the control arm got. None when it has no text (tool calls, an error)."""
+    chat = cap.endpoint == "chat"
+    if cap.response_body is not None:
+        return _whole_answer(cap.response_body, chat, True)[0]
+    if cap.chunks:
+        return _streamed_answer(cap.chunks, chat, True)[0]
+    return None
+
+
+def shadow_row(
+    request_id: str, experiment: str, arm: str, finished: float, *, bodies: bool, skipped: str | None = None,
+    rewritten_prompt: str | None = None, corrected: str | None = None, rewriter_ms: float | None = None,
+    aligner_ms: float | None = None, rewriter_skipped: str | None = None, aligner_skipped: str | None = None,
+) -> dict[str, Any]:
+    """The ``shadow_runs`` row of a shadow run (``finished``: wall-clock time at its end); with ``bodies`` off
+    (``store.log_bodies``) the texts stay empty."""
+    return {
+        "id": request_id,
+        "time": round(finished, 6),
+        "experiment": experiment,
+        "arm": arm,
+        "skipped": skipped,
+        "rewritten_prompt": rewritten_prompt if bodies else None,
+        "corrected": corrected if bodies else None,
+        "rewriter_ms": rewriter_ms,
+        "aligner_ms": aligner_ms,
+        "rewriter_skipped": rewriter_skipped,
+        "aligner_skipped": aligner_skipped,
+    }
 
 
 def hash_key(user_key: str) -> str:

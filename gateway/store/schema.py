@@ -6,6 +6,10 @@ Tables (SQLAlchemy Core, the same on SQLite and Postgres):
 * ``feedback`` — every rating, as history (a later rating of the same request does not replace an earlier
   one; the latest by ``time`` counts). ``request_id`` is indexed but not a foreign key: rows of different
   gateway processes and spill replays arrive in any order.
+* ``shadow_runs`` — what the helpers made in shadow mode, one row per shadow-sampled request, keyed by its
+  request id (join ``requests`` on ``id``). A table of its own rather than columns of ``requests``: a shadow
+  run ends after its request's row was queued (in any order with it, through spills and replays), and an
+  insert-or-ignore by id keeps every write, replay included, independent and idempotent.
 * ``schema_version`` — one row per applied version.
 
 ``upgrade`` is idempotent and safe to run from several processes at once: a fresh database gets the whole
@@ -90,6 +94,28 @@ feedback = Table(
     Column("correction", Text),
 )
 
+shadow_runs = Table(
+    "shadow_runs", metadata,
+    #: The shadowed request's id (``requests.id``): at most one shadow run per request.
+    Column("id", String(128), primary_key=True),
+    #: When the shadow run ended (or was skipped), seconds since the epoch (UTC).
+    Column("time", Float, nullable=False),
+    Column("experiment", String(), nullable=False),
+    #: The helpers it ran, as the arm that runs them: rewrite, align, rewrite+align.
+    Column("arm", String(), nullable=False),
+    #: Why the run did not happen (saturated, shutdown) or did not finish (cancelled); None when it ran.
+    Column("skipped", String()),
+    #: The rewriter's accepted rewrite of the last user message (the backend never saw it).
+    Column("rewritten_prompt", Text),
+    #: The aligner's accepted correction of the answer the client got (``requests.final_answer``, choice 0).
+    Column("corrected", Text),
+    Column("rewriter_ms", Float),
+    Column("aligner_ms", Float),
+    #: Why a helper's output was not accepted: a guard (``too_long_output`` ...) or ``failed:<reason>``.
+    Column("rewriter_skipped", String()),
+    Column("aligner_skipped", String()),
+)
+
 schema_version = Table(
     "schema_version", metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
@@ -105,6 +131,7 @@ INDEXES = (
 #: Column names of each table, in order (what a record must carry).
 REQUEST_COLUMNS = tuple(c.name for c in requests.columns)
 FEEDBACK_COLUMNS = tuple(c.name for c in feedback.columns)
+SHADOW_COLUMNS = tuple(c.name for c in shadow_runs.columns)
 
 
 @dataclass(frozen=True)
@@ -124,10 +151,16 @@ def _v2_indexes(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v3_shadow_runs(conn: Connection) -> None:
+    shadow_runs.create(conn, checkfirst=True)
+
+
 #: Every schema change, in order. Append only: a database records the last version it applied.
 MIGRATIONS: list[Migration] = [
     Migration(1, "requests and feedback tables", _v1_tables),
     Migration(2, "indexes for reports (time, experiment+arm) and feedback look-ups", _v2_indexes),
+    Migration(3, "shadow_runs table (shadow mode: helpers run in the background on control traffic)",
+              _v3_shadow_runs),
 ]
 
 

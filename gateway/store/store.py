@@ -44,8 +44,10 @@ from gateway.store.spill import SpillFiles
 
 logger = logging.getLogger(__name__)
 
-Table = Literal["requests", "feedback"]
-_TABLES: dict[str, sa.Table] = {"requests": schema.requests, "feedback": schema.feedback}
+Table = Literal["requests", "feedback", "shadow_runs"]
+_TABLES: dict[str, sa.Table] = {
+    "requests": schema.requests, "feedback": schema.feedback, "shadow_runs": schema.shadow_runs,
+}
 #: Records kept in memory when neither the database nor the spill file can take them.
 _BACKLOG_MAX = 100_000
 #: Request ids this process submitted (for feedback look-ups before their rows are written).
@@ -89,7 +91,8 @@ def _insert_ignore(dialect: str, table: sa.Table) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
 
 
-_Item = tuple[str, Any]  # ("request", (ctx, status, duration_s, overhead_s, finished)) or ("feedback", row)
+# ("request", (ctx, status, duration_s, overhead_s, finished)), ("feedback", row) or ("shadow", row)
+_Item = tuple[str, Any]
 
 
 class Store:
@@ -177,6 +180,13 @@ class Store:
 
     def submit_feedback(self, row: dict[str, Any]) -> None:
         self._put(("feedback", row))
+
+    def submit_shadow(self, row: dict[str, Any]) -> None:
+        """Record a shadow run (a ``shadow_runs`` row, ``records.shadow_row``): O(1), never raises."""
+        try:
+            self._put(("shadow", row))
+        except Exception:
+            logger.exception("trace store: could not record the shadow run of request %s", row.get("id"))
 
     def _put(self, item: _Item) -> None:
         if self._closed:
@@ -336,6 +346,8 @@ class Store:
             try:
                 if kind == "request":
                     rows.append(("requests", request_row(*payload)))
+                elif kind == "shadow":
+                    rows.append(("shadow_runs", payload))
                 else:
                     rows.append(("feedback", payload))
             except Exception:  # a bug here must cost one record, not the writer

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 
 import pytest
@@ -377,3 +378,51 @@ def test_check_servable_asks_for_the_postgres_extra(tmp_path: Path, monkeypatch:
         check_servable(s)
     check_servable(load_settings(_write(tmp_path, REMOTE_YAML), {"store": {"enabled": False,
                                                                           "url": "postgresql://u@db/ag"}}))
+
+
+# ---------------------------------------------------------------- shadow mode
+
+SHADOW_YAML = REMOTE_YAML + """\
+helpers:
+  rewriter: {url: http://helpers:8000/v1, model: bpo}
+  aligner: {url: http://helpers:8000/v1, model: aligner}
+"""
+
+
+def test_shadow_defaults_off_and_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    shadow = load_settings().experiment.shadow
+    assert (shadow.share, shadow.arm, shadow.max_concurrent) == (0.0, "rewrite+align", 4)
+    monkeypatch.setenv("ALIGNGATE_EXPERIMENT__SHADOW__SHARE", "0.25")
+    monkeypatch.setenv("ALIGNGATE_EXPERIMENT__SHADOW__ARM", "align")
+    shadow = load_settings().experiment.shadow
+    assert (shadow.share, shadow.arm) == (0.25, "align")
+
+
+@pytest.mark.parametrize(
+    ("shadow", "where"),
+    [("{share: 1.5}", r"experiment\.shadow\.share"), ("{share: -0.1}", r"experiment\.shadow\.share"),
+     ("{arm: control}", r"experiment\.shadow\.arm"), ("{max_concurrent: 0}", r"experiment\.shadow\.max_concurrent"),
+     ("{rate: 0.1}", r"experiment\.shadow\.rate")],
+)
+def test_shadow_values_are_checked(tmp_path: Path, shadow: str, where: str) -> None:
+    with pytest.raises(ConfigError, match=where):
+        load_settings(_write(tmp_path, f"experiment: {{shadow: {shadow}}}\n"))
+
+
+@pytest.mark.parametrize(("arm", "missing"), [("rewrite", "rewriter"), ("align", "aligner"),
+                                              ("rewrite+align", "rewriter")])
+def test_check_servable_wants_the_shadow_arms_helpers(tmp_path: Path, arm: str, missing: str) -> None:
+    s = load_settings(_write(tmp_path, REMOTE_YAML), {"experiment": {"shadow": {"share": 0.1, "arm": arm}}})
+    message = (rf"experiment\.shadow\.arm '{re.escape(arm)}' needs helpers\.{missing}, which is not configured "
+               r"\(configure it, or set experiment\.shadow\.share to 0\)")
+    with pytest.raises(ConfigError, match=message):
+        check_servable(s)
+    # share 0 (off) needs no helpers
+    check_servable(load_settings(_write(tmp_path, REMOTE_YAML), {"experiment": {"shadow": {"arm": arm}}}))
+
+
+def test_check_servable_wants_the_store_for_shadow_mode(tmp_path: Path) -> None:
+    on = {"experiment": {"shadow": {"share": 1}}}
+    assert check_servable(load_settings(_write(tmp_path, SHADOW_YAML), on)) is None
+    with pytest.raises(ConfigError, match=r"trace store, which is disabled \(set store\.enabled to true"):
+        check_servable(load_settings(_write(tmp_path, SHADOW_YAML), {**on, "store": {"enabled": False}}))

@@ -10,7 +10,7 @@
   for the choices listed in the request's ``fake.tool_choices`` (or all of them with ``tool_choice:
   "required"``), an error status with ``fake.status``; streams in the backend's own SSE format.
 * :func:`make_rig` wires the gateway's routers and middleware around them (as ``create_app`` does), with a
-  trace store when given one.
+  trace store when given one, and shadow mode when given ``shadow`` settings with a share above 0.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ import orjson
 from fastapi import FastAPI
 
 from gateway.auth import ApiKeyAuth
-from gateway.config import ExperimentSettings, HelperSettings, HelpersSettings
+from gateway.config import ExperimentSettings, HelperSettings, HelpersSettings, ShadowSettings
 from gateway.errors import install_handlers
 from gateway.feedback.router import router as feedback_router
 from gateway.feedback.service import FeedbackService
@@ -37,6 +37,7 @@ from gateway.ops.router import router as ops_router
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers, OnError
 from gateway.pipeline.pipeline import Pipeline
+from gateway.pipeline.shadow import ShadowRunner
 from gateway.sse import iter_events
 from gateway.store.store import Store
 from gateway.upstream.protocol import UpstreamResult
@@ -310,6 +311,8 @@ class Rig:
     backend: FakeBackend
     rewriter: RewriterEngine | None
     aligner: AlignerEngine | None
+    #: Shadow mode's runner (None: off).
+    shadow: ShadowRunner | None = None
 
 
 def make_rig(
@@ -329,6 +332,7 @@ def make_rig(
     store: Store | None = None,
     api_keys: list[str] | None = None,
     experiment: str = "default",
+    shadow: ShadowSettings | None = None,
 ) -> Rig:
     """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``)."""
     rw = (rewriter or RewriterEngine()) if with_rewriter else None
@@ -342,7 +346,9 @@ def make_rig(
     helper_settings = HelpersSettings(rewriter=remote if rw is not None else None,
                                       aligner=remote if al is not None else None)
     experiment_settings = ExperimentSettings(name=experiment, arms=arms or {"control": 1},
-                                             allow_override=allow_override)
+                                             allow_override=allow_override, shadow=shadow or ShadowSettings())
+    runner = (ShadowRunner(experiment_settings.shadow, helpers, store, experiment=experiment)
+              if store is not None and experiment_settings.shadow.share > 0 else None)
     backend = FakeBackend()
     auth = ApiKeyAuth(api_keys or [])
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
@@ -354,10 +360,10 @@ def make_rig(
     app.state.inference = InferenceService(
         {backend.name: backend}, auth, max_body_bytes=1_000_000,
         arms=ArmChooser(experiment_settings, helper_settings), pipeline=Pipeline(helpers),
-        store=store, log_bodies=store.log_bodies if store is not None else True,
+        store=store, log_bodies=store.log_bodies if store is not None else True, shadow=runner,
     )
     app.state.feedback = FeedbackService(store, auth)
-    return Rig(app, backend, rw, al)
+    return Rig(app, backend, rw, al, runner)
 
 
 def sse_json(raw: bytes) -> tuple[list[dict[str, Any]], bool]:

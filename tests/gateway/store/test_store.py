@@ -21,7 +21,7 @@ from gateway.config import StoreSettings
 from gateway.context import Capture, RequestContext
 from gateway.pipeline.trace import Trace
 from gateway.store import schema
-from gateway.store.records import hash_key
+from gateway.store.records import hash_key, shadow_row
 from gateway.store.store import Store, StoreUnavailable, async_url, default_spill_path
 
 CHAT_BODY = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hello there"}]})
@@ -267,7 +267,9 @@ async def test_a_fresh_database_gets_the_latest_schema_in_wal_mode(tmp_path: Pat
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
+        shadow_cols = [r[1] for r in conn.execute("PRAGMA table_info(shadow_runs)")]
     assert cols == list(schema.REQUEST_COLUMNS)
+    assert shadow_cols == list(schema.SHADOW_COLUMNS)
 
 
 V1_DDL = """
@@ -293,9 +295,10 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
         conn.executescript(V1_DDL)
     assert _indexes(db) == set()
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2]
+    assert _versions(db) == [1, 2, 3]
     assert {i.name for i in schema.INDEXES} <= _indexes(db)
     assert [r["id"] for r in rows(db)] == ["old"]  # kept
+    assert rows(db, "shadow_runs") == []  # v3: the shadow_runs table
     submit(store, "new")
     await store.flush()
     assert {r["id"] for r in rows(db)} == {"old", "new"}
@@ -303,7 +306,7 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
     again = Store(settings(db))  # idempotent: nothing left to do
     await again.start()
     await again.close()
-    assert _versions(db) == [1, 2]
+    assert _versions(db) == [1, 2, 3]
 
 
 async def test_a_new_migration_runs_once(tmp_path: Path, opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -312,21 +315,37 @@ async def test_a_new_migration_runs_once(tmp_path: Path, opened: Any, monkeypatc
     submit(store, "before")
     await store.close()
     runs: list[int] = []
+    latest = schema.latest_version()
+    following = latest + 1
 
-    def v3(conn: sa.Connection) -> None:
-        runs.append(3)
+    def add_note(conn: sa.Connection) -> None:
+        runs.append(following)
         conn.execute(sa.text("ALTER TABLE requests ADD COLUMN note TEXT"))
 
-    monkeypatch.setattr(schema, "MIGRATIONS", [*schema.MIGRATIONS, schema.Migration(3, "a note column", v3)])
+    monkeypatch.setattr(schema, "MIGRATIONS",
+                        [*schema.MIGRATIONS, schema.Migration(following, "a note column", add_note)])
     for _ in range(2):
         s = Store(settings(db))
         await s.start()
         await s.close()
-    assert runs == [3]
-    assert _versions(db) == [2, 3]
+    assert runs == [following]
+    assert _versions(db) == [latest, following]
     with sqlite3.connect(db) as conn:
         assert "note" in [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
     assert [r["id"] for r in rows(db)] == ["before"]
+
+
+async def test_a_v2_database_gets_the_shadow_runs_table(tmp_path: Path, opened: Any) -> None:
+    db = tmp_path / "v2.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(V1_DDL.replace("INSERT INTO schema_version VALUES (1, 0);",
+                                          "INSERT INTO schema_version VALUES (1, 0); "
+                                          "INSERT INTO schema_version VALUES (2, 0);"))
+    store = await opened(settings(db))
+    assert _versions(db) == [1, 2, 3]
+    store.submit_shadow(shadow_row("old", "exp", "align", time.time(), bodies=True, corrected="better"))
+    await store.flush()
+    assert [(r["id"], r["corrected"]) for r in rows(db, "shadow_runs")] == [("old", "better")]
 
 
 async def test_a_newer_database_is_left_alone(tmp_path: Path, opened: Any) -> None:
@@ -368,6 +387,32 @@ async def test_an_unreachable_database_spills_then_replays_everything_once(tmp_p
     await eventually(lambda: not files(spill.parent, "t.spill.*"), what="spill files removed")
     assert sorted(r["id"] for r in rows(db)) == sorted(ids + more)
     assert await store.find_request("r1") == "control"
+
+
+async def test_shadow_runs_are_written_spilled_and_replayed_once(tmp_path: Path, opened: Any) -> None:
+    """Shadow rows go through the same queue, spill file and replay as request rows; by id, once."""
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    db = blocker / "t.db"
+    store = await opened(StoreSettings(url=f"sqlite:///{db}", spill_path=str(tmp_path / "t.spill"), retry_s=0.2,
+                                       flush_interval_s=0.02))
+    submit(store, "r1")
+    for _ in range(2):  # the same run recorded twice is one row
+        store.submit_shadow(shadow_row("r1", "exp", "rewrite+align", time.time(), bodies=True,
+                                       rewritten_prompt="better prompt", corrected="better answer",
+                                       rewriter_ms=1.5, aligner_ms=2.5))
+    store.submit_shadow(shadow_row("r2", "exp", "rewrite+align", time.time(), bodies=False, skipped="saturated",
+                                   corrected="not stored"))
+    await store.flush()
+    assert spilled_lines(tmp_path) == 4
+    blocker.unlink()  # the outage ends
+    submit(store, "r2")
+    await eventually(lambda: count(db, "shadow_runs") == 2 and count(db) == 2, what="replay")
+    await eventually(lambda: spilled_lines(tmp_path) == 0, what="spill files removed")
+    by_id = {r["id"]: r for r in rows(db, "shadow_runs")}
+    assert (by_id["r1"]["rewritten_prompt"], by_id["r1"]["corrected"], by_id["r1"]["aligner_ms"]) == (
+        "better prompt", "better answer", 2.5)
+    assert (by_id["r2"]["skipped"], by_id["r2"]["corrected"]) == ("saturated", None)  # bodies off: no text
 
 
 async def test_a_failed_write_that_did_commit_is_not_doubled(tmp_path: Path, opened: Any,
