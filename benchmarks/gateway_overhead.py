@@ -1,15 +1,19 @@
-"""Gateway overhead: the fake upstream called directly vs through aligngate (helpers off), side by side.
+"""Gateway overhead: the fake upstream called directly vs through aligngate (helpers off) vs through LiteLLM.
 
-Starts a fast fake OpenAI-compatible upstream and ``aligngate serve`` as their own processes on free ports,
-then measures, interleaving the targets so that machine noise hits both alike:
+Starts a fast fake OpenAI-compatible upstream, ``aligngate serve`` and the LiteLLM proxy (``litellm[proxy]``
+pinned, installed once into ``benchmarks/.venv-litellm``; model prefix ``hosted_vllm/``; same worker count)
+as their own processes on free ports, then measures, interleaving the targets so that machine noise hits
+all alike:
 
 * sequential non-streamed latency (p50/p99) and the latency the gateway adds;
 * throughput and p50/p99 at concurrency 1/8/32/128 (best of N rounds per target);
 * added time to the first streamed token;
-* CPU time per request of the gateway's processes (workers included) and of the upstream's.
+* CPU time per request of each proxy's processes (workers included) and of the upstream's.
 
 Prints a table, writes ``benchmarks/results/gateway_overhead.md`` (and a PNG when matplotlib is present)
-and ends with one JSON line of ratios. Run: ``python benchmarks/gateway_overhead.py [--quick]``.
+and ends with one JSON line of ratios (aligngate/direct and aligngate/LiteLLM).
+Run: ``python benchmarks/gateway_overhead.py [--quick] [--targets direct aligngate litellm] [--no-litellm]``.
+If the LiteLLM venv cannot be built the run goes on without it and says so.
 """
 
 from __future__ import annotations
@@ -114,22 +118,96 @@ def start_gateway(workdir: Path, upstream: str, workers: int) -> Proc:
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
+    wait_healthy("gateway", popen, url + "/healthz", log, 60)
+    return Proc("aligngate", popen, url + "/v1", log)
+
+
+def wait_healthy(name: str, popen: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
     import urllib.request
 
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if popen.poll() is not None:
-            raise RuntimeError(f"gateway exited: {log.read_text()}")
+            raise RuntimeError(f"{name} exited: {log.read_text()[-4000:]}")
         try:
-            with urllib.request.urlopen(url + "/healthz", timeout=1) as r:
+            with urllib.request.urlopen(url, timeout=1) as r:
                 if r.status == 200:
-                    break
+                    return
         except OSError:
-            time.sleep(0.1)
-    else:
-        popen.kill()
-        raise RuntimeError(f"gateway did not become healthy: {log.read_text()}")
-    return Proc("aligngate", popen, url + "/v1", log)
+            time.sleep(0.2)
+    popen.kill()
+    raise RuntimeError(f"{name} did not become healthy in {timeout_s:.0f} s: {log.read_text()[-4000:]}")
+
+
+ALL_TARGETS = ("direct", "aligngate", "litellm")
+LITELLM_VENV = ROOT / "benchmarks" / ".venv-litellm"
+LITELLM_REQUIREMENTS = ["litellm[proxy]==1.100.5", "prometheus_client"]
+# Everything that phones home or adds work that is not inherent to proxying, switched off.
+LITELLM_ENV = {
+    "LITELLM_TELEMETRY": "False",  # usage telemetry (also --telemetry False and litellm_settings.telemetry)
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",  # use the bundled cost map instead of fetching it from GitHub
+    "LITELLM_LOG": "ERROR",
+    "LITELLM_MODE": "PRODUCTION",  # do not load a .env file
+    "DISABLE_ADMIN_UI": "True",
+    "NO_DOCS": "True",
+    "NO_REDOC": "True",
+}
+
+
+def ensure_litellm_venv() -> Path:
+    """The ``litellm`` executable of the cached venv, building the venv on first use (RuntimeError if that fails)."""
+    exe = LITELLM_VENV / "bin" / "litellm"
+    stamp = LITELLM_VENV / ".installed"
+    wanted = " ".join(LITELLM_REQUIREMENTS)
+    if exe.exists() and stamp.exists() and stamp.read_text().strip() == wanted:
+        return exe
+    print(f"building the LiteLLM venv at {LITELLM_VENV} ({wanted}); this happens once ...", file=sys.stderr)
+    steps = [
+        [sys.executable, "-m", "venv", str(LITELLM_VENV)],
+        [str(LITELLM_VENV / "bin" / "python"), "-m", "pip", "install", "-q", *LITELLM_REQUIREMENTS],
+    ]
+    for cmd in steps:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"`{' '.join(cmd)}` failed (exit {proc.returncode}): "
+                               f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
+    if not exe.exists():
+        raise RuntimeError(f"{exe} missing after the install")
+    stamp.write_text(wanted + "\n")
+    return exe
+
+
+def start_litellm(workdir: Path, exe: Path, upstream: str, workers: int) -> Proc:
+    port = free_port()
+    config = workdir / "litellm.yaml"
+    config.write_text(
+        "model_list:\n"
+        "  - model_name: bench-model\n"
+        f"    litellm_params: {{model: hosted_vllm/bench-model, api_base: {upstream}, api_key: x}}\n"
+        "litellm_settings:\n"
+        "  drop_params: true\n"
+        "  telemetry: false\n"
+        "  set_verbose: false\n"
+        "  json_logs: false\n"
+        "  turn_off_message_logging: true\n"
+        "  num_retries: 0\n"
+        "  request_timeout: 600\n"
+        "general_settings:\n"
+        "  disable_spend_logs: true\n"
+        "  disable_error_logs: true\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "STORE_MODEL_IN_DB", "REDIS_HOST",
+                                                           "LITELLM_MASTER_KEY", "OPENAI_API_KEY")}
+    env.update(LITELLM_ENV)
+    log = workdir / "litellm.log"
+    popen = subprocess.Popen(
+        [str(exe), "--config", str(config), "--host", "127.0.0.1", "--port", str(port),
+         "--num_workers", str(workers), "--telemetry", "False"],
+        cwd=workdir, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_healthy("litellm", popen, url + "/health/liveliness", log, 180)
+    return Proc("litellm", popen, url + "/v1", log)
 
 
 def pct(values: list[float], q: float) -> float:
@@ -160,12 +238,23 @@ async def one_chat(session: aiohttp.ClientSession, url: str) -> float:
     return time.perf_counter() - t
 
 
+def has_content(data: bytes) -> bool:
+    """Whether an SSE chunk carries a non-empty delta content (any JSON spacing: LiteLLM's differs)."""
+    if b'"content"' not in data:
+        return False
+    try:
+        choices = json.loads(data).get("choices") or [{}]
+        return bool((choices[0].get("delta") or {}).get("content"))
+    except (ValueError, AttributeError):
+        return False
+
+
 async def one_stream_ttft(session: aiohttp.ClientSession, url: str) -> float:
     t = time.perf_counter()
     ttft = None
     async with session.post(url + "/chat/completions", data=STREAM_BODY, headers=JSON) as r:
         async for line in r.content:
-            if ttft is None and line.startswith(b"data: ") and b'"content":"' in line and b'"content":""' not in line:
+            if ttft is None and line.startswith(b"data: {") and has_content(line[6:]):
                 ttft = time.perf_counter() - t
         if r.status != 200:
             raise RuntimeError(f"HTTP {r.status}")
@@ -217,9 +306,14 @@ async def concurrent(url: str, concurrency: int, duration_s: float) -> Run:
     return run
 
 
+def target_pid(name: str, procs: dict[str, Proc]) -> int:
+    """The process whose CPU a target's requests cost: the proxy's, or the upstream's for ``direct``."""
+    return procs["upstream" if name == "direct" else name].popen.pid
+
+
 async def measure(args: argparse.Namespace, procs: dict[str, Proc]) -> dict[str, object]:
-    urls = {"direct": procs["upstream"].base_url, "aligngate": procs["aligngate"].base_url}
-    out: dict[str, object] = {}
+    urls = {name: procs["upstream" if name == "direct" else name].base_url for name in args.targets}
+    out: dict[str, object] = {"targets": list(urls)}
 
     seq = await sequential(urls, one_chat, args.sequential)
     out["sequential"] = {k: {"p50_ms": pct(r.latencies, 50) * 1e3, "p99_ms": pct(r.latencies, 99) * 1e3}
@@ -230,20 +324,17 @@ async def measure(args: argparse.Namespace, procs: dict[str, Proc]) -> dict[str,
                    for k, r in ttft.items()}
 
     conc: dict[str, dict[str, dict[str, float]]] = {}
-    cpu: dict[str, float] = {"gateway_s": 0.0, "gateway_requests": 0, "upstream_s": 0.0, "upstream_requests": 0}
+    cpu_s = dict.fromkeys(urls, 0.0)
+    cpu_n = dict.fromkeys(urls, 0)
     for c in args.concurrency:
         best: dict[str, Run] = {}
         for _ in range(args.rounds):
             for name, url in urls.items():
-                g0, u0 = cpu_seconds(procs["aligngate"].popen.pid), cpu_seconds(procs["upstream"].popen.pid)
+                pid = target_pid(name, procs)
+                c0 = cpu_seconds(pid)
                 run = await concurrent(url, c, args.duration)
-                g1, u1 = cpu_seconds(procs["aligngate"].popen.pid), cpu_seconds(procs["upstream"].popen.pid)
-                if name == "aligngate":
-                    cpu["gateway_s"] += g1 - g0
-                    cpu["gateway_requests"] += len(run.latencies)
-                else:
-                    cpu["upstream_s"] += u1 - u0
-                    cpu["upstream_requests"] += len(run.latencies)
+                cpu_s[name] += cpu_seconds(pid) - c0
+                cpu_n[name] += len(run.latencies)
                 if name not in best or run.rps > best[name].rps:
                     best[name] = run
         conc[str(c)] = {
@@ -252,58 +343,134 @@ async def measure(args: argparse.Namespace, procs: dict[str, Proc]) -> dict[str,
             for name, r in best.items()
         }
     out["concurrency"] = conc
-    out["cpu_us_per_request"] = {
-        "aligngate": cpu["gateway_s"] / max(cpu["gateway_requests"], 1) * 1e6,
-        "upstream": cpu["upstream_s"] / max(cpu["upstream_requests"], 1) * 1e6,
-    }
+    # "direct" is the upstream's own CPU per request (when it is called directly)
+    out["cpu_us_per_request"] = {("upstream" if k == "direct" else k): cpu_s[k] / max(cpu_n[k], 1) * 1e6
+                                 for k in urls}
     return out
 
 
-def render(res: dict[str, object], args: argparse.Namespace) -> tuple[str, dict[str, float]]:
+# Issue 6's targets
+TARGET_ADDED_P50_MS = 1.0
+TARGET_ADDED_TTFT_MS = 2.0
+TARGET_THROUGHPUT_C32 = 0.70
+TARGET_CPU_VS_LITELLM = 1 / 8
+
+
+def _fmt(v: float | None, spec: str = ".2f") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or b == 0 else a / b
+
+
+def render(res: dict[str, object], args: argparse.Namespace) -> tuple[str, dict[str, object]]:
+    targets = res["targets"]
     seq = res["sequential"]
     ttft = res["ttft"]
     conc = res["concurrency"]
     cpu = res["cpu_us_per_request"]
-    assert isinstance(seq, dict) and isinstance(ttft, dict) and isinstance(conc, dict) and isinstance(cpu, dict)
+    assert isinstance(targets, list) and isinstance(seq, dict) and isinstance(ttft, dict)
+    assert isinstance(conc, dict) and isinstance(cpu, dict)
+    proxies = [t for t in targets if t != "direct"]
+    has_direct = "direct" in targets
+    cmd = " ".join(sys.argv[1:])
     lines = [
         "# Gateway overhead (helpers off)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; "
-        f"aligngate workers: {args.workers}; fake upstream and load client on the same machine.",
-        f"Command: `python benchmarks/gateway_overhead.py{' --quick' if args.quick else ''}`",
+        f"workers per proxy: {args.workers}; fake upstream and load client on the same machine.",
+        f"Targets (interleaved): {', '.join(targets)}"
+        + (f"; LiteLLM: {' '.join(LITELLM_REQUIREMENTS)}, model `hosted_vllm/bench-model`" if "litellm" in targets
+           else "") + ".",
+        f"Command: `python benchmarks/gateway_overhead.py{' ' + cmd if cmd else ''}`",
         "",
-        "| measure | direct | aligngate | added |",
-        "|---|---:|---:|---:|",
     ]
-    for q in ("p50_ms", "p99_ms"):
-        d, g = seq["direct"][q], seq["aligngate"][q]
-        lines.append(f"| sequential {q[:3]} latency (ms) | {d:.3f} | {g:.3f} | {g - d:+.3f} |")
-    for q in ("p50_ms", "p99_ms"):
-        d, g = ttft["direct"][q], ttft["aligngate"][q]
-        lines.append(f"| stream first token {q[:3]} (ms) | {d:.3f} | {g:.3f} | {g - d:+.3f} |")
-    lines += ["", "| concurrency | direct req/s | aligngate req/s | ratio | direct p50/p99 ms | aligngate p50/p99 ms "
-              "| added p50/p99 ms | errors |", "|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    cols = ["measure", *targets, *(f"{t} added" for t in proxies if has_direct)]
+    lines += ["| " + " | ".join(cols) + " |", "|---|" + "---:|" * (len(cols) - 1)]
+    for label, table in (("sequential", seq), ("stream first token", ttft)):
+        for q in ("p50_ms", "p99_ms"):
+            row = [f"{table[t][q]:.3f}" for t in targets]
+            if has_direct:
+                row += [f"{table[t][q] - table['direct'][q]:+.3f}" for t in proxies]
+            lines.append(f"| {label} {q[:3]} (ms) | " + " | ".join(row) + " |")
+    head = ["concurrency"] + [f"{t} req/s" for t in targets]
+    if has_direct:
+        head += [f"{t}/direct" for t in proxies]
+    if "aligngate" in targets and "litellm" in targets:
+        head.append("aligngate/litellm")
+    head += [f"{t} p50/p99 ms" for t in targets] + ["errors"]
+    lines += ["", "| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for c, row in conc.items():
-        d, g = row["direct"], row["aligngate"]
-        ratio = g["rps"] / d["rps"]
-        added = f"{g['p50_ms'] - d['p50_ms']:+.2f}/{g['p99_ms'] - d['p99_ms']:+.2f}"
-        lines.append(
-            f"| {c} | {d['rps']:.0f} | {g['rps']:.0f} | {ratio:.2f} | {d['p50_ms']:.2f}/{d['p99_ms']:.2f} "
-            f"| {g['p50_ms']:.2f}/{g['p99_ms']:.2f} | {added} | {d['errors'] + g['errors']} |"
-        )
-    lines += ["", f"CPU per request: aligngate {cpu['aligngate']:.0f} µs (all its processes), "
-              f"fake upstream {cpu['upstream']:.0f} µs.", ""]
-    summary = {
-        "added_p50_ms_sequential": seq["aligngate"]["p50_ms"] - seq["direct"]["p50_ms"],
-        "added_p99_ms_sequential": seq["aligngate"]["p99_ms"] - seq["direct"]["p99_ms"],
-        "added_ttft_p50_ms": ttft["aligngate"]["p50_ms"] - ttft["direct"]["p50_ms"],
-        "aligngate_cpu_us_per_request": cpu["aligngate"],
-    }
-    for c, row in conc.items():
-        summary[f"throughput_ratio_c{c}"] = row["aligngate"]["rps"] / row["direct"]["rps"]
-        summary[f"added_p50_ms_c{c}"] = row["aligngate"]["p50_ms"] - row["direct"]["p50_ms"]
-        summary[f"added_p99_ms_c{c}"] = row["aligngate"]["p99_ms"] - row["direct"]["p99_ms"]
-    summary["aligngate_over_direct_p50_sequential"] = seq["aligngate"]["p50_ms"] / seq["direct"]["p50_ms"]
+        cells = [c] + [f"{row[t]['rps']:.0f}" for t in targets]
+        if has_direct:
+            cells += [f"{row[t]['rps'] / row['direct']['rps']:.2f}" for t in proxies]
+        if "aligngate" in targets and "litellm" in targets:
+            cells.append(f"{row['aligngate']['rps'] / row['litellm']['rps']:.2f}")
+        cells += [f"{row[t]['p50_ms']:.2f}/{row[t]['p99_ms']:.2f}" for t in targets]
+        cells.append(str(sum(int(row[t]["errors"]) for t in targets)))
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "CPU per request (all of a target's processes, workers included): "
+              + ", ".join(f"{k} {v:.0f} µs" for k, v in cpu.items()) + "."]
+
+    # summary: what aligngate adds over direct, and how that compares with LiteLLM
+    def added(table: dict[str, dict[str, float]], t: str, q: str = "p50_ms") -> float | None:
+        return table[t][q] - table["direct"][q] if has_direct and t in table else None
+
+    def rps_ratio(t: str, c: str = "32") -> float | None:
+        return conc[c][t]["rps"] / conc[c]["direct"]["rps"] if has_direct and c in conc and t in conc[c] else None
+
+    summary: dict[str, object] = {}
+    if "aligngate" in targets:
+        summary.update({
+            "added_p50_ms_sequential": added(seq, "aligngate"),
+            "added_p99_ms_sequential": added(seq, "aligngate", "p99_ms"),
+            "added_ttft_p50_ms": added(ttft, "aligngate"),
+            "aligngate_cpu_us_per_request": cpu["aligngate"],
+        })
+        if has_direct:
+            for c, row in conc.items():
+                summary[f"throughput_ratio_c{c}"] = row["aligngate"]["rps"] / row["direct"]["rps"]
+                summary[f"added_p50_ms_c{c}"] = row["aligngate"]["p50_ms"] - row["direct"]["p50_ms"]
+                summary[f"added_p99_ms_c{c}"] = row["aligngate"]["p99_ms"] - row["direct"]["p99_ms"]
+            summary["aligngate_over_direct_p50_sequential"] = seq["aligngate"]["p50_ms"] / seq["direct"]["p50_ms"]
+            summary["aligngate_over_direct_cpu_per_request"] = cpu["aligngate"] / cpu["upstream"]
+    if "litellm" in targets:
+        summary.update({
+            "litellm_added_p50_ms_sequential": added(seq, "litellm"),
+            "litellm_added_ttft_p50_ms": added(ttft, "litellm"),
+            "litellm_throughput_ratio_c32": rps_ratio("litellm"),
+            "litellm_cpu_us_per_request": cpu["litellm"],
+        })
+    if "aligngate" in targets and "litellm" in targets:
+        summary.update({
+            "aligngate_over_litellm_added_p50_sequential": _ratio(added(seq, "aligngate"), added(seq, "litellm")),
+            "aligngate_over_litellm_added_ttft_p50": _ratio(added(ttft, "aligngate"), added(ttft, "litellm")),
+            "aligngate_over_litellm_throughput_c32":
+                _ratio(conc["32"]["aligngate"]["rps"], conc["32"]["litellm"]["rps"]) if "32" in conc else None,
+            "aligngate_over_litellm_cpu_per_request": cpu["aligngate"] / cpu["litellm"],
+        })
+
+    # Issue 6's targets
+    checks: list[tuple[str, str, float | None, bool | None]] = []
+    if "aligngate" in targets:
+        a_p50, a_ttft, thr = added(seq, "aligngate"), added(ttft, "aligngate"), rps_ratio("aligngate")
+        checks += [
+            ("added p50 sequential ≤ 1 ms", "target_added_p50_le_1ms", a_p50,
+             None if a_p50 is None else a_p50 <= TARGET_ADDED_P50_MS),
+            ("added stream first token p50 ≤ 2 ms", "target_added_ttft_le_2ms", a_ttft,
+             None if a_ttft is None else a_ttft <= TARGET_ADDED_TTFT_MS),
+            ("throughput at c32 ≥ 70% of direct", "target_throughput_c32_ge_0.7", thr,
+             None if thr is None else thr >= TARGET_THROUGHPUT_C32),
+        ]
+        cpu_r = cpu["aligngate"] / cpu["litellm"] if "litellm" in cpu else None
+        checks.append(("CPU per request ≤ 1/8 of LiteLLM's", "target_cpu_le_eighth_of_litellm", cpu_r,
+                       None if cpu_r is None else cpu_r <= TARGET_CPU_VS_LITELLM))
+        lines += ["", "| issue 6 target | measured | pass |", "|---|---:|:---:|"]
+        for label, key, value, ok in checks:
+            lines.append(f"| {label} | {_fmt(value, '.3f')} | {'n/a' if ok is None else ('yes' if ok else 'NO')} |")
+            summary[key] = ok
+    lines.append("")
     return "\n".join(lines), summary
 
 
@@ -316,14 +483,16 @@ def plot(res: dict[str, object], path: Path) -> bool:
     except ImportError:
         return False
     conc = res["concurrency"]
-    assert isinstance(conc, dict)
+    targets = res["targets"]
+    assert isinstance(conc, dict) and isinstance(targets, list)
     levels = list(conc)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    for name in ("direct", "aligngate"):
+    for name in targets:
         ax1.plot(levels, [conc[c][name]["rps"] for c in levels], marker="o", label=name)
         ax2.plot(levels, [conc[c][name]["p99_ms"] for c in levels], marker="o", label=name)
     ax1.set(title="Throughput", xlabel="concurrency", ylabel="requests/s")
     ax2.set(title="p99 latency", xlabel="concurrency", ylabel="ms")
+    ax2.set_yscale("log")
     for ax in (ax1, ax2):
         ax.legend()
         ax.grid(alpha=0.3)
@@ -342,16 +511,38 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per concurrency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--targets", nargs="+", choices=ALL_TARGETS, default=list(ALL_TARGETS),
+                        help="what to measure, interleaved (default: all three)")
+    parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (e.g. when its venv cannot be built)")
     args = parser.parse_args()
     if args.quick:
         args.sequential, args.streams, args.rounds, args.duration = 300, 60, 1, 1.0
+    args.targets = [t for t in ALL_TARGETS if t in args.targets and not (t == "litellm" and args.no_litellm)]
+    if not args.targets:
+        parser.error("no targets left to measure")
+
+    litellm_exe: Path | None = None
+    if "litellm" in args.targets:
+        try:
+            litellm_exe = ensure_litellm_venv()
+        except (RuntimeError, OSError) as exc:
+            print(f"LiteLLM SKIPPED: could not build its venv ({exc}). Measuring without it; "
+                  "use --no-litellm to silence this.", file=sys.stderr)
+            args.targets.remove("litellm")
 
     with tempfile.TemporaryDirectory(prefix="aligngate-bench-") as tmp:
         workdir = Path(tmp)
         procs: dict[str, Proc] = {}
         try:
             procs["upstream"] = start_upstream(workdir)
-            procs["aligngate"] = start_gateway(workdir, procs["upstream"].base_url, args.workers)
+            if "aligngate" in args.targets:
+                procs["aligngate"] = start_gateway(workdir, procs["upstream"].base_url, args.workers)
+            if litellm_exe is not None and "litellm" in args.targets:
+                try:
+                    procs["litellm"] = start_litellm(workdir, litellm_exe, procs["upstream"].base_url, args.workers)
+                except RuntimeError as exc:
+                    print(f"LiteLLM SKIPPED: the proxy did not start ({exc})", file=sys.stderr)
+                    args.targets.remove("litellm")
             try:
                 import uvloop
 
@@ -369,7 +560,8 @@ def main() -> None:
     (args.out / "gateway_overhead.md").write_text(table)
     if plot(res, args.out / "gateway_overhead.png"):
         print(f"wrote {args.out / 'gateway_overhead.md'} and gateway_overhead.png")
-    print(json.dumps({"benchmark": "gateway_overhead", **{k: round(v, 4) for k, v in summary.items()}}))
+    line = {k: round(v, 4) if isinstance(v, float) else v for k, v in summary.items()}
+    print(json.dumps({"benchmark": "gateway_overhead", "targets": args.targets, **line}))
 
 
 if __name__ == "__main__":
