@@ -77,6 +77,15 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--kind", required=True, choices=EXPORT_KINDS, help="what to export")
     _store_flags(export, "only this experiment's requests (default: every experiment)")
     export.add_argument("--out", metavar="FILE.jsonl", required=True, help="output file (written atomically)")
+
+    train = sub.add_parser(
+        "train", help="train a helper or the base model: sft, rm, dpo, kto, ppo (needs aligngate[local,train])",
+        description="Train with a YAML recipe (train/recipes/); key=value arguments override recipe keys "
+        "(dotted keys reach into sections, e.g. dataset.path=FILE max_steps=10 lora=false).",
+    )
+    train.add_argument("method", choices=["sft", "rm", "dpo", "kto", "ppo"], help="training method")
+    train.add_argument("--config", metavar="RECIPE.yaml", help="recipe file (default: built-in defaults)")
+    train.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
     return parser
 
 
@@ -187,12 +196,37 @@ def _data_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    """`aligngate train`: train/ (and torch, TRL) are imported only here, so the gateway stays light."""
+    bad = [o for o in args.overrides if "=" not in o]
+    if bad:
+        return _fail(f"train: overrides must be key=value, got {' '.join(bad)}")
+    try:
+        from train.common import RecipeError
+        from train.run import MethodUnavailable, run
+    except ImportError as exc:
+        return _fail(f"train needs the training extra: pip install 'aligngate[local,train]' ({exc})")
+    try:
+        run(args.method, args.config, args.overrides)
+    except (RecipeError, MethodUnavailable) as exc:
+        return _fail(str(exc))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    # `train METHOD --config R key=value ...`: overrides may follow the flags, which argparse leaves unparsed.
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if args.command != "train" or any(e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
     if args.command == "serve":
         return _serve(args)
     if args.command == "ab":
         return _ab_report(args)
     if args.command == "data":
         return _data_export(args)
+    if args.command == "train":
+        return _train(args)
     raise AssertionError(args.command)

@@ -1,0 +1,132 @@
+"""Each trainer runs a few steps on CPU on a tiny local Llama (no hub) and changes its trainable weights."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+import torch
+
+from tests.models.local.tiny import build_random
+from train import dpo, kto, rm, sft
+from train.common import TrainConfig, load_recipe
+
+WORDS = [
+    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog",
+    "hello", "world", "tiny", "tokenizer", "batching", "engine",
+]
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """16 conversational preference pairs in the tiny tokenizer's vocabulary."""
+    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
+    rows = []
+    for i in range(16):
+        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(4))
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
+                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
+                "rejected": [{"role": "assistant", "content": f"the lazy dog {WORDS[i % len(WORDS)]}"}],
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random(tmp_path_factory.mktemp("tiny-train"))
+
+
+def _recipe(cls: type[Any], model: Path, data: Path, out: Path, *extra: str) -> Any:
+    return load_recipe(
+        cls,
+        None,
+        [
+            f"model={model}",
+            f"output_dir={out}",
+            f"dataset.path={data}",
+            "max_steps=2",
+            "max_length=64",
+            "eval_share=0.3",
+            "learning_rate=0.01",
+            "lora_r=4",
+            "lora_alpha=8",
+            "lora_dropout=0.0",
+            "logging_steps=1",
+            "save_steps=2",
+            "report_to=[]",
+            "disable_tqdm=true",
+            *extra,
+        ],
+    )
+
+
+def _lora_weights(adapter: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {k: v for k, v in load_file(str(adapter / "adapter_model.safetensors")).items() if "lora_B" in k}
+
+
+def _check_trained(result: dict[str, Any], config: TrainConfig) -> None:
+    adapter = Path(result["adapter"])
+    assert (adapter / "adapter_config.json").is_file()
+    # LoRA B starts at zero: a non-zero B means the optimizer moved the trainable weights.
+    weights = _lora_weights(adapter)
+    assert weights
+    assert any(w.abs().sum().item() > 0 for w in weights.values())
+    assert (Path(config.output_dir) / "checkpoint-2").is_dir()
+
+
+def test_sft_trains_lora_and_merges(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    config = _recipe(sft.SFTRecipe, tiny_model, prefs, tmp_path / "sft", "merge=true")
+    result = sft.main(config)
+    _check_trained(result, config)
+    assert (Path(result["merged"]) / "config.json").is_file()
+    # The gateway's local engine loads the adapter onto the base model.
+    from models.local.loader import load_local_model
+
+    loaded = load_local_model(str(tiny_model), adapter=result["adapter"])
+    assert loaded is not None
+
+
+def test_rm_sets_pad_and_reports_pairwise_accuracy(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    config = _recipe(rm.RMRecipe, tiny_model, prefs, tmp_path / "rm")
+    model, tokenizer, _ = rm.load_reward_model(config)
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    result = rm.main(config)
+    _check_trained(result, config)
+    accuracy = result["metrics"]["eval_pairwise_accuracy"]
+    assert 0.0 <= accuracy <= 1.0
+
+
+@pytest.mark.parametrize("loss_type", ["sigmoid", "ipo"])
+def test_dpo_loss_types(tiny_model: Path, prefs: Path, tmp_path: Path, loss_type: str) -> None:
+    config = _recipe(dpo.DPORecipe, tiny_model, prefs, tmp_path / "dpo", f"loss_type={loss_type}")
+    _check_trained(dpo.main(config), config)
+
+
+def test_kto_from_preference_pairs(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    config = _recipe(kto.KTORecipe, tiny_model, prefs, tmp_path / "kto", "per_device_train_batch_size=4")
+    result = kto.main(config)
+    _check_trained(result, config)
+    info = json.loads((Path(config.output_dir) / "aligngate-train.json").read_text())
+    assert info["adapter"] == result["adapter"]
+
+
+def test_sft_resumes_from_checkpoint(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    sft.main(_recipe(sft.SFTRecipe, tiny_model, prefs, out))
+    more = ("max_steps=3", "save_steps=3", "resume_from_checkpoint=true")
+    config = _recipe(sft.SFTRecipe, tiny_model, prefs, out, *more)
+    result = sft.main(config)
+    assert result["metrics"]["train_runtime"] >= 0
+    assert (out / "checkpoint-3").is_dir()

@@ -1,0 +1,62 @@
+"""Direct preference optimisation (TRL ``DPOTrainer``) on conversational preference pairs; ``loss_type``
+selects DPO (``sigmoid``), IPO (``ipo``), ``hinge``, ``robust``, … With LoRA the reference model is the base
+with the adapter disabled (no second copy in memory).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from train.common import (
+    TrainConfig,
+    final_eval,
+    load_causal_lm,
+    peft_config,
+    preference_rows,
+    resume_arg,
+    run_main,
+    save_outputs,
+    to_datasets,
+    trl_args,
+)
+
+
+@dataclass
+class DPORecipe(TrainConfig):
+    """DPO recipe: the shared keys plus the preference loss and its temperature."""
+
+    loss_type: str = "sigmoid"
+    beta: float = 0.1
+    learning_rate: float = 5e-5
+
+
+def main(config: DPORecipe) -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    train_ds, eval_ds = to_datasets(preference_rows(config.dataset), config)
+    model, tokenizer, base = load_causal_lm(config)
+    args = DPOConfig(**trl_args(config), max_length=config.max_length, loss_type=[config.loss_type], beta=config.beta)
+    if eval_ds is None:
+        args.eval_strategy = "no"
+    trainer = DPOTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config(config),
+    )
+    result = trainer.train(resume_from_checkpoint=resume_arg(config))
+    metrics: dict[str, Any] = dict(result.metrics)
+    if eval_ds is not None:
+        metrics.update(final_eval(trainer))
+    return {"metrics": metrics, **save_outputs(trainer, tokenizer, config, base)}
+
+
+#: The recipe class `aligngate train dpo` builds from YAML.
+RECIPE = DPORecipe
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(DPORecipe, main))

@@ -1,0 +1,374 @@
+"""A small PPO trainer for causal LMs: rollout, score, KL-shaped rewards, GAE, clipped updates.
+
+Models:
+- **policy**: a causal LM, optionally wrapped in a LoRA adapter (peft). The **reference** is then the same
+  model with the adapter disabled (``with policy.disable_adapter():``); without LoRA it is a frozen copy.
+- **value model**: a separate ``AutoModelForSequenceClassification(num_labels=1)`` initialised from the reward
+  model; its head is applied at every position to get per-token values.
+- **reward**: a frozen sequence-classification reward model (``pad_token_id`` set; its head is applied at every
+  position and read at the last non-pad token), or any callable ``reward_fn(prompt_ids, response_ids,
+  response_mask) -> (B,)`` scores.
+
+Layout of a rollout: prompts are left-padded (``P`` columns), responses right-padded after the first EOS
+(``T`` columns); position ids come from the attention mask, so padding does not shift positions.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+
+from train.ppo.core import (
+    AdaptiveKLController,
+    FixedKLController,
+    gae,
+    logprobs_from_logits,
+    masked_mean,
+    masked_whiten,
+    per_token_rewards,
+    policy_loss,
+    score_at_last_token,
+    value_loss,
+)
+
+RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class PPOConfig:
+    """Hyper-parameters of :class:`PPOTrainer` (defaults follow Ziegler et al. / TRL's old PPO)."""
+
+    batch_size: int = 16  #: prompts (rollouts) per PPO step
+    mini_batch_size: int = 8  #: rollouts per gradient update
+    ppo_epochs: int = 4  #: passes over each rollout batch
+    learning_rate: float = 1.4e-5
+    value_learning_rate: float | None = None  #: defaults to ``learning_rate``
+    max_grad_norm: float = 1.0
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    target_kl: float = 6.0  #: target of the adaptive controller, in nats per sequence
+    kl_horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    max_new_tokens: int = 32
+    temperature: float = 1.0
+    seed: int = 0
+    lora_r: int = 0  #: 0 trains the full policy; > 0 wraps it in a LoRA adapter of this rank
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+
+    def __post_init__(self) -> None:
+        if self.batch_size % self.mini_batch_size:
+            raise ValueError("batch_size must be a multiple of mini_batch_size")
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError("kl_estimator must be 'k1' or 'k3'")
+
+
+@dataclass
+class Rollout:
+    """One batch of generated experience (all tensors detached)."""
+
+    input_ids: torch.Tensor  #: (B, P + T) prompt + response
+    attention_mask: torch.Tensor  #: (B, P + T)
+    response_mask: torch.Tensor  #: (B, T), 1 up to and including the first EOS
+    prompt_length: int
+    logprobs: torch.Tensor  #: (B, T) under the policy that sampled
+    values: torch.Tensor  #: (B, T)
+    advantages: torch.Tensor  #: (B, T)
+    returns: torch.Tensor  #: (B, T)
+    scores: torch.Tensor  #: (B,)
+    kl: torch.Tensor  #: (B, T) per-token KL estimate against the reference
+
+
+def _head(model: nn.Module) -> nn.Module:
+    for name in ("score", "classifier", "v_head"):
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            return head
+    raise TypeError(f"{type(model).__name__} has no score/classifier head")
+
+
+def token_scores(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """A sequence-classification model's head applied at every position: ``(B, L)`` (num_labels=1)."""
+    backbone = getattr(model, getattr(model, "base_model_prefix", "model"))
+    hidden = backbone(
+        input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask)
+    ).last_hidden_state
+    return cast(torch.Tensor, _head(model)(hidden)).squeeze(-1).float()
+
+
+def _positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def response_mask_from(tokens: torch.Tensor, eos_token_id: int | None) -> torch.Tensor:
+    """1 for each response token up to and including the first EOS, 0 after it."""
+    if eos_token_id is None:
+        return torch.ones_like(tokens)
+    is_eos = (tokens == eos_token_id).long()
+    after_eos = is_eos.cumsum(-1) - is_eos  # number of EOS strictly before t
+    return (after_eos == 0).long()
+
+
+class PPOTrainer:
+    """PPO over a policy, a value model and a reward (model or callable); see the module docstring."""
+
+    def __init__(
+        self,
+        config: PPOConfig,
+        policy: nn.Module,
+        tokenizer: Any,
+        reward_model: nn.Module | None = None,
+        reward_fn: RewardFn | None = None,
+        value_model: nn.Module | None = None,
+        ref_model: nn.Module | None = None,
+    ) -> None:
+        if (reward_model is None) == (reward_fn is None):
+            raise ValueError("give exactly one of reward_model and reward_fn")
+        self.config = config
+        self.tokenizer = tokenizer
+        if tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer needs a pad token")
+        torch.manual_seed(config.seed)
+        self._rng = random.Random(config.seed)
+        self.use_lora = config.lora_r > 0
+        if self.use_lora:
+            from peft import LoraConfig, get_peft_model
+
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=config.lora_target_modules,
+                task_type="CAUSAL_LM",
+            )
+            policy = cast(nn.Module, get_peft_model(cast(Any, policy), lora))
+            self.ref_model: nn.Module | None = None
+        else:
+            self.ref_model = ref_model if ref_model is not None else copy.deepcopy(policy)
+            self.ref_model.eval().requires_grad_(False)
+        self.policy = policy
+        self.reward_fn = reward_fn
+        self.reward_model = reward_model
+        if reward_model is not None:
+            config_ = getattr(reward_model, "config", None)
+            if config_ is not None and getattr(config_, "pad_token_id", None) is None:
+                config_.pad_token_id = tokenizer.pad_token_id  # always set: HF pools at the last non-pad token
+            reward_model.eval().requires_grad_(False)
+        if value_model is None:
+            if reward_model is None:
+                raise ValueError("with a reward_fn, pass a value_model (a sequence classifier, num_labels=1)")
+            value_model = copy.deepcopy(reward_model)  # a separate model, initialised from the RM
+        value_model.requires_grad_(True)
+        self.value_model = value_model
+        policy_params = [p for p in self.policy.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(
+            [
+                {"params": policy_params, "lr": config.learning_rate},
+                {
+                    "params": list(self.value_model.parameters()),
+                    "lr": config.value_learning_rate or config.learning_rate,
+                },
+            ],
+            eps=1e-5,
+        )
+        self.kl_ctl: AdaptiveKLController | FixedKLController = (
+            AdaptiveKLController(config.init_kl_coef, config.target_kl, config.kl_horizon)
+            if config.adaptive_kl
+            else FixedKLController(config.init_kl_coef)
+        )
+
+    # ---- forward helpers -------------------------------------------------------------------------------
+    def _reference(self) -> AbstractContextManager[Any]:
+        if self.use_lora:
+            return cast(AbstractContextManager[Any], cast(Any, self.policy).disable_adapter())
+        return nullcontext()
+
+    def _logprobs(
+        self, model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor:
+        logits = model(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask)
+        ).logits
+        logits = logits[:, prompt_length - 1 : -1] / self.config.temperature
+        return logprobs_from_logits(logits, input_ids[:, prompt_length:])
+
+    def _values(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        return token_scores(self.value_model, input_ids, attention_mask)[:, prompt_length - 1 : -1]
+
+    def _score(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, response_mask: torch.Tensor, prompt_length: int
+    ) -> torch.Tensor:
+        if self.reward_fn is not None:
+            scores = self.reward_fn(input_ids[:, :prompt_length], input_ids[:, prompt_length:], response_mask)
+            return scores.float().to(input_ids.device)
+        assert self.reward_model is not None
+        return score_at_last_token(token_scores(self.reward_model, input_ids, attention_mask), attention_mask)
+
+    # ---- rollout ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def rollout(self, prompts: Sequence[str]) -> Rollout:
+        """Sample responses, score them, shape rewards with the KL penalty, run GAE."""
+        cfg = self.config
+        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
+        device = next(self.policy.parameters()).device
+        prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+        prompt_length = prompt_ids.shape[1]
+        self.policy.eval()
+        generated = cast(Any, self.policy).generate(
+            input_ids=prompt_ids,
+            attention_mask=prompt_mask,
+            do_sample=True,
+            temperature=cfg.temperature,
+            top_k=0,
+            top_p=1.0,
+            max_new_tokens=cfg.max_new_tokens,
+            min_new_tokens=1,
+            pad_token_id=self.tokenizer.pad_token_id,
+            eos_token_id=self.tokenizer.eos_token_id,
+        )
+        response = generated[:, prompt_length:]
+        response_mask = response_mask_from(response, self.tokenizer.eos_token_id)
+        response = torch.where(response_mask.bool(), response, torch.full_like(response, self.tokenizer.pad_token_id))
+        input_ids = torch.cat([prompt_ids, response], dim=1)
+        attention_mask = torch.cat([prompt_mask, response_mask], dim=1)
+
+        logprobs = self._logprobs(self.policy, input_ids, attention_mask, prompt_length)
+        with self._reference():
+            ref_model = self.policy if self.ref_model is None else self.ref_model
+            ref_logprobs = self._logprobs(ref_model, input_ids, attention_mask, prompt_length)
+        self.value_model.eval()
+        values = self._values(input_ids, attention_mask, prompt_length)
+        scores = self._score(input_ids, attention_mask, response_mask, prompt_length)
+
+        rewards, kl = per_token_rewards(
+            scores, logprobs, ref_logprobs, response_mask, self.kl_ctl.value, cfg.kl_estimator
+        )
+        advantages, returns = gae(rewards, values, response_mask, cfg.gamma, cfg.lam)
+        if cfg.whiten_advantages:
+            advantages = masked_whiten(advantages, response_mask)
+        return Rollout(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            response_mask=response_mask,
+            prompt_length=prompt_length,
+            logprobs=logprobs,
+            values=values * response_mask,
+            advantages=advantages,
+            returns=returns,
+            scores=scores,
+            kl=kl,
+        )
+
+    # ---- update ----------------------------------------------------------------------------------------
+    def _minibatches(self, n: int) -> Iterator[list[int]]:
+        order = list(range(n))
+        self._rng.shuffle(order)
+        size = self.config.mini_batch_size
+        for start in range(0, n, size):
+            yield order[start : start + size]
+
+    def update(self, batch: Rollout) -> dict[str, float]:
+        """``ppo_epochs`` passes of minibatch updates of the clipped policy and value losses."""
+        cfg = self.config
+        self.policy.train()
+        self.value_model.train()
+        totals: dict[str, float] = {"policy_loss": 0.0, "value_loss": 0.0, "clip_fraction": 0.0}
+        totals |= {"approx_kl": 0.0, "value_clip_fraction": 0.0}
+        updates = 0
+        for _ in range(cfg.ppo_epochs):
+            for idx in self._minibatches(batch.input_ids.shape[0]):
+                ids, att, mask = batch.input_ids[idx], batch.attention_mask[idx], batch.response_mask[idx]
+                logp = self._logprobs(self.policy, ids, att, batch.prompt_length)
+                values = self._values(ids, att, batch.prompt_length)
+                pg_loss, clip_frac, approx_kl = policy_loss(
+                    logp, batch.logprobs[idx], batch.advantages[idx], mask, cfg.cliprange
+                )
+                vf_loss, vf_clip = value_loss(values, batch.values[idx], batch.returns[idx], mask, cfg.cliprange_value)
+                loss = pg_loss + cfg.vf_coef * vf_loss
+                self.optimizer.zero_grad()
+                loss.backward()  # type: ignore[no-untyped-call]
+                params = [p for group in self.optimizer.param_groups for p in group["params"]]
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                self.optimizer.step()
+                totals["policy_loss"] += pg_loss.item()
+                totals["value_loss"] += vf_loss.item()
+                totals["clip_fraction"] += clip_frac.item()
+                totals["approx_kl"] += approx_kl.item()
+                totals["value_clip_fraction"] += vf_clip.item()
+                updates += 1
+        return {key: value / max(updates, 1) for key, value in totals.items()}
+
+    def step(self, prompts: Sequence[str]) -> dict[str, float]:
+        """One PPO step: a rollout on ``prompts``, its updates, the KL controller; returns the step's stats."""
+        batch = self.rollout(prompts)
+        kl_coef = self.kl_ctl.value
+        stats = self.update(batch)
+        sequence_kl = batch.kl.sum(-1).mean().item()
+        self.kl_ctl.update(sequence_kl, n_steps=len(prompts))
+        stats |= {
+            "reward_mean": batch.scores.mean().item(),
+            "reward_std": batch.scores.std().item() if len(prompts) > 1 else 0.0,
+            "kl": sequence_kl,
+            "kl_per_token": masked_mean(batch.kl, batch.response_mask).item(),
+            "kl_coef": kl_coef,
+            "response_length": batch.response_mask.sum(-1).float().mean().item(),
+        }
+        return stats
+
+    def train(self, prompts: Sequence[str], steps: int) -> list[dict[str, float]]:
+        """``steps`` PPO steps on batches drawn (shuffled, seeded) from ``prompts``; per-step stats."""
+        if not prompts:
+            raise ValueError("no prompts")
+        history: list[dict[str, float]] = []
+        pool: list[str] = []
+        for step in range(steps):
+            batch: list[str] = []
+            while len(batch) < self.config.batch_size:
+                if not pool:
+                    pool = list(prompts)
+                    self._rng.shuffle(pool)
+                batch.append(pool.pop())
+            stats = self.step(batch)
+            stats["step"] = float(step)
+            history.append(stats)
+        return history
+
+
+def load_pretrained(
+    config: PPOConfig,
+    policy_name: str,
+    reward_model_name: str,
+    value_model_name: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> PPOTrainer:
+    """A trainer from hub names or local paths: the policy's tokenizer, a causal-LM policy, a frozen
+    sequence-classification reward model (``pad_token_id`` set) and a separate value model loaded from
+    ``value_model_name`` (default: the reward model) with ``num_labels=1``."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(policy_name)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = AutoModelForCausalLM.from_pretrained(policy_name, dtype=dtype)
+    reward_model = AutoModelForSequenceClassification.from_pretrained(reward_model_name, num_labels=1, dtype=dtype)
+    value_model = AutoModelForSequenceClassification.from_pretrained(
+        value_model_name or reward_model_name, num_labels=1, dtype=dtype
+    )
+    for model in (policy, reward_model, value_model):
+        if model.config.pad_token_id is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
+    return PPOTrainer(config, policy, tokenizer, reward_model=reward_model, value_model=value_model)
