@@ -462,3 +462,32 @@ def run_main(cls: type[C], main: Callable[[C], dict[str, Any]], argv: Sequence[s
     result = main(load_recipe(cls, path, args))
     print(json.dumps(result, indent=2, default=str))
     return 0
+
+
+def fit(
+    trainer_cls: Any,
+    args: Any,
+    config: TrainConfig,
+    model: Any,
+    tokenizer: Any,
+    base: Path,
+    train_ds: Any,
+    eval_ds: Any,
+) -> dict[str, Any]:
+    """The shared tail of the SFT/DPO/KTO scripts: build the TRL trainer, train (resuming when asked), evaluate
+    once more when the last step did not, save; returns the metrics and the output paths."""
+    if eval_ds is None:
+        args.eval_strategy = "no"
+    trainer = trainer_cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds,
+        processing_class=tokenizer,
+        peft_config=peft_config(config),
+    )
+    result = trainer.train(resume_from_checkpoint=resume_arg(config))
+    metrics: dict[str, Any] = dict(result.metrics)
+    if eval_ds is not None:
+        metrics.update(final_eval(trainer))
+    return {"metrics": metrics, **save_outputs(trainer, tokenizer, config, base)}

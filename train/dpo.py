@@ -10,13 +10,10 @@ from typing import Any
 
 from train.common import (
     TrainConfig,
-    final_eval,
+    fit,
     load_causal_lm,
-    peft_config,
     preference_rows,
-    resume_arg,
     run_main,
-    save_outputs,
     to_datasets,
     trl_args,
 )
@@ -37,21 +34,7 @@ def main(config: DPORecipe) -> dict[str, Any]:
     train_ds, eval_ds = to_datasets(preference_rows(config.dataset), config)
     model, tokenizer, base = load_causal_lm(config)
     args = DPOConfig(**trl_args(config), max_length=config.max_length, loss_type=[config.loss_type], beta=config.beta)
-    if eval_ds is None:
-        args.eval_strategy = "no"
-    trainer = DPOTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config(config),
-    )
-    result = trainer.train(resume_from_checkpoint=resume_arg(config))
-    metrics: dict[str, Any] = dict(result.metrics)
-    if eval_ds is not None:
-        metrics.update(final_eval(trainer))
-    return {"metrics": metrics, **save_outputs(trainer, tokenizer, config, base)}
+    return fit(DPOTrainer, args, config, model, tokenizer, base, train_ds, eval_ds)
 
 
 #: The recipe class `aligngate train dpo` builds from YAML.

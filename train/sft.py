@@ -13,12 +13,9 @@ from typing import Any
 
 from train.common import (
     TrainConfig,
-    final_eval,
+    fit,
     load_causal_lm,
-    peft_config,
-    resume_arg,
     run_main,
-    save_outputs,
     sft_rows,
     to_datasets,
     trl_args,
@@ -47,21 +44,7 @@ def main(config: SFTRecipe) -> dict[str, Any]:
         completion_only_loss=config.completion_only_loss,
         packing=config.packing,
     )
-    if eval_ds is None:
-        args.eval_strategy = "no"
-    trainer = SFTTrainer(
-        model=model,
-        args=args,
-        train_dataset=train_ds,
-        eval_dataset=eval_ds,
-        processing_class=tokenizer,
-        peft_config=peft_config(config),
-    )
-    result = trainer.train(resume_from_checkpoint=resume_arg(config))
-    metrics: dict[str, Any] = dict(result.metrics)
-    if eval_ds is not None:
-        metrics.update(final_eval(trainer))
-    return {"metrics": metrics, **save_outputs(trainer, tokenizer, config, base)}
+    return fit(SFTTrainer, args, config, model, tokenizer, base, train_ds, eval_ds)
 
 
 #: The recipe class `aligngate train sft` builds from YAML.
