@@ -23,8 +23,6 @@ import asyncio
 import json
 import os
 import platform
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
+from procs import ROOT, Proc, free_port, start_fake, start_gateway, wait_healthy
 
-ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 CHAT_BODY = json.dumps(
     {"model": "bench-model", "messages": [{"role": "user", "content": "Say hello in five words."}], "max_tokens": 16}
@@ -50,12 +48,6 @@ STREAM_BODY = json.dumps(
 ).encode()
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 JSON = {"Content-Type": "application/json"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def cpu_seconds(pid: int) -> float:
@@ -74,71 +66,6 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-@dataclass
-class Proc:
-    name: str
-    popen: subprocess.Popen[bytes]
-    base_url: str
-    log: Path
-
-    def stop(self) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(signal.SIGTERM)
-            try:
-                self.popen.wait(10)
-            except subprocess.TimeoutExpired:
-                self.popen.kill()
-
-
-def start_upstream(workdir: Path) -> Proc:
-    log = workdir / "upstream.log"
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--name", "bench"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"),
-    )
-    assert popen.stdout is not None
-    line = popen.stdout.readline().decode().strip()
-    if not line.startswith("READY"):
-        popen.kill()
-        raise RuntimeError(f"fake upstream failed to start: {line!r} {log.read_text()}")
-    port = int(line.split()[1])
-    return Proc("upstream", popen, f"http://127.0.0.1:{port}/v1", log)
-
-
-def start_gateway(workdir: Path, upstream: str, workers: int) -> Proc:
-    port = free_port()
-    config = workdir / "gateway.yaml"
-    config.write_text(
-        f"server: {{host: 127.0.0.1, port: {port}, workers: {workers}, log_level: warning}}\n"
-        f"backends:\n  - name: bench-model\n    urls: [{upstream}]\n"
-    )
-    log = workdir / "gateway.log"
-    popen = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "serve", "--config", str(config)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"),
-    )
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy("gateway", popen, url + "/healthz", log, 60)
-    return Proc("aligngate", popen, url + "/v1", log)
-
-
-def wait_healthy(name: str, popen: subprocess.Popen[bytes], url: str, log: Path, timeout_s: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if popen.poll() is not None:
-            raise RuntimeError(f"{name} exited: {log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    popen.kill()
-    raise RuntimeError(f"{name} did not become healthy in {timeout_s:.0f} s: {log.read_text()[-4000:]}")
-
-
 ALL_TARGETS = ("direct", "aligngate", "litellm")
 LITELLM_VENV = ROOT / "benchmarks" / ".venv-litellm"
 LITELLM_REQUIREMENTS = ["litellm[proxy]==1.100.5", "prometheus_client"]
@@ -152,6 +79,11 @@ LITELLM_ENV = {
     "NO_DOCS": "True",
     "NO_REDOC": "True",
 }
+
+
+def start_aligngate(workdir: Path, upstream: str, workers: int) -> Proc:
+    config = f"server: {{workers: {workers}}}\nbackends:\n  - name: bench-model\n    urls: [{upstream}]\n"
+    return start_gateway(workdir, config, timeout_s=60)
 
 
 def ensure_litellm_venv() -> Path:
@@ -534,9 +466,9 @@ def main() -> None:
         workdir = Path(tmp)
         procs: dict[str, Proc] = {}
         try:
-            procs["upstream"] = start_upstream(workdir)
+            procs["upstream"] = start_fake(workdir, "upstream")
             if "aligngate" in args.targets:
-                procs["aligngate"] = start_gateway(workdir, procs["upstream"].base_url, args.workers)
+                procs["aligngate"] = start_aligngate(workdir, procs["upstream"].base_url, args.workers)
             if litellm_exe is not None and "litellm" in args.targets:
                 try:
                     procs["litellm"] = start_litellm(workdir, litellm_exe, procs["upstream"].base_url, args.workers)

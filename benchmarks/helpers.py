@@ -22,11 +22,7 @@ import argparse
 import json
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
@@ -34,7 +30,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
+from procs import ROOT, Proc, start_fake, start_gateway
+
 RESULTS = ROOT / "benchmarks" / "results"
 ARMS = ("control", "rewrite", "align", "rewrite+align")
 PROMPTS = [
@@ -49,61 +46,8 @@ PROMPTS = [
 ]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"process exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.2)
-    raise RuntimeError(f"{url} not healthy after {timeout_s}s:\n{log.read_text()[-3000:]}")
-
-
-def start_fake(workdir: Path, name: str, reply: str | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    cmd = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--name", name]
-    if reply is not None:
-        cmd += ["--reply", reply]
-    log = workdir / f"{name}.log"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))
-    assert proc.stdout is not None
-    line = proc.stdout.readline().decode().strip()
-    if not line.startswith("READY"):
-        proc.kill()
-        raise RuntimeError(f"fake {name} failed: {line!r} {log.read_text()}")
-    return proc, f"http://127.0.0.1:{line.split()[1]}/v1"
-
-
-def start_gateway(workdir: Path, config: str | None, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
-    port = free_port()
-    cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "warning"]
-    if config is not None:
-        path = workdir / "gateway.yaml"
-        path.write_text(config)
-        cmd += ["--config", str(path)]
-    log = workdir / "gateway.log"
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **env})
-    url = f"http://127.0.0.1:{port}"
-    wait_healthy(url + "/healthz", proc, log, 300)
-    return proc, url
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def _root(proc: Proc) -> str:
+    return proc.base_url.removesuffix("/v1")
 
 
 def call(url: str, model: str, prompt: str, arm: str, max_tokens: int) -> tuple[float, dict[str, Any]]:
@@ -197,30 +141,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="aligngate-bench-") as tmp:
         workdir = Path(tmp)
         if "remote" in args.setup:
-            procs = []
+            procs: list[Proc] = []
             try:
-                backend, backend_url = start_fake(workdir, "backend")
-                procs.append(backend)
-                rw, rw_url = start_fake(workdir, "rewriter", reply="Please explain, step by step and clearly: hello")
-                procs.append(rw)
-                al, al_url = start_fake(workdir, "aligner", reply="A corrected, helpful and harmless answer.")
-                procs.append(al)
-                gw, gw_url = start_gateway(workdir, remote_config(backend_url, rw_url, al_url), {})
-                procs.append(gw)
-                results["remote"] = measure(gw_url, "bench-model", args.remote_rounds, 16)
+                procs.append(start_fake(workdir, "backend"))
+                procs.append(start_fake(workdir, "rewriter", reply="Please explain, step by step and clearly: hello"))
+                procs.append(start_fake(workdir, "aligner", reply="A corrected, helpful and harmless answer."))
+                config = remote_config(*(p.base_url for p in procs))
+                procs.append(start_gateway(workdir, config))
+                results["remote"] = measure(_root(procs[-1]), "bench-model", args.remote_rounds, 16)
             finally:
                 for p in reversed(procs):
-                    stop(p)
+                    p.stop()
         if "embedded" in args.setup:
             env = {
                 "ALIGNGATE_HELPERS__REWRITER__MAX_TOKENS": str(args.helper_max_tokens),
                 "ALIGNGATE_HELPERS__ALIGNER__MAX_TOKENS": str(args.helper_max_tokens),
             }
-            gw, gw_url = start_gateway(workdir, None, env)
+            gw = start_gateway(workdir, None, env=env)
             try:
-                results["embedded"] = measure(gw_url, "smollm2-135m-instruct", args.rounds, args.max_tokens)
+                results["embedded"] = measure(_root(gw), "smollm2-135m-instruct", args.rounds, args.max_tokens)
             finally:
-                stop(gw)
+                gw.stop()
 
     lines = [
         "# Latency each arm adds",
