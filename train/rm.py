@@ -2,16 +2,25 @@
 
 ``pad_token_id`` is set on the tokenizer and on the model config (the score is read at the last non-pad
 token; without it, the wrong token is read). Reports pairwise accuracy (chosen scored above rejected) on the
-eval split.
+eval split, overall and per source when the recipe lists ``extra_datasets`` (each source is split on its own,
+so e.g. HH-RLHF and AlpacaEval held-out accuracies are reported separately).
+
+:func:`load_trained_reward_model` loads what ``aligngate train rm`` wrote (a LoRA adapter with its score head,
+or a full model) for PPO and the evaluation helpers.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import logging
+import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from train.common import (
+    DatasetSpec,
+    RecipeError,
     TrainConfig,
     load_tokenizer,
     model_dir,
@@ -20,10 +29,12 @@ from train.common import (
     resume_arg,
     run_main,
     save_outputs,
-    to_datasets,
     torch_dtype,
     trl_args,
 )
+from train.data.builders import train_eval_split
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +43,8 @@ class RMRecipe(TrainConfig):
 
     center_rewards_coefficient: float | None = None
     learning_rate: float = 1e-4
+    #: More preference sources, trained on together with ``dataset``; each is split and evaluated on its own.
+    extra_datasets: list[DatasetSpec] = field(default_factory=list)
 
 
 def load_reward_model(config: TrainConfig) -> tuple[Any, Any, Path]:
@@ -79,11 +92,122 @@ def pairwise_accuracy(model: Any, tokenizer: Any, rows: Any, max_length: int = 5
     return wins / len(rows)
 
 
+def source_name(spec: DatasetSpec) -> str:
+    """A short name for a dataset in metric keys: the folder of a bundled file, else the file's stem."""
+    if spec.path and spec.path.startswith("bundled:"):
+        return Path(spec.path[len("bundled:") :]).parent.name or Path(spec.path).stem
+    if spec.path:
+        return Path(spec.path).stem
+    return spec.kind or "default"
+
+
+def _last_content(response: Any) -> str:
+    return response if isinstance(response, str) else str(response[-1]["content"])
+
+
+def _with_content(response: Any, content: str) -> Any:
+    if isinstance(response, str):
+        return content
+    return [*response[:-1], {**response[-1], "content": content}]
+
+
+def truncate_pairs(rows: list[Any], tokenizer: Any, max_length: int) -> tuple[list[Any], int, int]:
+    """Cut the end of over-long chosen/rejected answers so each whole sequence fits ``max_length`` tokens.
+
+    TRL's reward trainer drops such pairs instead, which would drop most long-answer (e.g. AlpacaEval) data.
+    A pair is dropped only when its prompt leaves under 16 tokens for the answer or the two cut answers are
+    identical. Returns (rows, truncated, dropped).
+    """
+    out: list[Any] = []
+    truncated = dropped = 0
+    for row in rows:
+        new = dict(row)
+        keep = True
+        for side in ("chosen", "rejected"):
+            length = len(tokenizer(_text(tokenizer, row["prompt"], row[side]), add_special_tokens=False)["input_ids"])
+            if length <= max_length:
+                continue
+            ids = tokenizer(_last_content(row[side]), add_special_tokens=False)["input_ids"]
+            budget = len(ids) - (length - max_length) - 8  # room for tokens merging at the cut and an added EOS
+            if budget < 16:
+                keep = False
+                break
+            new[side] = _with_content(row[side], tokenizer.decode(ids[:budget]))
+            truncated += 1
+        if keep and _last_content(new["chosen"]) == _last_content(new["rejected"]):
+            keep = False
+        if keep:
+            out.append(new)
+        else:
+            dropped += 1
+    return out, truncated, dropped
+
+
+def split_sources(config: RMRecipe) -> tuple[list[Any], dict[str, list[Any]]]:
+    """(train rows of every source, shuffled together; held-out rows per source name)."""
+    train: list[Any] = []
+    held_out: dict[str, list[Any]] = {}
+    for spec in [config.dataset, *config.extra_datasets]:
+        name = source_name(spec)
+        if name in held_out:
+            raise RecipeError(f"two datasets share the name {name!r}; rename one of the files")
+        part_train, part_eval = train_eval_split(preference_rows(spec), config.eval_share, seed=config.seed)
+        log.info("%s: %d train, %d eval", name, len(part_train), len(part_eval))
+        train += part_train
+        held_out[name] = part_eval
+    if not train:
+        raise RecipeError("no training rows left after the eval split")
+    random.Random(config.seed).shuffle(train)
+    return train, held_out
+
+
+def load_trained_reward_model(path: str | Path, dtype: Any = None, cache_dir: str | None = None) -> tuple[Any, Any]:
+    """(reward model, tokenizer) from ``aligngate train rm`` output or any sequence classifier.
+
+    ``path`` is an adapter directory (``adapter_config.json``: the base it names is loaded with one output,
+    the adapter and its score head applied and merged), a full HF directory, a GGUF file or ``builtin:NAME``
+    (a fresh, untrained head). ``pad_token_id`` is set on the model config.
+    """
+    from transformers import AutoModelForSequenceClassification
+
+    from models.local.source import resolve_source
+    from train.common import load_tokenizer
+
+    adapter = Path(path) if not str(path).startswith("builtin:") else None
+    if adapter is not None and (adapter / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+        if not base or not Path(base).exists():
+            written = adapter.parent / "aligngate-train.json"
+            if not written.is_file():
+                raise RecipeError(f"{adapter}: cannot find the base model of this adapter")
+            base = json.loads(written.read_text(encoding="utf-8"))["base"]
+        tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else Path(base))
+        model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, dtype=dtype)
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    else:
+        source = resolve_source(str(path), cache_dir=cache_dir).path
+        tokenizer = load_tokenizer(source)
+        model = AutoModelForSequenceClassification.from_pretrained(str(source), num_labels=1, dtype=dtype)
+    model.config.pad_token_id = tokenizer.pad_token_id
+    model.eval()
+    return model, tokenizer
+
+
 def main(config: RMRecipe) -> dict[str, Any]:
+    from datasets import Dataset
     from trl import RewardConfig, RewardTrainer
 
-    train_ds, eval_ds = to_datasets(preference_rows(config.dataset), config)
+    train_rows, held_out = split_sources(config)
     model, tokenizer, base = load_reward_model(config)
+    train_rows, truncated, dropped = truncate_pairs(train_rows, tokenizer, config.max_length)
+    log.info("train pairs over %d tokens: %d answers cut, %d pairs dropped", config.max_length, truncated, dropped)
+    held_out = {name: truncate_pairs(rows, tokenizer, config.max_length)[0] for name, rows in held_out.items()}
+    eval_rows = [row for rows in held_out.values() for row in rows]
+    train_ds = Dataset.from_list(train_rows)
+    eval_ds = Dataset.from_list(eval_rows) if eval_rows else None
     args = RewardConfig(
         **trl_args(config),
         max_length=config.max_length,
@@ -102,9 +226,18 @@ def main(config: RMRecipe) -> dict[str, Any]:
     result = trainer.train(resume_from_checkpoint=resume_arg(config))
     metrics: dict[str, Any] = dict(result.metrics)
     if eval_ds is not None:
-        metrics["eval_pairwise_accuracy"] = pairwise_accuracy(
-            trainer.model, tokenizer, eval_ds, config.max_length, config.per_device_eval_batch_size
-        )
+        wins = 0.0
+        for name, rows in held_out.items():
+            if not rows:
+                continue
+            accuracy = pairwise_accuracy(
+                trainer.model, tokenizer, rows, config.max_length, config.per_device_eval_batch_size
+            )
+            wins += accuracy * len(rows)
+            if len(held_out) > 1:
+                metrics[f"eval_pairwise_accuracy/{name}"] = accuracy
+                metrics[f"eval_pairs/{name}"] = len(rows)
+        metrics["eval_pairwise_accuracy"] = wins / len(eval_rows)
     return {"metrics": metrics, **save_outputs(trainer, tokenizer, config, base)}
 
 

@@ -15,11 +15,23 @@ import torch
 
 from tests.models.local.tiny import build_random
 from train import dpo, kto, rm, sft
-from train.common import TrainConfig, load_recipe
+from train.common import RecipeError, TrainConfig, load_recipe
 
 WORDS = [
-    "the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog",
-    "hello", "world", "tiny", "tokenizer", "batching", "engine",
+    "the",
+    "quick",
+    "brown",
+    "fox",
+    "jumps",
+    "over",
+    "lazy",
+    "dog",
+    "hello",
+    "world",
+    "tiny",
+    "tokenizer",
+    "batching",
+    "engine",
 ]
 
 
@@ -130,3 +142,57 @@ def test_sft_resumes_from_checkpoint(tiny_model: Path, prefs: Path, tmp_path: Pa
     result = sft.main(config)
     assert result["metrics"]["train_runtime"] >= 0
     assert (out / "checkpoint-3").is_dir()
+
+
+def test_rm_reports_accuracy_per_source(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    other = tmp_path / "other.jsonl"
+    rows = [json.loads(line) for line in prefs.read_text().splitlines()]
+    for row in rows:
+        row["prompt"][0]["content"] += " again"
+    other.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    config = _recipe(rm.RMRecipe, tiny_model, prefs, tmp_path / "rm2", f"extra_datasets=[{{path: {other}}}]")
+    train_rows, held_out = rm.split_sources(config)
+    assert set(held_out) == {"prefs", "other"}
+    assert len(train_rows) + sum(len(v) for v in held_out.values()) == 2 * len(rows)
+    metrics = rm.main(config)["metrics"]
+    for name in ("prefs", "other"):
+        assert 0.0 <= metrics[f"eval_pairwise_accuracy/{name}"] <= 1.0
+        assert metrics[f"eval_pairs/{name}"] == len(held_out[name])
+    overall = sum(metrics[f"eval_pairwise_accuracy/{n}"] * len(held_out[n]) for n in held_out)
+    assert metrics["eval_pairwise_accuracy"] == pytest.approx(overall / sum(len(v) for v in held_out.values()))
+
+
+def test_rm_rejects_two_sources_with_one_name(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    config = _recipe(rm.RMRecipe, tiny_model, prefs, tmp_path / "rm3", f"extra_datasets=[{{path: {prefs}}}]")
+    with pytest.raises(RecipeError, match="share the name"):
+        rm.split_sources(config)
+
+
+def test_rm_cuts_long_answers_instead_of_dropping_pairs(tiny_model: Path) -> None:
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model))
+    long = " ".join(["the quick brown fox jumps over the lazy dog"] * 20)
+    rows = [
+        {
+            "prompt": [{"role": "user", "content": "hello world"}],
+            "chosen": [{"role": "assistant", "content": long}],
+            "rejected": [{"role": "assistant", "content": "tiny"}],
+        },
+        {  # identical once cut: no signal left, dropped
+            "prompt": [{"role": "user", "content": "hello"}],
+            "chosen": [{"role": "assistant", "content": long + " helpful"}],
+            "rejected": [{"role": "assistant", "content": long + " lazy"}],
+        },
+        {  # the prompt alone leaves no room: dropped
+            "prompt": [{"role": "user", "content": long}],
+            "chosen": [{"role": "assistant", "content": long}],
+            "rejected": [{"role": "assistant", "content": "tiny"}],
+        },
+    ]
+    kept, truncated, dropped = rm.truncate_pairs(rows, tokenizer, max_length=64)
+    assert (len(kept), truncated, dropped) == (1, 3, 2)
+    text = rm._text(tokenizer, kept[0]["prompt"], kept[0]["chosen"])
+    assert len(tokenizer(text, add_special_tokens=False)["input_ids"]) <= 64
+    assert long.startswith(kept[0]["chosen"][0]["content"])
+    assert kept[0]["rejected"] == rows[0]["rejected"]

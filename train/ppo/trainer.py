@@ -143,7 +143,7 @@ class PPOTrainer:
         if tokenizer.pad_token_id is None:
             raise ValueError("the tokenizer needs a pad token")
         torch.manual_seed(config.seed)
-        self._rng = random.Random(config.seed)
+        self.rng = random.Random(config.seed)
         self.use_lora = config.lora_r > 0
         if self.use_lora:
             from peft import LoraConfig, get_peft_model
@@ -276,7 +276,7 @@ class PPOTrainer:
     # ---- update ----------------------------------------------------------------------------------------
     def _minibatches(self, n: int) -> Iterator[list[int]]:
         order = list(range(n))
-        self._rng.shuffle(order)
+        self.rng.shuffle(order)
         size = self.config.mini_batch_size
         for start in range(0, n, size):
             yield order[start : start + size]
@@ -340,7 +340,7 @@ class PPOTrainer:
             while len(batch) < self.config.batch_size:
                 if not pool:
                     pool = list(prompts)
-                    self._rng.shuffle(pool)
+                    self.rng.shuffle(pool)
                 batch.append(pool.pop())
             stats = self.step(batch)
             stats["step"] = float(step)

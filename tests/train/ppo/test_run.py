@@ -1,0 +1,177 @@
+"""`aligngate train ppo`: a reward model from `train rm`, then PPO against it on a tiny local Llama (no hub)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("trl")
+pytest.importorskip("peft")
+
+import torch
+
+from gateway.cli import main as cli_main
+from tests.models.local.tiny import build_random
+from train import rm
+from train.common import RecipeError, load_recipe
+from train.ppo import run as ppo_run
+from train.run import build
+
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "tiny", "engine"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("ppo-prefs") / "prefs.jsonl"
+    rows = []
+    for i in range(24):
+        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3))
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
+                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
+                "rejected": [{"role": "assistant", "content": f"the lazy dog {WORDS[i % len(WORDS)]}"}],
+            }
+        )
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_random(tmp_path_factory.mktemp("ppo-tiny"))
+
+
+@pytest.fixture(scope="module")
+def reward_adapter(tiny_model: Path, prefs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A LoRA reward model (adapter + score head) written by `train rm`."""
+    out = tmp_path_factory.mktemp("ppo-rm")
+    config = load_recipe(
+        rm.RMRecipe,
+        None,
+        [
+            f"model={tiny_model}",
+            f"output_dir={out}",
+            f"dataset.path={prefs}",
+            "max_steps=2",
+            "max_length=48",
+            "eval_share=0",
+            "lora_r=4",
+            "lora_alpha=8",
+            "report_to=[]",
+            "disable_tqdm=true",
+            "save_steps=2",
+        ],
+    )
+    return Path(rm.main(config)["adapter"])
+
+
+def _recipe(model: Path, reward: Path, data: Path, out: Path, *extra: str) -> ppo_run.PPORecipe:
+    return load_recipe(
+        ppo_run.PPORecipe,
+        None,
+        [
+            f"model={model}",
+            f"reward_model={reward}",
+            f"output_dir={out}",
+            f"dataset.path={data}",
+            "max_steps=2",
+            "batch_size=4",
+            "mini_batch_size=2",
+            "ppo_epochs=1",
+            "max_new_tokens=6",
+            "learning_rate=0.01",
+            "eval_share=0.25",
+            "eval_prompts=4",
+            "eval_steps=2",
+            "lora_r=4",
+            "lora_alpha=8",
+            "lora_dropout=0.0",
+            "save_steps=1",
+            "report_to=[tensorboard]",
+            "disable_tqdm=true",
+            *extra,
+        ],
+    )
+
+
+def test_trained_reward_model_loads_with_its_head(tiny_model: Path, reward_adapter: Path) -> None:
+    model, tokenizer = rm.load_trained_reward_model(reward_adapter)
+    assert model.config.pad_token_id == tokenizer.pad_token_id is not None
+    again, _ = rm.load_trained_reward_model(reward_adapter)
+    # The trained score head comes from the adapter, not a fresh random init: two loads agree.
+    assert torch.equal(model.score.weight, again.score.weight)
+    fresh, _ = rm.load_trained_reward_model(tiny_model)
+    assert fresh.config.num_labels == 1
+
+
+def test_ppo_trains_against_the_trained_rm(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ppo"
+    result = ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, out, "merge=true"))
+    adapter = Path(result["adapter"])
+    from safetensors.torch import load_file
+
+    weights = load_file(str(adapter / "adapter_model.safetensors"))
+    assert any(v.abs().sum().item() > 0 for k, v in weights.items() if "lora_B" in k)
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [0, 1, 2]
+    assert "eval_reward_mean" in rows[0] and "eval_reward_mean" in rows[2]
+    for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "approx_kl", "response_length"):
+        assert key in rows[1]
+    assert (out / "ppo.png").stat().st_size > 0
+    assert list((out / "runs").iterdir()), "TensorBoard events"
+    assert (out / "checkpoint-2" / "policy" / "adapter_model.safetensors").is_file()
+    assert (Path(result["merged"]) / "config.json").is_file()
+    assert result["metrics"]["evals"][0]["step"] == 0
+    # The gateway's local engine loads the base + PPO adapter.
+    from models.local.loader import load_local_model
+
+    assert load_local_model(str(tiny_model), adapter=result["adapter"]) is not None
+
+
+def test_ppo_resumes_from_its_checkpoint(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
+    out = tmp_path / "resume"
+    ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, out, "eval_prompts=0"))
+    state = json.loads((out / "checkpoint-2" / "state.json").read_text())
+    assert state["step"] == 2
+    result = ppo_run.main(
+        _recipe(tiny_model, reward_adapter, prefs, out, "eval_prompts=0", "max_steps=3", "resume_from_checkpoint=true")
+    )
+    rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert result["metrics"]["last"]["step"] == 3
+
+
+def test_ppo_recipe_errors(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
+    with pytest.raises(RecipeError, match="multiple of mini_batch_size"):
+        _recipe(tiny_model, reward_adapter, prefs, tmp_path, "batch_size=3")
+    with pytest.raises(RecipeError, match="kl_estimator"):
+        _recipe(tiny_model, reward_adapter, prefs, tmp_path, "kl_estimator=k2")
+    with pytest.raises(RecipeError, match="no prompts"):
+        ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, tmp_path / "x", "max_prompt_length=2"))
+
+
+def test_cli_builds_the_ppo_recipe() -> None:
+    module, recipe = build("ppo", "train/recipes/ppo.yaml", ["max_steps=3"])
+    assert module is ppo_run
+    assert isinstance(recipe, ppo_run.PPORecipe) and recipe.max_steps == 3
+    config: Any = ppo_run.ppo_config(recipe)
+    assert config.lora_r == recipe.lora_r
+
+
+def test_cli_reports_a_bad_ppo_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli_main(["train", "ppo", "--config", "train/recipes/ppo.yaml", "batch_size=3"])
+    assert code != 0
+    assert "mini_batch_size" in capsys.readouterr().err

@@ -1,0 +1,385 @@
+"""``aligngate train ppo --config RECIPE.yaml [key=value ...]``: PPO of a causal LM against a trained reward model.
+
+The policy is ``model`` (HF directory, GGUF, ``builtin:``), with a LoRA adapter (its reference is the base with
+the adapter disabled) or fully fine-tuned (a frozen copy is the reference). The reward model is what
+``aligngate train rm`` wrote (adapter + score head, merged on load) or any sequence classifier; the value model
+is a separate copy initialised from it. Prompts are the prompts of ``dataset`` (preference pairs, BPO, Dolly,
+prompt-completion or messages files), rendered with the policy's chat template; an ``eval_share`` of them is held
+out and scored every ``eval_steps`` (mean reward and KL of sampled answers).
+
+Writes ``output_dir/final`` (adapter or model + tokenizer: the gateway's local engine loads it), ``merged`` with
+``merge: true``, checkpoints ``checkpoint-N`` (policy, value model, optimizer, KL controller; ``resume_from_
+checkpoint`` continues from them), ``history.jsonl`` (one line of stats per step), TensorBoard events and
+``ppo.png`` (reward and KL per step).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from train.common import RecipeError, TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype
+from train.data.builders import train_eval_split
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPORecipe(TrainConfig):
+    """PPO recipe: the shared keys (``model``, ``dataset``, ``lora*``, ``max_steps``, ``learning_rate``,
+    ``logging_steps``, ``eval_steps``, ``save_steps``, ``report_to``, ``resume_from_checkpoint``, ``merge``,
+    ``dtype``) plus the reward model and PPO's own hyper-parameters (see :class:`train.ppo.trainer.PPOConfig`).
+    The TRL-only keys (``per_device_*``, ``gradient_accumulation_steps``, ``warmup_steps``, ...) are not used.
+    """
+
+    #: ``aligngate train rm`` output (``runs/rm/final``), an HF directory or ``builtin:`` (untrained head).
+    reward_model: str = "runs/rm/final"
+    #: Initial value model; default: the reward model.
+    value_model: str | None = None
+    learning_rate: float = 1e-5
+    value_learning_rate: float | None = None
+    batch_size: int = 16
+    mini_batch_size: int = 8
+    ppo_epochs: int = 4
+    max_grad_norm: float = 1.0
+    kl_estimator: str = "k1"
+    init_kl_coef: float = 0.2
+    adaptive_kl: bool = True
+    target_kl: float = 6.0
+    kl_horizon: float = 10000.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    whiten_advantages: bool = True
+    max_new_tokens: int = 48
+    temperature: float = 1.0
+    #: Prompts longer than this (tokens, after the chat template) are dropped.
+    max_prompt_length: int = 256
+    #: Held-out prompts scored at each evaluation (0: evaluation off).
+    eval_prompts: int = 32
+    save_steps: int = 10
+
+    def __post_init__(self) -> None:
+        if self.kl_estimator not in ("k1", "k3"):
+            raise RecipeError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.batch_size < 1 or self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
+            raise RecipeError("batch_size must be a positive multiple of mini_batch_size")
+
+
+def ppo_config(recipe: PPORecipe) -> Any:
+    """The :class:`PPOConfig` of a recipe."""
+    from train.ppo.trainer import PPOConfig
+
+    return PPOConfig(
+        batch_size=recipe.batch_size,
+        mini_batch_size=recipe.mini_batch_size,
+        ppo_epochs=recipe.ppo_epochs,
+        learning_rate=recipe.learning_rate,
+        value_learning_rate=recipe.value_learning_rate,
+        max_grad_norm=recipe.max_grad_norm,
+        kl_estimator=recipe.kl_estimator,  # type: ignore[arg-type]
+        init_kl_coef=recipe.init_kl_coef,
+        adaptive_kl=recipe.adaptive_kl,
+        target_kl=recipe.target_kl,
+        kl_horizon=recipe.kl_horizon,
+        gamma=recipe.gamma,
+        lam=recipe.lam,
+        cliprange=recipe.cliprange,
+        cliprange_value=recipe.cliprange_value,
+        vf_coef=recipe.vf_coef,
+        whiten_advantages=recipe.whiten_advantages,
+        max_new_tokens=recipe.max_new_tokens,
+        temperature=recipe.temperature,
+        seed=recipe.seed,
+        lora_r=recipe.lora_r if recipe.lora else 0,
+        lora_alpha=recipe.lora_alpha,
+        lora_dropout=recipe.lora_dropout,
+        lora_target_modules=list(recipe.lora_target_modules),
+    )
+
+
+def render_prompts(recipe: PPORecipe, tokenizer: Any) -> tuple[list[str], list[str]]:
+    """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped."""
+    rows = sft_rows(recipe.dataset)
+    texts: list[str] = []
+    seen: set[str] = set()
+    for row in rows:
+        prompt = row["prompt"]
+        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_length:
+            continue
+        seen.add(text)
+        texts.append(text)
+    train, held_out = train_eval_split(texts, recipe.eval_share, seed=recipe.seed, key=lambda t: t)
+    if not train:
+        raise RecipeError(f"no prompts of at most {recipe.max_prompt_length} tokens in the dataset")
+    log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(rows))
+    return train, held_out[: recipe.eval_prompts]
+
+
+class _Logger:
+    """history.jsonl, TensorBoard (when asked for and installed) and a log line every ``logging_steps``."""
+
+    def __init__(self, recipe: PPORecipe, out: Path) -> None:
+        self.recipe = recipe
+        self.path = out / "history.jsonl"
+        self.writer: Any = None
+        if "tensorboard" in recipe.report_to:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "runs"))
+            except ImportError:  # pragma: no cover - tensorboard is in the train extra
+                log.warning("tensorboard is not installed; logging to history.jsonl only")
+
+    def log(self, step: int, stats: dict[str, float]) -> None:
+        with self.path.open("a", encoding="utf-8") as fh:
+            fh.write(json.dumps({"step": step, **stats}) + "\n")
+        if self.writer is not None:
+            for key, value in stats.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(f"ppo/{key}", value, step)
+        if step % max(self.recipe.logging_steps, 1) == 0 or "eval_reward_mean" in stats:
+            shown = {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)}
+            log.info("step %d: %s", step, shown)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def history(out: Path) -> list[dict[str, float]]:
+    """The rows of ``history.jsonl`` (empty when absent)."""
+    path = out / "history.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def plot(out: Path) -> Path | None:
+    """``ppo.png``: train reward, held-out reward and sequence KL per step; None without matplotlib."""
+    rows = history(out)
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed; no ppo.png")
+        return None
+    steps = [r["step"] for r in rows if "reward_mean" in r]
+    fig, (ax_r, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_r.plot(steps, [r["reward_mean"] for r in rows if "reward_mean" in r], label="rollout reward (train prompts)")
+    evals = [r for r in rows if "eval_reward_mean" in r]
+    if evals:
+        ax_r.plot([r["step"] for r in evals], [r["eval_reward_mean"] for r in evals], "o-", label="held-out prompts")
+    ax_r.set_xlabel("PPO step")
+    ax_r.set_ylabel("mean reward-model score")
+    ax_r.legend()
+    ax_kl.plot(steps, [r["kl"] for r in rows if "reward_mean" in r], label="KL(policy || reference), nats/seq")
+    if evals:
+        ax_kl.plot([r["step"] for r in evals], [r["eval_kl"] for r in evals], "o-", label="held-out KL")
+    ax_kl.set_xlabel("PPO step")
+    ax_kl.legend()
+    fig.tight_layout()
+    path = out / "ppo.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def evaluate(trainer: Any, prompts: list[str], batch_size: int) -> dict[str, float]:
+    """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update)."""
+    scores: list[float] = []
+    kls: list[float] = []
+    lengths: list[float] = []
+    for start in range(0, len(prompts), batch_size):
+        batch = trainer.rollout(prompts[start : start + batch_size])
+        scores += batch.scores.tolist()
+        kls += batch.kl.sum(-1).tolist()
+        lengths += batch.response_mask.sum(-1).float().tolist()
+    n = max(len(scores), 1)
+    return {"eval_reward_mean": sum(scores) / n, "eval_kl": sum(kls) / n, "eval_response_length": sum(lengths) / n}
+
+
+def _checkpoints(out: Path) -> list[Path]:
+    found = [p for p in out.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
+
+
+def save_checkpoint(trainer: Any, recipe: PPORecipe, step: int, pool: list[str], rng: random.Random) -> Path:
+    """``checkpoint-STEP``: policy (adapter or model), value model, optimizer, KL coefficient, RNG, prompt pool."""
+    import torch
+
+    path = Path(recipe.output_dir) / f"checkpoint-{step}"
+    trainer.policy.save_pretrained(str(path / "policy"))
+    trainer.value_model.save_pretrained(str(path / "value"))
+    torch.save(trainer.optimizer.state_dict(), path / "optimizer.pt")
+    state = {
+        "step": step,
+        "kl_coef": trainer.kl_ctl.value,
+        "minibatch_rng": trainer.rng.getstate(),
+        "prompt_rng": rng.getstate(),
+        "pool": pool,
+    }
+    (path / "state.json").write_text(json.dumps(state, default=list), encoding="utf-8")
+    torch.save(torch.get_rng_state(), path / "torch_rng.pt")
+    if recipe.save_total_limit:
+        for old in _checkpoints(Path(recipe.output_dir))[: -recipe.save_total_limit]:
+            import shutil
+
+            shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def _rng_state(value: list[Any]) -> tuple[Any, ...]:
+    version, internal, gauss = value
+    return (version, tuple(internal), gauss)
+
+
+def load_checkpoint(trainer: Any, path: Path, rng: random.Random) -> tuple[int, list[str]]:
+    """Restore what :func:`save_checkpoint` wrote into ``trainer`` and ``rng``; returns (step, prompt pool)."""
+    import torch
+    from safetensors.torch import load_file
+
+    if trainer.use_lora:
+        from peft import set_peft_model_state_dict
+
+        set_peft_model_state_dict(trainer.policy, load_file(str(path / "policy" / "adapter_model.safetensors")))
+    else:
+        trainer.policy.load_state_dict(load_file(str(path / "policy" / "model.safetensors")), strict=False)
+    trainer.value_model.load_state_dict(load_file(str(path / "value" / "model.safetensors")), strict=False)
+    trainer.optimizer.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    trainer.kl_ctl.value = float(state["kl_coef"])
+    trainer.rng.setstate(_rng_state(state["minibatch_rng"]))
+    rng.setstate(_rng_state(state["prompt_rng"]))
+    torch.set_rng_state(torch.load(path / "torch_rng.pt", weights_only=True))
+    return int(state["step"]), list(state["pool"])
+
+
+def _resume_path(recipe: PPORecipe) -> Path | None:
+    value = recipe.resume_from_checkpoint
+    if value is True:
+        found = _checkpoints(Path(recipe.output_dir))
+        if not found:
+            log.warning("resume_from_checkpoint: no checkpoint in %s yet; starting fresh", recipe.output_dir)
+            return None
+        return found[-1]
+    if isinstance(value, str) and value:
+        return Path(value)
+    return None
+
+
+def build_trainer(recipe: PPORecipe) -> tuple[Any, Any, Path]:
+    """(PPOTrainer, tokenizer, base directory) with every model on the training device."""
+    import torch
+
+    from train.ppo.trainer import PPOTrainer
+    from train.rm import load_trained_reward_model
+
+    dtype = torch_dtype(recipe)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    policy, tokenizer, base = load_causal_lm(recipe)
+    reward_model, rm_tokenizer = load_trained_reward_model(recipe.reward_model, dtype=dtype, cache_dir=recipe.cache_dir)
+    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise RecipeError("the reward model's tokenizer differs from the policy's; PPO needs one vocabulary")
+    value_model, _ = load_trained_reward_model(
+        recipe.value_model or recipe.reward_model, dtype=dtype, cache_dir=recipe.cache_dir
+    )
+    for model in (policy, reward_model, value_model):
+        model.to(device)
+    trainer = PPOTrainer(ppo_config(recipe), policy, tokenizer, reward_model=reward_model, value_model=value_model)
+    return trainer, tokenizer, base
+
+
+def main(recipe: PPORecipe) -> dict[str, Any]:
+    """Run ``max_steps`` PPO steps; returns the first/last stats, the held-out evaluations and output paths."""
+    from tqdm.auto import tqdm
+
+    out = Path(recipe.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, tokenizer, base = build_trainer(recipe)
+    train_prompts, eval_prompts = render_prompts(recipe, tokenizer)
+    rng = random.Random(recipe.seed)
+    start, pool = 0, []
+    resume = _resume_path(recipe)
+    if resume is not None:
+        start, pool = load_checkpoint(trainer, resume, rng)
+        log.info("resumed from %s at step %d", resume, start)
+        rows = [r for r in history(out) if r["step"] <= start]
+        (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    else:
+        (out / "history.jsonl").unlink(missing_ok=True)
+    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2), encoding="utf-8")
+    logger = _Logger(recipe, out)
+    eval_every = recipe.eval_steps or recipe.save_steps
+    evals: list[dict[str, float]] = []
+    if eval_prompts and start == 0:
+        first = evaluate(trainer, eval_prompts, recipe.batch_size)
+        logger.log(0, first)
+        evals.append({"step": 0, **first})
+    started = time.perf_counter()
+    tokens = 0
+    for step in tqdm(range(start + 1, recipe.max_steps + 1), disable=recipe.disable_tqdm, desc="ppo", initial=start):
+        batch: list[str] = []
+        while len(batch) < recipe.batch_size:
+            if not pool:
+                pool = list(train_prompts)
+                rng.shuffle(pool)
+            batch.append(pool.pop())
+        stats = trainer.step(batch)
+        tokens += int(stats["response_length"] * len(batch))
+        stats["seconds"] = time.perf_counter() - started
+        if eval_prompts and (step % eval_every == 0 or step == recipe.max_steps):
+            result = evaluate(trainer, eval_prompts, recipe.batch_size)
+            stats |= result
+            evals.append({"step": step, **result})
+        logger.log(step, stats)
+        if step % recipe.save_steps == 0 or step == recipe.max_steps:
+            save_checkpoint(trainer, recipe, step, pool, rng)
+    logger.close()
+    written = save_final(trainer, tokenizer, recipe, base)
+    png = plot(out)
+    rows = [r for r in history(out) if "reward_mean" in r]
+    metrics: dict[str, Any] = {"steps": recipe.max_steps, "generated_tokens": tokens}
+    if rows:
+        metrics |= {"first": rows[0], "last": rows[-1]}
+    if evals:
+        metrics["evals"] = evals
+    return {"metrics": metrics, **written, "history": str(out / "history.jsonl"), "plot": str(png) if png else None}
+
+
+def save_final(trainer: Any, tokenizer: Any, recipe: PPORecipe, base: Path) -> dict[str, str]:
+    """``final`` (adapter or full policy + tokenizer), ``merged`` with ``merge``, and ``aligngate-train.json``."""
+    out = Path(recipe.output_dir)
+    final = out / "final"
+    trainer.policy.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(final))
+    written = {"adapter" if trainer.use_lora else "model": str(final)}
+    if recipe.merge and trainer.use_lora:
+        merged = trainer.policy.merge_and_unload()
+        merged.save_pretrained(str(out / "merged"))
+        tokenizer.save_pretrained(str(out / "merged"))
+        written["merged"] = str(out / "merged")
+    (out / "aligngate-train.json").write_text(
+        json.dumps({"base": str(base), "model": recipe.model, **written}, indent=2), encoding="utf-8"
+    )
+    return written
+
+
+#: The recipe class `aligngate train ppo` builds from YAML.
+RECIPE = PPORecipe
+
+
+if __name__ == "__main__":
+    raise SystemExit(run_main(PPORecipe, main))
