@@ -18,8 +18,8 @@ from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.errors import GatewayError, NotFound
 from gateway.feedback.schemas import FeedbackRequest, FeedbackResponse
+from gateway.inference.receive import read_body
 from gateway.inference.schemas import parse_request
-from gateway.inference.service import read_body
 from gateway.store.store import Store, StoreUnavailable
 
 #: Largest feedback body (a correction can be a long answer).
@@ -44,7 +44,7 @@ class FeedbackService:
 
     async def submit(self, request: Request) -> FeedbackResponse:
         self.auth.check(request.headers.get("authorization"))
-        raw = await read_body(request, MAX_BODY)
+        raw = await read_body(request.receive, request.headers.get("content-length"), MAX_BODY)
         fb = parse_request(raw, FeedbackRequest)
         store = self.store
         if store is None:

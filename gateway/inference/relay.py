@@ -1,26 +1,36 @@
 """Relaying an upstream's answer to the client: whole (errors normalised to the OpenAI shape) or as SSE.
 
 Both keep the upstream's bytes untouched on success; a stream is re-cut on event boundaries only, and a
-stream that breaks ends with an error frame and ``data: [DONE]``.
+stream that breaks ends with an error frame and ``data: [DONE]``. ``StreamRelay`` sends the control arm's
+stream as an ASGI response; a client that goes away cancels it, and with it the upstream request.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import orjson
 from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext
-from gateway.errors import GatewayError, UpstreamBroken, error_body, error_frame
+from gateway.errors import ClientDisconnected, GatewayError, UpstreamBroken, error_body, error_frame
+from gateway.inference.receive import until_disconnect
 from gateway.sse import DONE, EventAligner, contains_done, insert_before_done
 from gateway.upstream.protocol import StreamHandle, UpstreamResult
 
 logger = logging.getLogger(__name__)
 
 SSE_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+#: The response headers of a relayed stream: those Starlette's ``StreamingResponse`` sends for
+#: ``media_type="text/event-stream", headers=SSE_HEADERS`` (as the pipeline's streams send them).
+SSE_RAW_HEADERS: tuple[tuple[bytes, bytes], ...] = (
+    (b"cache-control", b"no-cache"),
+    (b"x-accel-buffering", b"no"),
+    (b"content-type", b"text/event-stream; charset=utf-8"),
+)
 
 
 def normalize_error_body(status: int, body: bytes) -> bytes:
@@ -50,7 +60,9 @@ def relay_result(result: UpstreamResult) -> Response:
     return Response(body, status_code=result.status, media_type=media_type or "application/json")
 
 
-async def relay_stream(ctx: RequestContext, upstream: StreamHandle, tail: bytes | None = None) -> AsyncIterator[bytes]:
+async def relay_stream(
+    ctx: RequestContext, upstream: StreamHandle, tail: bytes | None = None
+) -> AsyncGenerator[bytes, None]:
     """Upstream SSE bytes re-cut on event boundaries; a failure becomes an error frame, then ``[DONE]``.
 
     ``tail``, when given, is one more event inserted just before ``[DONE]`` (the pipeline's trace chunk).
@@ -82,3 +94,36 @@ async def relay_stream(ctx: RequestContext, upstream: StreamHandle, tail: bytes 
     finally:
         ctx.upstream_s += upstream.waited_s
         upstream.close()
+
+
+class StreamRelay:
+    """The control arm's streamed answer as an ASGI response: ``relay_stream``'s events, sent as they come.
+
+    What Starlette's ``StreamingResponse`` does for it, with one watcher task for the client's disconnect
+    instead of a task group: a client that goes away stops the relay (``outcome`` ``client_disconnected``)
+    and closes the upstream stream, which aborts the upstream request.
+    """
+
+    __slots__ = ("ctx", "upstream")
+
+    def __init__(self, ctx: RequestContext, upstream: StreamHandle) -> None:
+        self.ctx = ctx
+        self.upstream = upstream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        events = relay_stream(self.ctx, self.upstream)
+        try:
+            await send({"type": "http.response.start", "status": 200, "headers": SSE_RAW_HEADERS})
+            await until_disconnect(receive, _pump(events, send))
+        except ClientDisconnected:
+            self.ctx.outcome = "client_disconnected"
+            return
+        finally:
+            await events.aclose()
+            self.upstream.close()  # idempotent; for a relay that never started
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+async def _pump(events: AsyncIterator[bytes], send: Send) -> None:
+    async for piece in events:
+        await send({"type": "http.response.body", "body": piece, "more_body": True})

@@ -13,30 +13,22 @@ has been sent (``gateway/pipeline/shadow.py``); their response is the same.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Mapping
-from typing import TypeVar
+from collections.abc import Mapping
 
-from pydantic import BaseModel
-from starlette.requests import ClientDisconnect, Request
-from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp, Receive
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import ExperimentSettings, HelpersSettings
-from gateway.context import Capture, RecordSink, RequestContext, get_context
-from gateway.errors import (
-    BadRequest,
-    ClientDisconnected,
-    ModelNotFound,
-    PayloadTooLarge,
-)
-from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
+from gateway.context import Capture, RecordSink, RequestContext
+from gateway.errors import BadRequest, ModelNotFound
+from gateway.inference.receive import RequestHeaders, read_body, until_disconnect
+from gateway.inference.relay import StreamRelay, relay_result
 from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, parse_request
-from gateway.pipeline.arms import ARM_HEADER, USER_HEADER, ArmChooser, user_key
+from gateway.pipeline.arms import ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline, PipelineRequest
 from gateway.pipeline.shadow import ShadowRunner
@@ -44,33 +36,8 @@ from gateway.upstream.protocol import Backend, UpstreamResult
 
 logger = logging.getLogger(__name__)
 
-T = TypeVar("T")
-R = TypeVar("R", bound=BaseModel)
-
-TRACE_HEADER = "x-aligngate-trace"
-
-
-async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing more than ``limit`` bytes (413) without reading them all."""
-    declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise BadRequest("Invalid Content-Length header.") from None
-        if size > limit:
-            raise PayloadTooLarge(f"Request body of {size} bytes exceeds the limit of {limit} bytes.")
-    chunks: list[bytes] = []
-    total = 0
-    try:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
-            chunks.append(chunk)
-    except ClientDisconnect:
-        raise ClientDisconnected() from None
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+CHAT_PATH = "/chat/completions"
+COMPLETIONS_PATH = "/completions"
 
 
 class InferenceService:
@@ -102,50 +69,42 @@ class InferenceService:
         #: Shadow mode (None: off, ``experiment.shadow.share`` 0); it records through the store, so needs one.
         self.shadow = shadow if store is not None else None
 
-    def models(self, request: Request) -> ModelList:
-        self.auth.check(request.headers.get("authorization"))
+    def models(self, authorization: str | None) -> ModelList:
+        self.auth.check(authorization)
         return ModelList(data=[ModelCard(id=name, created=self.created) for name in self.backends])
 
-    async def chat(self, request: Request) -> Response:
-        raw, req = await self._read(request, ChatCompletionRequest)
-        return await self._proxy(request, raw, req, "/chat/completions")
-
-    async def completions(self, request: Request) -> Response:
-        raw, req = await self._read(request, CompletionRequest)
-        if not req.has_prompt():
-            raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
-        return await self._proxy(request, raw, req, "/completions")
-
-    async def _read(self, request: Request, schema: type[R]) -> tuple[bytes, R]:
-        self.auth.check(request.headers.get("authorization"))
-        raw = await read_body(request, self.max_body_bytes)
-        req = parse_request(raw, schema)
+    async def serve(self, ctx: RequestContext, path: str, headers: RequestHeaders, receive: Receive) -> ASGIApp:
+        """Answer one inference request to ``path`` (``CHAT_PATH`` or ``COMPLETIONS_PATH``): the response to
+        send, an ASGI app. Raises ``GatewayError`` (the OpenAI error to answer) and ``ClientDisconnected``."""
+        self.auth.check(headers.authorization)
+        raw = await read_body(receive, headers.content_length, self.max_body_bytes)
+        req = parse_request(raw, ChatCompletionRequest) if path == CHAT_PATH else parse_request(raw, CompletionRequest)
         if self.log_request_bodies:
-            logger.debug("request %s body: %s", get_context(request).request_id, raw.decode("utf-8", "replace"))
-        return raw, req
+            logger.debug("request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace"))
+        if isinstance(req, CompletionRequest) and not req.has_prompt():
+            raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
+        return await self._proxy(ctx, headers, receive, raw, req, path)
 
     async def _proxy(
-        self, request: Request, raw: bytes, req: ChatCompletionRequest | CompletionRequest, path: str
-    ) -> Response:
+        self, ctx: RequestContext, headers: RequestHeaders, receive: Receive, raw: bytes,
+        req: ChatCompletionRequest | CompletionRequest, path: str,
+    ) -> ASGIApp:
         backend = self.backends.get(req.model)
         if backend is None:
             raise ModelNotFound(
                 f"The model '{req.model}' does not exist; GET /v1/models lists the served models.", param="model"
             )
-        ctx = get_context(request)
         ctx.model = backend.name
-        headers = request.headers
         # The API key names a user only when keys are configured (without them every client's token is
         # whatever its SDK needed, often the same placeholder).
-        key, source = user_key(headers.get(USER_HEADER), req.user,
-                               headers.get("authorization") if self.auth.enabled else None)
-        assignment = self.arms.choose(headers.get(ARM_HEADER), key)
+        key, source = user_key(headers.user, req.user, headers.authorization if self.auth.enabled else None)
+        assignment = self.arms.choose(headers.arm, key)
         arm = assignment.arm
         ctx.arm = arm
         ctx.stream = bool(req.stream)
         if self.store is not None:
             ctx.capture = Capture(
-                self.store, self.arms.experiment, "chat" if path == "/chat/completions" else "completions",
+                self.store, self.arms.experiment, "chat" if path == CHAT_PATH else "completions",
                 self.log_bodies, assignment.forced, source, key, assignment.bucket,
                 request_body=raw if self.log_bodies else None,
             )
@@ -153,20 +112,20 @@ class InferenceService:
             if (shadow is not None and arm == "control" and not assignment.forced
                     and shadow.sampled(ctx.request_id)):
                 # the response does not change; once it has been sent, the shadow run starts
-                shadow.attach(ctx.capture, raw, path == "/chat/completions")
+                shadow.attach(ctx.capture, raw, path == CHAT_PATH)
         metrics.request_started(ctx)
-        trace_on = headers.get(TRACE_HEADER, "").strip().lower() in ("1", "true")
+        trace_on = headers.trace is not None and headers.trace.strip().lower() in ("1", "true")
         if arm != "control" or trace_on:
             preq = PipelineRequest(ctx, backend, path, json.loads(raw), arm, trace_on)
-            return await _until_disconnect(request, self.pipeline.run(preq))
+            return await until_disconnect(receive, self.pipeline.run(preq))
         # The control arm: the client's bytes go up, the upstream's bytes come back.
         upstream_model = backend.upstream_model
         body = raw if upstream_model is None else _with_model(raw, upstream_model)
         if ctx.stream:
-            return await self._stream(request, ctx, backend, path, body)
+            return await self._stream(ctx, receive, backend, path, body)
         t = time.perf_counter()
         try:
-            result = await _until_disconnect(request, backend.fetch(path, body))
+            result = await until_disconnect(receive, backend.fetch(path, body))
         finally:
             ctx.upstream_s += time.perf_counter() - t
         ctx.replica = result.replica
@@ -174,18 +133,16 @@ class InferenceService:
             ctx.capture.response_body = result.body
         return relay_result(result)
 
-    async def _stream(
-        self, request: Request, ctx: RequestContext, backend: Backend, path: str, body: bytes
-    ) -> Response:
+    async def _stream(self, ctx: RequestContext, receive: Receive, backend: Backend, path: str, body: bytes) -> ASGIApp:
         t = time.perf_counter()
         try:
-            opened = await _until_disconnect(request, backend.open_stream(path, body))
+            opened = await until_disconnect(receive, backend.open_stream(path, body))
         finally:
             ctx.upstream_s += time.perf_counter() - t
         ctx.replica = opened.replica if isinstance(opened, UpstreamResult) else opened.replica_index
         if isinstance(opened, UpstreamResult):  # the upstream refused before streaming: plain JSON error
             return relay_result(opened)
-        return StreamingResponse(relay_stream(ctx, opened), media_type="text/event-stream", headers=SSE_HEADERS)
+        return StreamRelay(ctx, opened)
 
 
 def _with_model(raw: bytes, model: str) -> bytes:
@@ -194,32 +151,3 @@ def _with_model(raw: bytes, model: str) -> bytes:
     data = json.loads(raw)
     data["model"] = model
     return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
-
-
-async def _until_disconnect(request: Request, aw: Awaitable[T]) -> T:
-    """Await ``aw``, cancelling it if the client disconnects meanwhile (then ``ClientDisconnected``).
-
-    Call only once the request body has been read: from then on the ASGI ``receive`` channel only ever
-    reports the disconnect.
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    fired = False
-
-    async def watch() -> None:
-        nonlocal fired
-        while (await request.receive())["type"] != "http.disconnect":
-            pass
-        fired = True
-        task.cancel()
-
-    watcher = asyncio.get_running_loop().create_task(watch())
-    try:
-        return await aw
-    except asyncio.CancelledError:
-        if fired:
-            task.uncancel()
-            raise ClientDisconnected() from None
-        raise
-    finally:
-        watcher.cancel()

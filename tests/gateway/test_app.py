@@ -131,10 +131,10 @@ async def test_no_docs_routes(gateway, up) -> None:  # type: ignore[no-untyped-d
 
 
 async def test_unexpected_exception_is_a_clean_500(gateway, up, monkeypatch, caplog) -> None:  # type: ignore[no-untyped-def]
-    async def boom(self: InferenceService, request: object) -> None:
+    async def boom(self: InferenceService, *args: object) -> None:
         raise RuntimeError("secret internal detail")
 
-    monkeypatch.setattr(InferenceService, "chat", boom)
+    monkeypatch.setattr(InferenceService, "serve", boom)
     async with gateway([{"name": "m", "urls": [up.url]}]) as (_, client):
         with caplog.at_level(logging.ERROR, logger="gateway.middleware"):
             r = await client.post("/v1/chat/completions", json=CHAT, headers={"X-Request-Id": "rid-500"})

@@ -1,0 +1,117 @@
+"""The request side of an ASGI exchange, as the inference routes read it: the few headers they use, the body
+(refused beyond a size limit, 413), and the client's disconnect while an answer is awaited.
+
+Raw ASGI rather than Starlette's ``Request``: one pass over the header list and no body iterator keep the
+hot path cheap. The values are what Starlette's ``Request.headers.get`` would give (the first occurrence of
+a name, decoded as latin-1).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Iterable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from starlette.types import Receive
+
+from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
+
+T = TypeVar("T")
+
+
+@dataclass(slots=True)
+class RequestHeaders:
+    """The request headers the inference routes read (None: absent)."""
+
+    authorization: str | None = None
+    content_length: str | None = None
+    #: ``X-Aligngate-User``, ``X-Aligngate-Arm``, ``X-Aligngate-Trace``.
+    user: str | None = None
+    arm: str | None = None
+    trace: str | None = None
+
+    @classmethod
+    def of(cls, raw: Iterable[tuple[bytes, bytes]]) -> RequestHeaders:
+        """From an ASGI scope's ``headers`` (lower-case names)."""
+        h = cls()
+        for name, value in raw:
+            if name == b"authorization":
+                if h.authorization is None:
+                    h.authorization = value.decode("latin-1")
+            elif name == b"content-length":
+                if h.content_length is None:
+                    h.content_length = value.decode("latin-1")
+            elif name.startswith(b"x-aligngate-"):
+                if name == b"x-aligngate-user":
+                    if h.user is None:
+                        h.user = value.decode("latin-1")
+                elif name == b"x-aligngate-arm":
+                    if h.arm is None:
+                        h.arm = value.decode("latin-1")
+                elif name == b"x-aligngate-trace" and h.trace is None:
+                    h.trace = value.decode("latin-1")
+        return h
+
+
+async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (413) without reading them all; a client that goes
+    away meanwhile raises ``ClientDisconnected``."""
+    if content_length is not None:
+        try:
+            size = int(content_length)
+        except ValueError:
+            raise BadRequest("Invalid Content-Length header.") from None
+        if size > limit:
+            raise PayloadTooLarge(f"Request body of {size} bytes exceeds the limit of {limit} bytes.")
+    body = b""
+    more: list[bytes] | None = None
+    total = 0
+    while True:
+        message = await receive()
+        kind = message["type"]
+        if kind == "http.request":
+            chunk: bytes = message.get("body", b"")
+            if chunk:
+                total += len(chunk)
+                if total > limit:
+                    raise PayloadTooLarge(f"Request body exceeds the limit of {limit} bytes.")
+                if not body:
+                    body = chunk
+                elif more is None:
+                    more = [body, chunk]
+                else:
+                    more.append(chunk)
+            if not message.get("more_body", False):
+                return body if more is None else b"".join(more)
+        elif kind == "http.disconnect":
+            raise ClientDisconnected()
+
+
+async def until_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
+    """Await ``aw``, cancelling it if the client disconnects meanwhile (then ``ClientDisconnected``).
+
+    Call only once the request body has been read: from then on the ASGI ``receive`` channel only ever
+    reports the disconnect (or, once the response is complete, that it is over).
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    async def watch() -> None:
+        nonlocal fired
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        fired = True
+        task.cancel()
+
+    watcher = asyncio.get_running_loop().create_task(watch())
+    try:
+        return await aw
+    except asyncio.CancelledError:
+        if fired:
+            task.uncancel()
+            raise ClientDisconnected() from None
+        raise
+    finally:
+        watcher.cancel()
