@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,31 +66,47 @@ def _text(tokenizer: Any, prompt: Any, completion: Any) -> str:
     return text
 
 
-def pairwise_accuracy(model: Any, tokenizer: Any, rows: Any, max_length: int = 512, batch_size: int = 8) -> float:
-    """Share of preference rows whose chosen response scores above the rejected one."""
+def completion_scores(
+    model: Any, tokenizer: Any, items: Sequence[tuple[Any, Any]], max_length: int = 512, batch_size: int = 8
+) -> list[float]:
+    """The reward model's score of each ``(prompt, completion)`` (TRL's standard or conversational format),
+    ``batch_size`` sequences per forward pass, right-padded and cut at ``max_length`` tokens."""
     import torch
 
-    rows = list(rows)
-    if not rows:
-        return float("nan")
+    items = list(items)
     model.eval()
     device = next(model.parameters()).device
-    wins = 0
+    scores: list[float] = []
     side = tokenizer.padding_side
     tokenizer.padding_side = "right"
     try:
-        for start in range(0, len(rows), batch_size):
-            batch = rows[start : start + batch_size]
-            texts = [_text(tokenizer, r["prompt"], r["chosen"]) for r in batch]
-            texts += [_text(tokenizer, r["prompt"], r["rejected"]) for r in batch]
+        for start in range(0, len(items), batch_size):
+            texts = [_text(tokenizer, prompt, completion) for prompt, completion in items[start : start + batch_size]]
             enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
             with torch.no_grad():
-                scores = model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()
-            n = len(batch)
-            wins += int((scores[:n] > scores[n:]).sum().item())
+                batch = model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()
+            scores += [float(x) for x in batch.tolist()]
     finally:
         tokenizer.padding_side = side
-    return wins / len(rows)
+    return scores
+
+
+def pair_scores(
+    model: Any, tokenizer: Any, rows: Any, max_length: int = 512, batch_size: int = 8
+) -> list[tuple[float, float]]:
+    """``(chosen score, rejected score)`` of each preference row; a forward pass holds ``batch_size`` rows."""
+    rows = list(rows)
+    items = [(row["prompt"], row[side]) for row in rows for side in ("chosen", "rejected")]
+    flat = completion_scores(model, tokenizer, items, max_length, 2 * batch_size)
+    return list(zip(flat[0::2], flat[1::2], strict=True))
+
+
+def pairwise_accuracy(model: Any, tokenizer: Any, rows: Any, max_length: int = 512, batch_size: int = 8) -> float:
+    """Share of preference rows whose chosen response scores above the rejected one (NaN for no rows)."""
+    scores = pair_scores(model, tokenizer, rows, max_length, batch_size)
+    if not scores:
+        return float("nan")
+    return sum(chosen > rejected for chosen, rejected in scores) / len(scores)
 
 
 def source_name(spec: DatasetSpec) -> str:
