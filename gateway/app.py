@@ -33,6 +33,7 @@ from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
+from gateway.runtime import tune_gc
 from gateway.store.store import Store
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
@@ -133,5 +134,8 @@ def create_app(settings: Settings) -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables)."""
-    return create_app(settings_from_env())
+    """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables); it also
+    tunes the worker process's garbage collector (``gateway/runtime.py``)."""
+    app = create_app(settings_from_env())
+    tune_gc()
+    return app

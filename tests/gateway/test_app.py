@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 
 import pytest
 from aiohttp import web
 
+from gateway import app as app_module
 from gateway.app import app_from_env, create_app
 from gateway.config import RESOLVED_ENV, ConfigError, Settings, dump_resolved
 from gateway.inference.service import InferenceService
+from gateway.runtime import YOUNG_THRESHOLD, tune_gc
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
@@ -42,9 +45,23 @@ def test_create_app_refuses_unservable_settings() -> None:
 def test_app_from_env_uses_the_resolved_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = Settings.model_validate({"backends": [{"name": "from-env", "urls": ["http://h:1/v1"]}]})
     monkeypatch.setenv(RESOLVED_ENV, dump_resolved(settings))
+    tuned: list[bool] = []
+    monkeypatch.setattr(app_module, "tune_gc", lambda: tuned.append(True))  # not this test process's collector
     app = app_from_env()
     assert app.state.settings == settings
     assert app.openapi_url is None and app.docs_url is None
+    assert tuned == [True]
+
+
+def test_tune_gc_freezes_start_up_objects_and_raises_the_young_threshold() -> None:
+    before = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == (YOUNG_THRESHOLD, before[1], before[2])
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*before)
 
 
 async def test_lifespan_builds_and_closes_the_backends(gateway, up) -> None:  # type: ignore[no-untyped-def]
