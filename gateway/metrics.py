@@ -108,23 +108,47 @@ def count_upstream_error(model: str, status: str) -> None:
     UPSTREAM_ERRORS.labels(model, status).inc()
 
 
+# Labelled children of the per-request metrics, looked up once per label set: ``labels()`` costs a lock and
+# several allocations per call, and every request makes six. The label sets are bounded (configured models,
+# arms, HTTP statuses), and a child is the same object ``labels()`` returns.
+_in_flight: dict[str, Gauge] = {}
+_requests: dict[tuple[str, str, int], Counter] = {}
+_timings: dict[tuple[str, str], tuple[Histogram, Histogram, Histogram]] = {}
+
+
+def _in_flight_of(model: str) -> Gauge:
+    child = _in_flight.get(model)
+    if child is None:
+        child = _in_flight[model] = IN_FLIGHT.labels(model)
+    return child
+
+
 def request_started(ctx: RequestContext) -> None:
     """Count a request in flight once its backend is known."""
     if ctx.model is not None and not ctx.in_flight_counted:
         ctx.in_flight_counted = True
-        IN_FLIGHT.labels(ctx.model).inc()
+        _in_flight_of(ctx.model).inc()
 
 
 def request_finished(ctx: RequestContext, status: int, duration_s: float, overhead_s: float) -> None:
     model = ctx.model or "unknown"
     arm = ctx.arm or "none"
     if ctx.in_flight_counted:
-        IN_FLIGHT.labels(model).dec()
-    REQUESTS.labels(model, arm, str(status)).inc()
-    DURATION.labels(model, arm).observe(duration_s)
-    OVERHEAD.labels(model, arm).observe(overhead_s)
+        _in_flight_of(model).dec()
+    counter = _requests.get((model, arm, status))
+    if counter is None:
+        counter = _requests[(model, arm, status)] = REQUESTS.labels(model, arm, str(status))
+    counter.inc()
+    timings = _timings.get((model, arm))
+    if timings is None:
+        timings = _timings[(model, arm)] = (
+            DURATION.labels(model, arm), OVERHEAD.labels(model, arm), TTFT.labels(model, arm)
+        )
+    duration, overhead, ttft = timings
+    duration.observe(duration_s)
+    overhead.observe(overhead_s)
     if ctx.first_byte_s is not None and status < 400:
-        TTFT.labels(model, arm).observe(ctx.first_byte_s)
+        ttft.observe(ctx.first_byte_s)
 
 
 def render() -> tuple[bytes, str]:

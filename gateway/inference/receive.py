@@ -88,15 +88,24 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
             raise ClientDisconnected()
 
 
-async def until_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
+#: How long an answer is awaited before the client's disconnect is watched for (seconds). Most answers of a
+#: fast backend come sooner, and then no watcher task is made at all; a client that goes away earlier is
+#: noticed at this point. Slow answers (LLM generations, streams) are watched for nearly all of their time.
+WATCH_AFTER_S = 0.05
+
+
+async def until_disconnect(receive: Receive, aw: Awaitable[T], watch_after_s: float = WATCH_AFTER_S) -> T:
     """Await ``aw``, cancelling it if the client disconnects meanwhile (then ``ClientDisconnected``).
 
-    Call only once the request body has been read: from then on the ASGI ``receive`` channel only ever
-    reports the disconnect (or, once the response is complete, that it is over).
+    The watcher (a task waiting on ``receive``) starts once ``aw`` has taken ``watch_after_s``. Call only once the
+    request body has been read: from then on the ASGI ``receive`` channel only ever reports the disconnect (or,
+    once the response is complete, that it is over).
     """
     task = asyncio.current_task()
     assert task is not None
+    loop = asyncio.get_running_loop()
     fired = False
+    watcher: asyncio.Task[None] | None = None
 
     async def watch() -> None:
         nonlocal fired
@@ -105,7 +114,11 @@ async def until_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
         fired = True
         task.cancel()
 
-    watcher = asyncio.get_running_loop().create_task(watch())
+    def start_watching() -> None:
+        nonlocal watcher
+        watcher = loop.create_task(watch())
+
+    timer = loop.call_later(watch_after_s, start_watching)
     try:
         return await aw
     except asyncio.CancelledError:
@@ -114,4 +127,6 @@ async def until_disconnect(receive: Receive, aw: Awaitable[T]) -> T:
             raise ClientDisconnected() from None
         raise
     finally:
-        watcher.cancel()
+        timer.cancel()
+        if watcher is not None:
+            watcher.cancel()

@@ -16,6 +16,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
+from multidict import CIMultiDict
+from yarl import URL
 
 from gateway.config import BackendSettings
 from gateway.errors import GatewayError, UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
@@ -118,6 +120,9 @@ class RemoteBackend:
                     "backend %s: environment variable %s (api_key_env) is not set; calling it without a key",
                     settings.name, settings.api_key_env,
                 )
+        self._request_headers = CIMultiDict(self.headers)
+        #: Parsed request URLs by (replica index, path): parsing a URL string costs more than the look-up.
+        self._urls: dict[tuple[int, str], URL] = {}
         self.timeout = aiohttp.ClientTimeout(
             total=None, sock_connect=settings.connect_timeout_s, sock_read=settings.timeout_s
         )
@@ -150,9 +155,10 @@ class RemoteBackend:
             replica.in_flight += 1
             handed_over = False
             try:
-                resp = await self.session.post(
-                    replica.url + path, data=body, headers=self.headers, timeout=self.timeout
-                )
+                url = self._urls.get((replica.index, path))
+                if url is None:
+                    url = self._urls[(replica.index, path)] = URL(replica.url + path)
+                resp = await self.session.post(url, data=body, headers=self._request_headers, timeout=self.timeout)
                 try:
                     if stream and resp.status < 300:
                         self.pool.record_success(replica)

@@ -2,6 +2,8 @@
 
 One session per worker process, created at start-up and closed at shutdown; keep-alive connections are
 pooled and reused across requests and backends. Per-request timeouts come from each backend's settings.
+It keeps no cookies: an upstream's ``Set-Cookie`` answers one client's request and must not be sent on
+another's (and a cookie jar costs a look-up per request).
 """
 
 from __future__ import annotations
@@ -26,4 +28,5 @@ def make_session() -> aiohttp.ClientSession:
         auto_decompress=True,
         skip_auto_headers=("User-Agent",),
         raise_for_status=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
     )

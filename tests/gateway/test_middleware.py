@@ -17,7 +17,7 @@ from starlette.routing import Route, Router
 
 from gateway.context import RequestContext, get_context
 from gateway.errors import internal_error_body
-from gateway.middleware import RequestMiddleware
+from gateway.middleware import RequestMiddleware, new_request_id
 
 HEX32 = re.compile(r"^[0-9a-f]{32}$")
 MODEL = f"mw-{uuid.uuid4().hex[:8]}"  # a label value of this module's own
@@ -225,3 +225,11 @@ async def test_lifespan_and_other_scopes_pass_through() -> None:
     await mw({"type": "lifespan"}, None, None)  # type: ignore[arg-type]
     await mw({"type": "websocket"}, None, None)  # type: ignore[arg-type]
     assert seen == ["lifespan", "websocket"]
+
+
+def test_new_request_ids_are_uuid4_hex() -> None:
+    ids = {new_request_id() for _ in range(1000)}
+    assert len(ids) == 1000
+    for rid in list(ids)[:50]:
+        parsed = uuid.UUID(hex=rid)
+        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == rid

@@ -15,7 +15,7 @@ from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
 
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
-from gateway.inference.receive import RequestHeaders, read_body, until_disconnect
+from gateway.inference.receive import WATCH_AFTER_S, RequestHeaders, read_body, until_disconnect
 from gateway.inference.relay import SSE_HEADERS, SSE_RAW_HEADERS
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
@@ -267,6 +267,18 @@ async def test_until_disconnect_returns_the_result_and_stops_watching() -> None:
         await watched.wait()
         return 7
 
-    assert await until_disconnect(receive, work()) == 7
+    assert await until_disconnect(receive, work(), watch_after_s=0) == 7
     with pytest.raises(ClientDisconnected):
         await until_disconnect(_receiver({"type": "http.disconnect"}), asyncio.sleep(30))
+
+
+async def test_until_disconnect_makes_no_watcher_for_a_quick_answer() -> None:
+    async def receive() -> dict[str, Any]:
+        raise AssertionError("receive must not be called")
+
+    async def quick() -> str:
+        await asyncio.sleep(0)
+        return "done"
+
+    assert await until_disconnect(receive, quick()) == "done"
+    await asyncio.sleep(WATCH_AFTER_S * 2)  # the timer was cancelled: nothing starts later either

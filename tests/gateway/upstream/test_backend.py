@@ -123,6 +123,21 @@ async def test_fetch_relays_status_and_body_untouched(start_upstream, make) -> N
     assert _in_flight(backend) == [0]
 
 
+async def test_upstream_cookies_are_not_kept(start_upstream, make) -> None:  # type: ignore[no-untyped-def]
+    async def set_cookie(request: web.Request) -> web.Response:
+        resp = web.Response(body=OK_BODY, content_type="application/json")
+        resp.set_cookie("session", "one-clients-secret")
+        return resp
+
+    up = await start_upstream({"POST /v1/chat/completions": set_cookie})
+    by_name = up.url.replace("127.0.0.1", "localhost")  # aiohttp's cookie jar ignores cookies of IP addresses
+    backend = make([by_name, by_name])
+    for _ in range(3):
+        assert (await backend.fetch(CHAT, BODY)).body == OK_BODY
+    assert [s.headers.get("Cookie") for s in up.seen] == [None, None, None]
+    assert sorted(key[0] for key in backend._urls) == [0, 1]  # one parsed URL per replica and path
+
+
 @pytest.mark.parametrize("status", [400, 404, 422, 500])
 async def test_fetch_relays_non_retryable_errors_once(start_upstream, make, status: int) -> None:  # type: ignore[no-untyped-def]
     up = await start_upstream({"POST /v1/chat/completions": json_handler(status, b"plain text error", "text/plain")})
