@@ -87,6 +87,8 @@ class TrainConfig:
     # logging, evaluation, checkpoints
     logging_steps: int = 5
     eval_steps: int | None = None
+    #: Also evaluate before the first step (a baseline for the eval curves).
+    eval_on_start: bool = False
     save_steps: int = 50
     save_total_limit: int | None = 2
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
@@ -398,6 +400,7 @@ def trl_args(config: TrainConfig) -> dict[str, Any]:
         "logging_steps": config.logging_steps,
         "eval_strategy": "steps" if has_eval else "no",
         "eval_steps": eval_steps if has_eval else None,
+        "eval_on_start": has_eval and config.eval_on_start,
         "save_strategy": "steps",
         "save_steps": config.save_steps,
         "save_total_limit": config.save_total_limit,
@@ -478,6 +481,7 @@ def fit(
     once more when the last step did not, save; returns the metrics and the output paths."""
     if eval_ds is None:
         args.eval_strategy = "no"
+        args.eval_on_start = False
     trainer = trainer_cls(
         model=model,
         args=args,

@@ -232,6 +232,7 @@ def main(config: RMRecipe) -> dict[str, Any]:
     )
     if eval_ds is None:
         args.eval_strategy = "no"
+        args.eval_on_start = False
     trainer = RewardTrainer(
         model=model,
         args=args,

@@ -126,6 +126,17 @@ def test_dpo_loss_types(tiny_model: Path, prefs: Path, tmp_path: Path, loss_type
     _check_trained(dpo.main(config), config)
 
 
+def test_dpo_eval_on_start_gives_a_zero_margin_baseline(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
+    config = _recipe(dpo.DPORecipe, tiny_model, prefs, tmp_path / "dpo0", "eval_on_start=true", "eval_steps=2")
+    dpo.main(config)
+    state = json.loads((Path(config.output_dir) / "checkpoint-2" / "trainer_state.json").read_text())
+    evals = [e for e in state["log_history"] if "eval_rewards/margins" in e]
+    assert [e["step"] for e in evals] == [0, 2]
+    # Before any update the policy is the reference (adapter B = 0): every implicit reward is exactly 0.
+    assert evals[0]["eval_rewards/margins"] == pytest.approx(0.0, abs=1e-6)
+    assert evals[1]["eval_rewards/margins"] != pytest.approx(0.0, abs=1e-6)
+
+
 def test_kto_from_preference_pairs(tiny_model: Path, prefs: Path, tmp_path: Path) -> None:
     config = _recipe(kto.KTORecipe, tiny_model, prefs, tmp_path / "kto", "per_device_train_batch_size=4")
     result = kto.main(config)

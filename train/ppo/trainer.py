@@ -326,6 +326,7 @@ class PPOTrainer:
             "kl_per_token": masked_mean(batch.kl, batch.response_mask).item(),
             "kl_coef": kl_coef,
             "response_length": batch.response_mask.sum(-1).float().mean().item(),
+            "tokens": float(batch.attention_mask.sum().item()),  # prompt + response tokens of the rollout
         }
         return stats
 
