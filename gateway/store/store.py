@@ -3,7 +3,7 @@
 * **Never in the way.** ``submit`` (called by the middleware when a response has ended) puts a reference on
   a bounded ``asyncio.Queue`` and returns: O(1), no parsing, never raises. A background writer takes up to
   ``batch_size`` records or whatever arrived within ``flush_interval_s``, turns them into rows
-  (``records.request_row``) and inserts them in one transaction (insert-or-ignore by id).
+  (``records.request_row``) and inserts them in one transaction (insert-or-ignore by id, ``inserts.py``).
 * **Nothing lost.** When the database cannot be reached or an insert fails, the batch goes to a spill file
   (JSON lines, ``spill.SpillFiles``); the writer then leaves the database alone for ``retry_s`` (batches go
   straight to the spill file), tries again, and once a write succeeds it replays the spill files
@@ -39,6 +39,7 @@ from gateway import metrics
 from gateway.config import StoreSettings
 from gateway.context import RequestContext
 from gateway.store import schema
+from gateway.store.inserts import insert_rows
 from gateway.store.records import request_row
 from gateway.store.spill import SpillFiles
 
@@ -79,16 +80,6 @@ def default_spill_path(url: str) -> Path:
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         return Path(f"{parsed.database}.spill")
     return Path("aligngate.spill")
-
-
-def _insert_ignore(dialect: str, table: sa.Table) -> Any:
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing(index_elements=["id"])
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
 
 
 # ("request", (ctx, status, duration_s, overhead_s, finished)), ("feedback", row) or ("shadow", row)
@@ -320,10 +311,9 @@ class Store:
         by_table: dict[str, list[dict[str, Any]]] = {}
         for table, row in records:
             by_table.setdefault(table, []).append(row)
-        dialect = self._engine.dialect.name
         async with self._engine.begin() as conn:
             for table, rows in by_table.items():
-                await conn.execute(_insert_ignore(dialect, _TABLES[table]), rows)
+                await insert_rows(conn, _TABLES[table], rows)
 
     # ------------------------------------------------------------------ the writer
 
