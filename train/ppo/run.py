@@ -10,7 +10,8 @@ out and scored every ``eval_steps`` (mean reward and KL of sampled answers).
 Writes ``output_dir/final`` (adapter or model + tokenizer: the gateway's local engine loads it), ``merged`` with
 ``merge: true``, checkpoints ``checkpoint-N`` (policy, value model, optimizer, KL controller; ``resume_from_
 checkpoint`` continues from them), ``history.jsonl`` (one line of stats per step), TensorBoard events and
-``ppo.png`` (reward and KL per step).
+``ppo.png`` (reward and KL per step), and the held-out samples of each evaluation, ``samples/step-N.jsonl``
+(``python -m train.evaluate win-rate --a samples/step-N.jsonl --b samples/step-0.jsonl`` compares them).
 """
 
 from __future__ import annotations
@@ -106,24 +107,25 @@ def ppo_config(recipe: PPORecipe) -> Any:
     )
 
 
-def render_prompts(recipe: PPORecipe, tokenizer: Any) -> tuple[list[str], list[str]]:
-    """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped."""
+def render_prompts(recipe: PPORecipe, tokenizer: Any) -> tuple[list[str], list[str], dict[str, list[dict[str, str]]]]:
+    """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped, and the chat
+    messages each text was rendered from."""
     rows = sft_rows(recipe.dataset)
     texts: list[str] = []
-    seen: set[str] = set()
+    seen: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         prompt = row["prompt"]
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
         if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_length:
             continue
-        seen.add(text)
+        seen[text] = messages
         texts.append(text)
     train, held_out = train_eval_split(texts, recipe.eval_share, seed=recipe.seed, key=lambda t: t)
     if not train:
         raise RecipeError(f"no prompts of at most {recipe.max_prompt_length} tokens in the dataset")
     log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(rows))
-    return train, held_out[: recipe.eval_prompts]
+    return train, held_out[: recipe.eval_prompts], seen
 
 
 class _Logger:
@@ -197,16 +199,33 @@ def plot(out: Path) -> Path | None:
     return path
 
 
-def evaluate(trainer: Any, prompts: list[str], batch_size: int) -> dict[str, float]:
-    """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update)."""
+def evaluate(
+    trainer: Any, prompts: list[str], batch_size: int, samples: Path | None = None, messages: Any = None
+) -> dict[str, float]:
+    """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update).
+
+    With ``samples``, also writes them as JSONL ``{prompt, response, score}`` (``prompt``: the chat messages from
+    ``messages``), the input of ``python -m train.evaluate win-rate``."""
     scores: list[float] = []
     kls: list[float] = []
     lengths: list[float] = []
+    rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
-        batch = trainer.rollout(prompts[start : start + batch_size])
+        chunk = prompts[start : start + batch_size]
+        batch = trainer.rollout(chunk)
         scores += batch.scores.tolist()
         kls += batch.kl.sum(-1).tolist()
         lengths += batch.response_mask.sum(-1).float().tolist()
+        if samples is not None:
+            response = batch.input_ids[:, batch.prompt_length :]
+            for i, text in enumerate(chunk):
+                ids = response[i][batch.response_mask[i].bool()]
+                answer = trainer.tokenizer.decode(ids, skip_special_tokens=True)
+                prompt = messages.get(text, text) if messages is not None else text
+                rows.append({"prompt": prompt, "response": answer, "score": batch.scores[i].item()})
+    if samples is not None:
+        samples.parent.mkdir(parents=True, exist_ok=True)
+        samples.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     n = max(len(scores), 1)
     return {"eval_reward_mean": sum(scores) / n, "eval_kl": sum(kls) / n, "eval_response_length": sum(lengths) / n}
 
@@ -309,7 +328,7 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, tokenizer, base = build_trainer(recipe)
-    train_prompts, eval_prompts = render_prompts(recipe, tokenizer)
+    train_prompts, eval_prompts, messages = render_prompts(recipe, tokenizer)
     rng = random.Random(recipe.seed)
     start, pool = 0, []
     resume = _resume_path(recipe)
@@ -325,7 +344,7 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     eval_every = recipe.eval_steps or recipe.save_steps
     evals: list[dict[str, float]] = []
     if eval_prompts and start == 0:
-        first = evaluate(trainer, eval_prompts, recipe.batch_size)
+        first = evaluate(trainer, eval_prompts, recipe.batch_size, out / "samples" / "step-0.jsonl", messages)
         logger.log(0, first)
         evals.append({"step": 0, **first})
     started = time.perf_counter()
@@ -341,7 +360,8 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         tokens += int(stats["response_length"] * len(batch))
         stats["seconds"] = time.perf_counter() - started
         if eval_prompts and (step % eval_every == 0 or step == recipe.max_steps):
-            result = evaluate(trainer, eval_prompts, recipe.batch_size)
+            samples = out / "samples" / f"step-{step}.jsonl"
+            result = evaluate(trainer, eval_prompts, recipe.batch_size, samples, messages)
             stats |= result
             evals.append({"step": step, **result})
         logger.log(step, stats)

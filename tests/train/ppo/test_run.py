@@ -135,6 +135,14 @@ def test_ppo_trains_against_the_trained_rm(tiny_model: Path, reward_adapter: Pat
     assert (out / "checkpoint-2" / "policy" / "adapter_model.safetensors").is_file()
     assert (Path(result["merged"]) / "config.json").is_file()
     assert result["metrics"]["evals"][0]["step"] == 0
+    # Held-out samples of the first and last evaluation; the win-rate tool compares them under the RM.
+    before, after = out / "samples" / "step-0.jsonl", out / "samples" / "step-2.jsonl"
+    rows0 = [json.loads(line) for line in before.read_text().splitlines()]
+    assert rows0 and all(r["prompt"][-1]["role"] == "user" and isinstance(r["response"], str) for r in rows0)
+    from train.evaluate import win_rate
+
+    rate = win_rate(reward_adapter, after, before, max_length=64, device="cpu")
+    assert rate.n == len(rows0) and 0.0 <= rate.win_rate <= 1.0
     # The gateway's local engine loads the base + PPO adapter.
     from models.local.loader import load_local_model
 
