@@ -39,8 +39,11 @@ def sqlite_statement(table: sa.Table) -> tuple[str, tuple[str, ...], frozenset[s
         names = ", ".join(f'"{name}"' for name in columns)
         marks = ", ".join("?" for _ in columns)
         sql = f'INSERT INTO "{table.name}" ({names}) VALUES ({marks}) ON CONFLICT ("id") DO NOTHING'
-        known = _SQLITE[table.name] = (sql, columns, frozenset(c.name for c in table.columns
-                                                                if isinstance(c.type, sa.JSON)))
+        known = _SQLITE[table.name] = (
+            sql,
+            columns,
+            frozenset(c.name for c in table.columns if isinstance(c.type, sa.JSON)),
+        )
     return known
 
 

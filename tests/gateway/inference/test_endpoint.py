@@ -25,9 +25,18 @@ EVENTS = [b'data: {"choices":[{"delta":{"content":"w%d "}}]}\n\n' % i for i in r
 
 def _scope(path: str, headers: list[tuple[bytes, bytes]] | None = None, method: str = "POST") -> dict[str, Any]:
     return {
-        "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-        "method": method, "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "",
-        "query_string": b"", "headers": headers or [], "client": ("127.0.0.1", 5555), "server": ("gateway", 80),
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": headers or [],
+        "client": ("127.0.0.1", 5555),
+        "server": ("gateway", 80),
     }
 
 
@@ -144,8 +153,9 @@ async def test_disconnect_while_waiting_cancels_the_upstream(gateway, hanging, c
 
     async with gateway([{"name": "m", "urls": [up.url]}]) as (app, _):
         with caplog.at_level(logging.INFO, logger="aligngate.access"):
-            call = asyncio.create_task(app(_scope("/v1/chat/completions", [(b"x-request-id", b"gone-1")]),
-                                           receive, send))
+            call = asyncio.create_task(
+                app(_scope("/v1/chat/completions", [(b"x-request-id", b"gone-1")]), receive, send)
+            )
             await asyncio.wait_for(h.entered.wait(), 3)
             gone.set()
             await asyncio.wait_for(call, 3)
@@ -219,11 +229,19 @@ def test_sse_headers_are_starlettes() -> None:
 
 
 def test_request_headers_first_occurrence_latin1() -> None:
-    h = RequestHeaders.of([
-        (b"host", b"x"), (b"authorization", b"Bearer a"), (b"authorization", b"Bearer b"),
-        (b"content-length", b"12"), (b"x-aligngate-user", b"caf\xe9"), (b"x-aligngate-arm", b"align"),
-        (b"x-aligngate-trace", b"1"), (b"x-aligngate-other", b"?"), (b"x-aligngate-arm", b"control"),
-    ])
+    h = RequestHeaders.of(
+        [
+            (b"host", b"x"),
+            (b"authorization", b"Bearer a"),
+            (b"authorization", b"Bearer b"),
+            (b"content-length", b"12"),
+            (b"x-aligngate-user", b"caf\xe9"),
+            (b"x-aligngate-arm", b"align"),
+            (b"x-aligngate-trace", b"1"),
+            (b"x-aligngate-other", b"?"),
+            (b"x-aligngate-arm", b"control"),
+        ]
+    )
     assert h == RequestHeaders("Bearer a", "12", "café", "align", "1")
     assert RequestHeaders.of([]) == RequestHeaders()
 
@@ -238,10 +256,12 @@ def _receiver(*messages: dict[str, Any]) -> Any:
 
 
 async def test_read_body_joins_pieces_and_enforces_the_limit() -> None:
-    pieces = ({"type": "http.request", "body": b"ab", "more_body": True},
-              {"type": "http.request", "body": b"", "more_body": True},
-              {"type": "http.request", "body": b"cd", "more_body": True},
-              {"type": "http.request", "body": b"e"})
+    pieces = (
+        {"type": "http.request", "body": b"ab", "more_body": True},
+        {"type": "http.request", "body": b"", "more_body": True},
+        {"type": "http.request", "body": b"cd", "more_body": True},
+        {"type": "http.request", "body": b"e"},
+    )
     assert await read_body(_receiver(*pieces), None, 5) == b"abcde"
     assert await read_body(_receiver({"type": "http.request", "body": b"abc"}), "3", 3) == b"abc"
     assert await read_body(_receiver({"type": "http.request"}), None, 3) == b""

@@ -14,12 +14,27 @@ from gateway.store.inserts import insert_ignore, insert_rows, sqlite_params, sql
 
 def _request(rid: str, **overrides: Any) -> dict[str, Any]:
     row: dict[str, Any] = {c.name: None for c in schema.requests.columns}
-    row.update({
-        "id": rid, "time": 1.5, "experiment": "e", "arm": "control", "arm_forced": True, "user_source": "header",
-        "model": "m", "endpoint": "chat", "stream": False, "status": 200, "latency_ms": 2.25, "overhead_ms": 0.5,
-        "messages": [{"role": "user", "content": "h\u00e9 \U0001f30d \"q\""}], "raw_answer": "a", "final_answer": "a",
-        "prompt_tokens": 3, "bucket": 42,
-    })
+    row.update(
+        {
+            "id": rid,
+            "time": 1.5,
+            "experiment": "e",
+            "arm": "control",
+            "arm_forced": True,
+            "user_source": "header",
+            "model": "m",
+            "endpoint": "chat",
+            "stream": False,
+            "status": 200,
+            "latency_ms": 2.25,
+            "overhead_ms": 0.5,
+            "messages": [{"role": "user", "content": 'h\u00e9 \U0001f30d "q"'}],
+            "raw_answer": "a",
+            "final_answer": "a",
+            "prompt_tokens": 3,
+            "bucket": 42,
+        }
+    )
     row.update(overrides)
     return row
 
@@ -53,7 +68,7 @@ async def test_sqlite_fast_insert_matches_sqlalchemy_core(tmp_path: Path) -> Non
     assert [r["id"] for r in fast] == ["a", "b", "c"]
     assert fast[0]["arm"] == "control"  # the duplicate id was ignored
     assert fast[0]["arm_forced"] is True and fast[1]["messages"] is None
-    assert fast[0]["messages"] == [{"role": "user", "content": "h\u00e9 \U0001f30d \"q\""}]
+    assert fast[0]["messages"] == [{"role": "user", "content": 'h\u00e9 \U0001f30d "q"'}]
 
 
 def test_sqlite_params_missing_keys_are_null() -> None:
