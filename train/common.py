@@ -434,16 +434,22 @@ def final_eval(trainer: Any) -> dict[str, Any]:
 
 
 def save_outputs(trainer: Any, tokenizer: Any, config: TrainConfig, base: Path) -> dict[str, str]:
-    """Save the trained model to ``output_dir/final`` (a peft adapter with LoRA, the full model otherwise);
-    with ``merge`` also ``output_dir/merged`` (base + adapter, a plain HF directory). Returns what was written.
-    """
+    """Save a TRL trainer's model (:func:`write_outputs`; ``trainer.save_model`` handles sharded runs)."""
+    return write_outputs(trainer.save_model, trainer.model, tokenizer, config, base, lora=config.lora)
+
+
+def write_outputs(
+    save: Callable[[str], None], model: Any, tokenizer: Any, config: TrainConfig, base: Path, lora: bool
+) -> dict[str, str]:
+    """Write ``output_dir/final`` with ``save`` (a peft adapter with LoRA, the full model otherwise) plus the
+    tokenizer; with ``merge`` and LoRA also ``output_dir/merged`` (base + adapter, a plain HF directory); and
+    ``aligngate-train.json``. Returns what was written."""
     out = Path(config.output_dir)
     final = out / "final"
-    trainer.save_model(str(final))
+    save(str(final))
     tokenizer.save_pretrained(str(final))
-    written = {"adapter" if config.lora else "model": str(final)}
-    model = trainer.model
-    if config.merge and config.lora:
+    written = {"adapter" if lora else "model": str(final)}
+    if config.merge and lora:
         merged_dir = out / "merged"
         merged = model.merge_and_unload()
         merged.save_pretrained(str(merged_dir))

@@ -50,13 +50,19 @@ class RMRecipe(TrainConfig):
 
 def load_reward_model(config: TrainConfig) -> tuple[Any, Any, Path]:
     """(AutoModelForSequenceClassification num_labels=1, tokenizer, base dir), pad token set on both."""
+    path = model_dir(config)
+    model, tokenizer = _classifier(path, torch_dtype(config))
+    return model, tokenizer, path
+
+
+def _classifier(path: Path, dtype: Any, tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
+    """A one-output sequence classifier from an HF directory and its tokenizer, ``pad_token_id`` set on both."""
     from transformers import AutoModelForSequenceClassification
 
-    path = model_dir(config)
-    tokenizer = load_tokenizer(path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=torch_dtype(config))
+    tokenizer = load_tokenizer(tokenizer_dir or path)
+    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
     model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer, path
+    return model, tokenizer
 
 
 def _text(tokenizer: Any, prompt: Any, completion: Any) -> str:
@@ -185,10 +191,7 @@ def load_trained_reward_model(path: str | Path, dtype: Any = None, cache_dir: st
     the adapter and its score head applied and merged), a full HF directory, a GGUF file or ``builtin:NAME``
     (a fresh, untrained head). ``pad_token_id`` is set on the model config.
     """
-    from transformers import AutoModelForSequenceClassification
-
     from models.local.source import resolve_source
-    from train.common import load_tokenizer
 
     adapter = Path(path) if not str(path).startswith("builtin:") else None
     if adapter is not None and (adapter / "adapter_config.json").is_file():
@@ -200,15 +203,12 @@ def load_trained_reward_model(path: str | Path, dtype: Any = None, cache_dir: st
             if not written.is_file():
                 raise RecipeError(f"{adapter}: cannot find the base model of this adapter")
             base = json.loads(written.read_text(encoding="utf-8"))["base"]
-        tokenizer = load_tokenizer(adapter if (adapter / "tokenizer_config.json").is_file() else Path(base))
-        model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1, dtype=dtype)
-        model.config.pad_token_id = tokenizer.pad_token_id
+        own_tokenizer = (adapter / "tokenizer_config.json").is_file()
+        model, tokenizer = _classifier(Path(base), dtype, adapter if own_tokenizer else None)
         model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+        model.config.pad_token_id = tokenizer.pad_token_id
     else:
-        source = resolve_source(str(path), cache_dir=cache_dir).path
-        tokenizer = load_tokenizer(source)
-        model = AutoModelForSequenceClassification.from_pretrained(str(source), num_labels=1, dtype=dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
+        model, tokenizer = _classifier(resolve_source(str(path), cache_dir=cache_dir).path, dtype)
     model.eval()
     return model, tokenizer
 

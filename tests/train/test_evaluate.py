@@ -6,7 +6,6 @@ import json
 import math
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,49 +16,26 @@ pytest.importorskip("peft")
 
 import torch
 
-from tests.models.local.tiny import build_random
+from tests.train.support import WORDS, preference_pairs, write_jsonl
 from train import evaluate, rm
 from train.common import DatasetSpec, load_recipe, preference_rows
 from train.data.builders import train_eval_split
 
 ROOT = Path(__file__).resolve().parents[2]
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "tiny", "engine"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> Path:
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    rows = []
-    for i in range(24):
-        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3))
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
-                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
-                "rejected": [{"role": "assistant", "content": f"the lazy dog {WORDS[i % len(WORDS)]}"}],
-            }
-        )
-    return _write_jsonl(tmp_path_factory.mktemp("eval-prefs") / "prefs.jsonl", rows)
+    return write_jsonl(tmp_path_factory.mktemp("eval-prefs") / "prefs.jsonl", preference_pairs(24))
 
 
 @pytest.fixture(scope="module")
-def tiny_rm(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_rm(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained reward model saved as an HF directory: its random score head is saved, so loads agree."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    base = build_random(tmp_path_factory.mktemp("eval-tiny"))
+    base = tiny_model
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(str(base), num_labels=1)
     tokenizer = AutoTokenizer.from_pretrained(str(base))
@@ -85,7 +61,7 @@ def responses(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
         b_rows.append({"prompt": prompt, "response": f"the lazy dog says {WORDS[i + 2]}"})
     b_rows.reverse()
     b_rows[0]["response"] = a_rows[-1]["completion"]  # prompt 7: the same response in A and B, a tie
-    return _write_jsonl(folder / "a.jsonl", a_rows), _write_jsonl(folder / "b.jsonl", b_rows)
+    return write_jsonl(folder / "a.jsonl", a_rows), write_jsonl(folder / "b.jsonl", b_rows)
 
 
 # --------------------------------------------------------------------------------------------- pure statistics
@@ -116,11 +92,11 @@ def test_accuracy_and_win_rate_from_scores() -> None:
 
 
 def test_responses_match_by_prompt_and_occurrence(tmp_path: Path) -> None:
-    a = _write_jsonl(
+    a = write_jsonl(
         tmp_path / "a.jsonl",
         [{"prompt": "x", "response": "a1"}, {"prompt": "y", "output": "a2"}, {"prompt": "x", "completion": "a3"}],
     )
-    b = _write_jsonl(
+    b = write_jsonl(
         tmp_path / "b.jsonl",
         [
             {"prompt": [{"role": "user", "content": "y"}], "response": "b2"},  # the same prompt as the string "y"
@@ -131,7 +107,7 @@ def test_responses_match_by_prompt_and_occurrence(tmp_path: Path) -> None:
     pairs = evaluate.match_responses(evaluate.read_responses(a), evaluate.read_responses(b))
     assert [(x.response, y.response) for x, y in pairs] == [("a1", "b1"), ("a2", "b2"), ("a3", "b3")]
 
-    c = _write_jsonl(tmp_path / "c.jsonl", [{"prompt": "x", "response": "c"}, {"prompt": "z", "response": "c"}])
+    c = write_jsonl(tmp_path / "c.jsonl", [{"prompt": "x", "response": "c"}, {"prompt": "z", "response": "c"}])
     with pytest.raises(evaluate.EvalError, match="do not answer the same prompts"):
         evaluate.match_responses(evaluate.read_responses(a), evaluate.read_responses(c))
     bad = tmp_path / "bad.jsonl"
@@ -268,7 +244,7 @@ def test_cli_bad_input_exits_2(
     tiny_rm: Path, prefs: Path, responses: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     a, _ = responses
-    other = _write_jsonl(tmp_path / "other.jsonl", [{"prompt": "something else", "response": "x"}])
+    other = write_jsonl(tmp_path / "other.jsonl", [{"prompt": "something else", "response": "x"}])
     assert evaluate.main(["win-rate", "--reward-model", str(tiny_rm), "--a", str(a), "--b", str(other)]) == 2
     assert "do not answer the same prompts" in capsys.readouterr().err
 
@@ -276,7 +252,7 @@ def test_cli_bad_input_exits_2(
     assert evaluate.main(missing_rm) == 2
     assert "does not exist" in capsys.readouterr().err
 
-    no_pairs = _write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}])
+    no_pairs = write_jsonl(tmp_path / "sft.jsonl", [{"prompt": "p", "completion": "c"}])
     assert evaluate.main(["rm-accuracy", "--reward-model", str(tiny_rm), "--data", str(no_pairs)]) == 2
     assert "no preference pairs" in capsys.readouterr().err
 

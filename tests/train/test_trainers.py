@@ -13,7 +13,7 @@ pytest.importorskip("peft")
 
 import torch
 
-from tests.models.local.tiny import build_random
+from tests.train.support import preference_pairs, write_jsonl
 from train import dpo, kto, rm, sft
 from train.common import RecipeError, TrainConfig, load_recipe
 
@@ -38,24 +38,7 @@ WORDS = [
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """16 conversational preference pairs in the tiny tokenizer's vocabulary."""
-    path = tmp_path_factory.mktemp("prefs") / "prefs.jsonl"
-    rows = []
-    for i in range(16):
-        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(4))
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
-                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
-                "rejected": [{"role": "assistant", "content": f"the lazy dog {WORDS[i % len(WORDS)]}"}],
-            }
-        )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_random(tmp_path_factory.mktemp("tiny-train"))
+    return write_jsonl(tmp_path_factory.mktemp("prefs") / "prefs.jsonl", preference_pairs(16, 4, WORDS))
 
 
 def _recipe(cls: type[Any], model: Path, data: Path, out: Path, *extra: str) -> Any:

@@ -21,11 +21,11 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from train.common import RecipeError, TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype
+from train.common import RecipeError, TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype, write_outputs
 from train.data.builders import train_eval_split
 
 log = logging.getLogger(__name__)
@@ -76,35 +76,14 @@ class PPORecipe(TrainConfig):
 
 
 def ppo_config(recipe: PPORecipe) -> Any:
-    """The :class:`PPOConfig` of a recipe."""
+    """The :class:`PPOConfig` of a recipe: every PPOConfig field the recipe has, by name; LoRA from ``lora``."""
     from train.ppo.trainer import PPOConfig
 
-    return PPOConfig(
-        batch_size=recipe.batch_size,
-        mini_batch_size=recipe.mini_batch_size,
-        ppo_epochs=recipe.ppo_epochs,
-        learning_rate=recipe.learning_rate,
-        value_learning_rate=recipe.value_learning_rate,
-        max_grad_norm=recipe.max_grad_norm,
-        kl_estimator=recipe.kl_estimator,  # type: ignore[arg-type]
-        init_kl_coef=recipe.init_kl_coef,
-        adaptive_kl=recipe.adaptive_kl,
-        target_kl=recipe.target_kl,
-        kl_horizon=recipe.kl_horizon,
-        gamma=recipe.gamma,
-        lam=recipe.lam,
-        cliprange=recipe.cliprange,
-        cliprange_value=recipe.cliprange_value,
-        vf_coef=recipe.vf_coef,
-        whiten_advantages=recipe.whiten_advantages,
-        max_new_tokens=recipe.max_new_tokens,
-        temperature=recipe.temperature,
-        seed=recipe.seed,
-        lora_r=recipe.lora_r if recipe.lora else 0,
-        lora_alpha=recipe.lora_alpha,
-        lora_dropout=recipe.lora_dropout,
-        lora_target_modules=list(recipe.lora_target_modules),
-    )
+    names = {f.name for f in fields(PPOConfig)} & {f.name for f in fields(recipe)}
+    values: dict[str, Any] = {name: getattr(recipe, name) for name in names}
+    values["lora_r"] = recipe.lora_r if recipe.lora else 0
+    values["lora_target_modules"] = list(recipe.lora_target_modules)
+    return PPOConfig(**values)
 
 
 def render_prompts(recipe: PPORecipe, tokenizer: Any) -> tuple[list[str], list[str], dict[str, list[dict[str, str]]]]:
@@ -368,7 +347,8 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         if step % recipe.save_steps == 0 or step == recipe.max_steps:
             save_checkpoint(trainer, recipe, step, pool, rng)
     logger.close()
-    written = save_final(trainer, tokenizer, recipe, base)
+    policy = trainer.policy
+    written = write_outputs(policy.save_pretrained, policy, tokenizer, recipe, base, lora=trainer.use_lora)
     png = plot(out)
     rows = [r for r in history(out) if "reward_mean" in r]
     metrics: dict[str, Any] = {"steps": recipe.max_steps, "generated_tokens": tokens}
@@ -377,24 +357,6 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     if evals:
         metrics["evals"] = evals
     return {"metrics": metrics, **written, "history": str(out / "history.jsonl"), "plot": str(png) if png else None}
-
-
-def save_final(trainer: Any, tokenizer: Any, recipe: PPORecipe, base: Path) -> dict[str, str]:
-    """``final`` (adapter or full policy + tokenizer), ``merged`` with ``merge``, and ``aligngate-train.json``."""
-    out = Path(recipe.output_dir)
-    final = out / "final"
-    trainer.policy.save_pretrained(str(final))
-    tokenizer.save_pretrained(str(final))
-    written = {"adapter" if trainer.use_lora else "model": str(final)}
-    if recipe.merge and trainer.use_lora:
-        merged = trainer.policy.merge_and_unload()
-        merged.save_pretrained(str(out / "merged"))
-        tokenizer.save_pretrained(str(out / "merged"))
-        written["merged"] = str(out / "merged")
-    (out / "aligngate-train.json").write_text(
-        json.dumps({"base": str(base), "model": recipe.model, **written}, indent=2), encoding="utf-8"
-    )
-    return written
 
 
 #: The recipe class `aligngate train ppo` builds from YAML.

@@ -13,6 +13,7 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
+from tests.gateway.asgi import hang_up_after
 
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
 from gateway.inference.receive import WATCH_AFTER_S, RequestHeaders, read_body, until_disconnect
@@ -137,14 +138,7 @@ async def test_trailing_slash_goes_through_fastapi(gateway, hanging) -> None:  #
 async def test_disconnect_while_waiting_cancels_the_upstream(gateway, hanging, caplog) -> None:  # type: ignore[no-untyped-def]
     h, up = hanging
     gone = asyncio.Event()
-    messages = iter([{"type": "http.request", "body": orjson.dumps(CHAT), "more_body": False}])
-
-    async def receive() -> dict[str, Any]:
-        message = next(messages, None)
-        if message is not None:
-            return message
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive = hang_up_after(orjson.dumps(CHAT), gone)
 
     sent: list[dict[str, Any]] = []
 
@@ -170,14 +164,7 @@ async def test_disconnect_mid_stream_stops_the_relay(gateway, hanging, caplog) -
     h, up = hanging
     gone = asyncio.Event()
     body = orjson.dumps({"model": "m", "prompt": "x", "stream": True})
-    messages = iter([{"type": "http.request", "body": body, "more_body": False}])
-
-    async def receive() -> dict[str, Any]:
-        message = next(messages, None)
-        if message is not None:
-            return message
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive = hang_up_after(body, gone)
 
     sent: list[dict[str, Any]] = []
 

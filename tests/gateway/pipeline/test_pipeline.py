@@ -15,6 +15,7 @@ import httpx
 import openai
 import pytest
 from prometheus_client import REGISTRY
+from tests.gateway.asgi import hang_up_after
 
 from gateway.config import ARMS
 from models.engine import EngineError, EngineOverloaded, EngineTimeout
@@ -716,14 +717,7 @@ async def disconnect_while(rig: Rig, entered: asyncio.Event, headers: dict[str, 
                            ) -> list[MutableMapping[str, Any]]:
     """Send ``body``, then hang up once ``entered`` is set; returns what the app sent."""
     raw = json.dumps(body).encode()
-    messages = iter([{"type": "http.request", "body": raw, "more_body": False}])
-
-    async def receive() -> dict[str, Any]:
-        message = next(messages, None)
-        if message is not None:
-            return message
-        await entered.wait()
-        return {"type": "http.disconnect"}
+    receive = hang_up_after(raw, entered)
 
     sent: list[MutableMapping[str, Any]] = []
 
@@ -775,15 +769,8 @@ async def test_client_disconnect_mid_correction_stops_the_aligner(caplog: pytest
     aligner = AlignerEngine(token_delay_s=0.05)
     rig = make_rig(aligner=aligner)
     raw = json.dumps(chat_body(stream=True)).encode()
-    messages = iter([{"type": "http.request", "body": raw, "more_body": False}])
     gone = asyncio.Event()
-
-    async def receive() -> dict[str, Any]:
-        message = next(messages, None)
-        if message is not None:
-            return message
-        await gone.wait()
-        return {"type": "http.disconnect"}
+    receive = hang_up_after(raw, gone)
 
     bodies: list[bytes] = []
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,43 +14,18 @@ pytest.importorskip("peft")
 import torch
 
 from gateway.cli import main as cli_main
-from tests.models.local.tiny import build_random
+from tests.train.support import preference_pairs, write_jsonl
 from train import rm
 from train.common import RecipeError, load_recipe
 from train.ppo import run as ppo_run
 from train.run import build
 
-WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "tiny", "engine"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ppo-prefs") / "prefs.jsonl"
-    rows = []
-    for i in range(24):
-        prompt = " ".join(WORDS[(i + j) % len(WORDS)] for j in range(3))
-        rows.append(
-            {
-                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
-                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
-                "rejected": [{"role": "assistant", "content": f"the lazy dog {WORDS[i % len(WORDS)]}"}],
-            }
-        )
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_random(tmp_path_factory.mktemp("ppo-tiny"))
+    return write_jsonl(tmp_path_factory.mktemp("ppo-prefs") / "prefs.jsonl", preference_pairs(24))
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -13,16 +12,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 from tests.models.local.tiny import build_tokenizer
 from train.ppo.trainer import PPOConfig, PPOTrainer, load_pretrained
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["the quick brown fox", "hello world", "please repeat the text", "a correction keeps"]
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run far faster on one thread (no oversubscription on a busy machine); same results."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _config(tokenizer: object, num_labels: int = 2) -> LlamaConfig:

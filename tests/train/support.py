@@ -1,0 +1,31 @@
+"""Small data for the train/ tests: preference pairs in the tiny tokenizer's vocabulary, JSONL writing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+WORDS = ["the", "quick", "brown", "fox", "jumps", "over", "lazy", "dog", "hello", "world", "tiny", "engine"]
+
+
+def write_jsonl(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    """Write ``rows`` one JSON object per line; returns ``path``."""
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def preference_pairs(n: int, prompt_words: int = 3, words: Sequence[str] = WORDS) -> list[dict[str, Any]]:
+    """``n`` conversational pairs: a distinct prompt each, one fixed chosen answer, a varying rejected one."""
+    rows = []
+    for i in range(n):
+        prompt = " ".join(words[(i + j) % len(words)] for j in range(prompt_words))
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"{prompt} {i}"}],
+                "chosen": [{"role": "assistant", "content": "a helpful answer keeps the text"}],
+                "rejected": [{"role": "assistant", "content": f"the lazy dog {words[i % len(words)]}"}],
+            }
+        )
+    return rows
