@@ -27,7 +27,7 @@ serve: $(STAMP)
 	$(BIN)/aligngate serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(STAMP)
-	$(BIN)/ruff check .
+	$(BIN)/ruff check --no-cache .
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

@@ -13,11 +13,11 @@ import pytest
 from aiohttp import web
 from starlette.applications import Starlette
 from starlette.responses import StreamingResponse
-from tests.gateway.asgi import hang_up_after
 
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
 from gateway.inference.receive import WATCH_AFTER_S, RequestHeaders, read_body, until_disconnect
 from gateway.inference.relay import SSE_HEADERS, SSE_RAW_HEADERS
+from tests.gateway.asgi import hang_up_after
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "x"}]}
 ANSWER = b'{"id":"c1","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}]}'

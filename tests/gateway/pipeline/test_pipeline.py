@@ -15,10 +15,10 @@ import httpx
 import openai
 import pytest
 from prometheus_client import REGISTRY
-from tests.gateway.asgi import hang_up_after
 
 from gateway.config import ARMS
 from models.engine import EngineError, EngineOverloaded, EngineTimeout
+from tests.gateway.asgi import hang_up_after
 from tests.gateway.pipeline.support import (
     CORRECTED,
     MODEL,
