@@ -15,7 +15,7 @@ import hashlib
 import json
 import random
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
 from train.data.formats import (
     AlignerTriplet,
@@ -51,7 +51,7 @@ __all__ = [
     "train_eval_split",
 ]
 
-T = TypeVar("T", bound=Mapping[str, object])
+T = TypeVar("T")
 
 # BPO (src/data_construction/process_optimized_prompts.py) drops a constructed pair when the original has more
 # than twice the optimized prompt's words, or the optimized prompt more than six times the original's.
@@ -276,11 +276,14 @@ def train_eval_split(
 
     Deterministic, and independent of order and of the other rows (a row always lands on the same side), so
     the eval share is approximate (binomial) rather than exact. Input order is kept within each side.
-    ``key`` defaults to :func:`split_key` (the row's prompt).
+    ``key`` defaults to :func:`split_key` (the row's prompt; rows are then mappings).
     """
     if not 0.0 <= eval_share <= 1.0:
         raise ValueError(f"eval_share must be within [0, 1], got {eval_share}")
-    key_fn: Callable[[T], str] = key if key is not None else split_key
+
+    def key_fn(row: T) -> str:
+        return key(row) if key is not None else split_key(cast("Mapping[str, object]", row))
+
     train: list[T] = []
     held_out: list[T] = []
     for row in rows:

@@ -66,6 +66,9 @@ class PPORecipe(TrainConfig):
     max_prompt_length: int = 256
     #: Held-out prompts scored at each evaluation (0: evaluation off).
     eval_prompts: int = 32
+    #: Sampling seed of every evaluation: each one draws the same random numbers, so two evaluations differ by
+    #: the policy rather than by luck (null: unseeded, the training RNG runs on).
+    eval_seed: int | None = 0
     save_steps: int = 10
 
     def __post_init__(self) -> None:
@@ -179,12 +182,31 @@ def plot(out: Path) -> Path | None:
 
 
 def evaluate(
-    trainer: Any, prompts: list[str], batch_size: int, samples: Path | None = None, messages: Any = None
+    trainer: Any,
+    prompts: list[str],
+    batch_size: int,
+    samples: Path | None = None,
+    messages: Any = None,
+    seed: int | None = None,
 ) -> dict[str, float]:
     """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update).
 
-    With ``samples``, also writes them as JSONL ``{prompt, response, score}`` (``prompt``: the chat messages from
-    ``messages``), the input of ``python -m train.evaluate win-rate``."""
+    With ``seed``, sampling runs on a forked RNG seeded with it (the training RNG is left where it was), so every
+    evaluation draws the same random numbers. With ``samples``, also writes the answers as JSONL
+    ``{prompt, response, score}`` (``prompt``: the chat messages from ``messages``), the input of
+    ``python -m train.evaluate win-rate``."""
+    import torch
+
+    if seed is None:
+        return _evaluate(trainer, prompts, batch_size, samples, messages)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return _evaluate(trainer, prompts, batch_size, samples, messages)
+
+
+def _evaluate(
+    trainer: Any, prompts: list[str], batch_size: int, samples: Path | None, messages: Any
+) -> dict[str, float]:
     scores: list[float] = []
     kls: list[float] = []
     lengths: list[float] = []
@@ -302,14 +324,14 @@ def build_trainer(recipe: PPORecipe) -> tuple[Any, Any, Path]:
 
 def main(recipe: PPORecipe) -> dict[str, Any]:
     """Run ``max_steps`` PPO steps; returns the first/last stats, the held-out evaluations and output paths."""
-    from tqdm.auto import tqdm
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     out = Path(recipe.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     trainer, tokenizer, base = build_trainer(recipe)
     train_prompts, eval_prompts, messages = render_prompts(recipe, tokenizer)
     rng = random.Random(recipe.seed)
-    start, pool = 0, []
+    start, pool = 0, list[str]()
     resume = _resume_path(recipe)
     if resume is not None:
         start, pool = load_checkpoint(trainer, resume, rng)
@@ -323,7 +345,9 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     eval_every = recipe.eval_steps or recipe.save_steps
     evals: list[dict[str, float]] = []
     if eval_prompts and start == 0:
-        first = evaluate(trainer, eval_prompts, recipe.batch_size, out / "samples" / "step-0.jsonl", messages)
+        first = evaluate(
+            trainer, eval_prompts, recipe.batch_size, out / "samples" / "step-0.jsonl", messages, recipe.eval_seed
+        )
         logger.log(0, first)
         evals.append({"step": 0, **first})
     started = time.perf_counter()
@@ -340,7 +364,7 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         stats["seconds"] = time.perf_counter() - started
         if eval_prompts and (step % eval_every == 0 or step == recipe.max_steps):
             samples = out / "samples" / f"step-{step}.jsonl"
-            result = evaluate(trainer, eval_prompts, recipe.batch_size, samples, messages)
+            result = evaluate(trainer, eval_prompts, recipe.batch_size, samples, messages, recipe.eval_seed)
             stats |= result
             evals.append({"step": step, **result})
         logger.log(step, stats)

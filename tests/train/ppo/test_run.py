@@ -157,3 +157,22 @@ def test_cli_reports_a_bad_ppo_recipe(capsys: pytest.CaptureFixture[str]) -> Non
     code = cli_main(["train", "ppo", "--config", "train/recipes/ppo.yaml", "batch_size=3"])
     assert code != 0
     assert "mini_batch_size" in capsys.readouterr().err
+
+
+def test_seeded_evaluations_draw_the_same_samples(
+    tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path
+) -> None:
+    recipe = _recipe(tiny_model, reward_adapter, prefs, tmp_path / "ppo", "eval_seed=7")
+    trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
+    _, held_out, _ = ppo_run.render_prompts(recipe, tokenizer)
+    torch.manual_seed(123)
+    training_rng = torch.get_rng_state()
+    first = ppo_run.evaluate(trainer, held_out, 4, tmp_path / "a.jsonl", seed=recipe.eval_seed)
+    second = ppo_run.evaluate(trainer, held_out, 4, tmp_path / "b.jsonl", seed=recipe.eval_seed)
+    # Same policy, same seed: the same answers and scores; the training RNG is where it was.
+    assert first == second
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert torch.equal(torch.get_rng_state(), training_rng)
+    # Unseeded, the evaluation draws from (and advances) the training RNG.
+    ppo_run.evaluate(trainer, held_out, 4, seed=None)
+    assert not torch.equal(torch.get_rng_state(), training_rng)
