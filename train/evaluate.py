@@ -21,8 +21,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+from gateway.report.ab import wilson_interval
 from train.common import DatasetSpec, RecipeError, dataset_path
 from train.data.builders import train_eval_split
 
@@ -81,17 +82,6 @@ class WinRate:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def wilson_interval(successes: float, n: int, confidence: float = 0.95) -> tuple[float, float]:
-    """The Wilson score interval of ``successes / n`` (``successes`` may be fractional: a tie counts ½).
-
-    The formula is :func:`gateway.report.ab.wilson_interval`'s (the A/B report's), which holds for a fractional
-    count too; it is typed for whole counts there.
-    """
-    from gateway.report import ab
-
-    return ab.wilson_interval(cast(int, successes), n, confidence)
 
 
 # ---------------------------------------------------------------------------------------------------------------
