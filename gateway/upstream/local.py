@@ -368,14 +368,23 @@ class LocalBackend:
                 max_tokens, max_param = chat.max_completion_tokens, "max_completion_tokens"
             else:
                 max_tokens, max_param = chat.max_tokens, "max_tokens"
-            params = _sampling(chat, max_tokens, max_param, self.default_max_tokens)
+            params = self._check_n(_sampling(chat, max_tokens, max_param, self.default_max_tokens))
             include_usage = bool(chat.stream and chat.stream_options and chat.stream_options.include_usage)
             return _Plan("chat", chat.model, params, messages=messages, include_usage=include_usage)
         comp: CompletionRequest = parse_request(body, CompletionRequest)
         prompts = _completion_prompts(comp)
-        params = _sampling(comp, comp.max_tokens, "max_tokens", self.default_max_tokens)
+        params = self._check_n(_sampling(comp, comp.max_tokens, "max_tokens", self.default_max_tokens))
         include_usage = bool(comp.stream and comp.stream_options and comp.stream_options.include_usage)
         return _Plan("completions", comp.model, params, prompts=prompts, include_usage=include_usage)
+
+    def _check_n(self, params: SamplingParams) -> SamplingParams:
+        """400 for an ``n`` the engine cannot decode in one batch (its ``max_batch``, when it has one): one
+        request must not take every row of the engine, or more memory than it was sized for."""
+        limit = getattr(self.engine, "max_batch", None)
+        if isinstance(limit, int) and params.n > limit:
+            why = f"must be at most {limit} for '{self.name}' (its local engine decodes {limit} choices at once)"
+            raise _invalid("n", why)
+        return params
 
     def _call(self, plan: _Plan, call: int) -> Awaitable[list[Completion]]:
         if plan.route == "chat":

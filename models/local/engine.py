@@ -155,6 +155,11 @@ class LocalEngine:
         await self.close()
 
     @property
+    def max_batch(self) -> int:
+        """Rows (choices) decoded together. A request with a larger ``n`` runs alone, holding every row."""
+        return self.config.max_batch
+
+    @property
     def stats(self) -> EngineStats:
         """Live counters of the worker (batches, forward calls, tokens, prompt-lookup acceptance...)."""
         worker = self._worker

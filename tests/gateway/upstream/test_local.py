@@ -427,6 +427,26 @@ async def test_invalid_requests_are_400_naming_the_parameter(path: str, body: by
     assert engine.calls == []
 
 
+@pytest.mark.parametrize("path", ["/chat/completions", "/completions"])
+async def test_n_above_the_engines_batch_is_400(path: str) -> None:
+    """One request may not ask for more choices than the engine decodes together (it would run alone, holding
+    every row, with memory the engine was not sized for)."""
+    engine = FakeEngine()
+    engine.max_batch = 4  # type: ignore[attr-defined]
+    b = backend(engine)
+    make = chat_body if path == "/chat/completions" else completion_body
+    for result in (await b.fetch(path, make(n=5)), await b.open_stream(path, make(n=5, stream=True))):
+        assert isinstance(result, UpstreamResult)
+        assert result.status == 400
+        error = error_of(result)
+        assert error["param"] == "n" and error["code"] == "invalid_value"
+        assert "at most 4" in error["message"]
+    assert engine.calls == []
+    answer = await b.fetch(path, make(n=4))
+    assert isinstance(answer, UpstreamResult) and answer.status == 200
+    assert len(orjson.loads(answer.body)["choices"]) == 4
+
+
 async def test_other_routes_are_404() -> None:
     result = await backend().fetch("/embeddings", b'{"model": "local-model", "input": "x"}')
     assert result.status == 404

@@ -306,6 +306,8 @@ async def test_prefill_token_budget_and_oversized_n(tiny_dir: Path, make_engine:
     results = await asyncio.gather(*(engine.complete(p, GREEDY) for p in prompts))
     assert results == [await reference.complete(p, GREEDY) for p in prompts]
     assert engine.stats.prefill_batches >= 3  # the budget and the batch size split the admissions
-    # n larger than max_batch still runs (alone), rather than waiting forever.
+    # n larger than max_batch still runs (alone), rather than waiting forever (the gateway refuses such an n
+    # with a 400 naming this limit).
+    assert engine.max_batch == 2
     choices = await engine.complete(PROMPTS[0], SamplingParams(max_tokens=8, n=3))
     assert len({c.text for c in choices}) == 1 and len(choices) == 3
