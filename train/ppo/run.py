@@ -149,8 +149,18 @@ def history(out: Path) -> list[dict[str, float]]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def plot(out: Path) -> Path | None:
-    """``ppo.png``: train reward, held-out reward and sequence KL per step; None without matplotlib."""
+def running_mean(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last ``window`` values (fewer at the start)."""
+    out: list[float] = []
+    for i in range(len(values)):
+        part = values[max(0, i + 1 - window) : i + 1]
+        out.append(sum(part) / len(part))
+    return out
+
+
+def plot(out: Path, target_kl: float | None = None, window: int = 5) -> Path | None:
+    """``ppo.png``: rollout reward (and its ``window``-step running mean), held-out reward, and sequence KL per
+    step with the controller's ``target_kl`` when there is one; None without matplotlib."""
     rows = history(out)
     try:
         import matplotlib
@@ -160,20 +170,27 @@ def plot(out: Path) -> Path | None:
     except ImportError:
         log.warning("matplotlib is not installed; no ppo.png")
         return None
-    steps = [r["step"] for r in rows if "reward_mean" in r]
+    train = [r for r in rows if "reward_mean" in r]
+    steps = [r["step"] for r in train]
+    rewards = [r["reward_mean"] for r in train]
     fig, (ax_r, ax_kl) = plt.subplots(1, 2, figsize=(10, 4))
-    ax_r.plot(steps, [r["reward_mean"] for r in rows if "reward_mean" in r], label="rollout reward (train prompts)")
+    ax_r.plot(steps, rewards, alpha=0.4, label="rollout reward (fresh train prompts)")
+    ax_r.plot(steps, running_mean(rewards, window), label=f"rollout reward, {window}-step mean")
     evals = [r for r in rows if "eval_reward_mean" in r]
     if evals:
         ax_r.plot([r["step"] for r in evals], [r["eval_reward_mean"] for r in evals], "o-", label="held-out prompts")
     ax_r.set_xlabel("PPO step")
     ax_r.set_ylabel("mean reward-model score")
-    ax_r.legend()
-    ax_kl.plot(steps, [r["kl"] for r in rows if "reward_mean" in r], label="KL(policy || reference), nats/seq")
+    ax_r.legend(fontsize="small")
+    kls = [r["kl"] for r in train]
+    ax_kl.plot(steps, kls, alpha=0.4, label="KL(policy || reference), nats/seq")
+    ax_kl.plot(steps, running_mean(kls, window), label=f"KL, {window}-step mean")
     if evals:
         ax_kl.plot([r["step"] for r in evals], [r["eval_kl"] for r in evals], "o-", label="held-out KL")
+    if target_kl is not None:
+        ax_kl.axhline(target_kl, color="grey", linestyle="--", label="KL target")
     ax_kl.set_xlabel("PPO step")
-    ax_kl.legend()
+    ax_kl.legend(fontsize="small")
     fig.tight_layout()
     path = out / "ppo.png"
     fig.savefig(path, dpi=100)
@@ -373,7 +390,7 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     logger.close()
     policy = trainer.policy
     written = write_outputs(policy.save_pretrained, policy, tokenizer, recipe, base, lora=trainer.use_lora)
-    png = plot(out)
+    png = plot(out, recipe.target_kl if recipe.adaptive_kl else None)
     rows = [r for r in history(out) if "reward_mean" in r]
     metrics: dict[str, Any] = {"steps": recipe.max_steps, "generated_tokens": tokens}
     if rows:

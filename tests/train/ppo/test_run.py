@@ -176,3 +176,9 @@ def test_seeded_evaluations_draw_the_same_samples(
     # Unseeded, the evaluation draws from (and advances) the training RNG.
     ppo_run.evaluate(trainer, held_out, 4, seed=None)
     assert not torch.equal(torch.get_rng_state(), training_rng)
+
+
+def test_running_mean_trails_over_the_window() -> None:
+    assert ppo_run.running_mean([1.0, 2.0, 3.0, 6.0], 2) == [1.0, 1.5, 2.5, 4.5]
+    assert ppo_run.running_mean([4.0, 2.0], 5) == [4.0, 3.0]
+    assert ppo_run.running_mean([], 3) == []
