@@ -69,6 +69,9 @@ class PPORecipe(TrainConfig):
     #: Sampling seed of every evaluation: each one draws the same random numbers, so two evaluations differ by
     #: the policy rather than by luck (null: unseeded, the training RNG runs on).
     eval_seed: int | None = 0
+    #: Decode held-out answers greedily (deterministic: evaluations differ only by the policy) instead of sampling
+    #: at ``temperature`` like the rollouts.
+    eval_greedy: bool = False
     save_steps: int = 10
 
     def __post_init__(self) -> None:
@@ -205,24 +208,25 @@ def evaluate(
     samples: Path | None = None,
     messages: Any = None,
     seed: int | None = None,
+    greedy: bool = False,
 ) -> dict[str, float]:
     """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update).
 
-    With ``seed``, sampling runs on a forked RNG seeded with it (the training RNG is left where it was), so every
-    evaluation draws the same random numbers. With ``samples``, also writes the answers as JSONL
-    ``{prompt, response, score}`` (``prompt``: the chat messages from ``messages``), the input of
-    ``python -m train.evaluate win-rate``."""
+    ``greedy`` decodes greedily instead of sampling. With ``seed``, sampling runs on a forked RNG seeded with it
+    (the training RNG is left where it was), so every evaluation draws the same random numbers. With ``samples``,
+    also writes the answers as JSONL ``{prompt, response, score}`` (``prompt``: the chat messages from
+    ``messages``), the input of ``python -m train.evaluate win-rate``."""
     import torch
 
-    if seed is None:
-        return _evaluate(trainer, prompts, batch_size, samples, messages)
+    if seed is None or greedy:
+        return _evaluate(trainer, prompts, batch_size, samples, messages, greedy)
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        return _evaluate(trainer, prompts, batch_size, samples, messages)
+        return _evaluate(trainer, prompts, batch_size, samples, messages, greedy)
 
 
 def _evaluate(
-    trainer: Any, prompts: list[str], batch_size: int, samples: Path | None, messages: Any
+    trainer: Any, prompts: list[str], batch_size: int, samples: Path | None, messages: Any, greedy: bool
 ) -> dict[str, float]:
     scores: list[float] = []
     kls: list[float] = []
@@ -230,7 +234,7 @@ def _evaluate(
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
-        batch = trainer.rollout(chunk)
+        batch = trainer.rollout(chunk, greedy=greedy)
         scores += batch.scores.tolist()
         kls += batch.kl.sum(-1).tolist()
         lengths += batch.response_mask.sum(-1).float().tolist()
@@ -363,7 +367,13 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     evals: list[dict[str, float]] = []
     if eval_prompts and start == 0:
         first = evaluate(
-            trainer, eval_prompts, recipe.batch_size, out / "samples" / "step-0.jsonl", messages, recipe.eval_seed
+            trainer,
+            eval_prompts,
+            recipe.batch_size,
+            out / "samples" / "step-0.jsonl",
+            messages,
+            recipe.eval_seed,
+            recipe.eval_greedy,
         )
         logger.log(0, first)
         evals.append({"step": 0, **first})
@@ -381,7 +391,9 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         stats["seconds"] = time.perf_counter() - started
         if eval_prompts and (step % eval_every == 0 or step == recipe.max_steps):
             samples = out / "samples" / f"step-{step}.jsonl"
-            result = evaluate(trainer, eval_prompts, recipe.batch_size, samples, messages, recipe.eval_seed)
+            result = evaluate(
+                trainer, eval_prompts, recipe.batch_size, samples, messages, recipe.eval_seed, recipe.eval_greedy
+            )
             stats |= result
             evals.append({"step": step, **result})
         logger.log(step, stats)

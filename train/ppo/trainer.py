@@ -220,21 +220,24 @@ class PPOTrainer:
 
     # ---- rollout ---------------------------------------------------------------------------------------
     @torch.no_grad()
-    def rollout(self, prompts: Sequence[str]) -> Rollout:
-        """Sample responses, score them, shape rewards with the KL penalty, run GAE."""
+    def rollout(self, prompts: Sequence[str], greedy: bool = False) -> Rollout:
+        """Sample responses (``greedy``: decode greedily, for evaluation), score them, shape rewards with the KL
+        penalty, run GAE."""
         cfg = self.config
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left")
         device = next(self.policy.parameters()).device
         prompt_ids, prompt_mask = enc["input_ids"].to(device), enc["attention_mask"].to(device)
         prompt_length = prompt_ids.shape[1]
         self.policy.eval()
+        sampling: dict[str, Any] = (
+            {"do_sample": False, "temperature": None, "top_k": None, "top_p": None}
+            if greedy
+            else {"do_sample": True, "temperature": cfg.temperature, "top_k": 0, "top_p": 1.0}
+        )
         generated = cast(Any, self.policy).generate(
             input_ids=prompt_ids,
             attention_mask=prompt_mask,
-            do_sample=True,
-            temperature=cfg.temperature,
-            top_k=0,
-            top_p=1.0,
+            **sampling,
             max_new_tokens=cfg.max_new_tokens,
             min_new_tokens=1,
             pad_token_id=self.tokenizer.pad_token_id,

@@ -14,71 +14,13 @@ pytest.importorskip("peft")
 import torch
 
 from gateway.cli import main as cli_main
-from tests.train.support import preference_pairs, write_jsonl
+from tests.train.ppo.support import ppo_recipe
 from train import rm
-from train.common import RecipeError, load_recipe
+from train.common import RecipeError
 from train.ppo import run as ppo_run
 from train.run import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(scope="module")
-def prefs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_jsonl(tmp_path_factory.mktemp("ppo-prefs") / "prefs.jsonl", preference_pairs(24))
-
-
-@pytest.fixture(scope="module")
-def reward_adapter(tiny_model: Path, prefs: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A LoRA reward model (adapter + score head) written by `train rm`."""
-    out = tmp_path_factory.mktemp("ppo-rm")
-    config = load_recipe(
-        rm.RMRecipe,
-        None,
-        [
-            f"model={tiny_model}",
-            f"output_dir={out}",
-            f"dataset.path={prefs}",
-            "max_steps=2",
-            "max_length=48",
-            "eval_share=0",
-            "lora_r=4",
-            "lora_alpha=8",
-            "report_to=[]",
-            "disable_tqdm=true",
-            "save_steps=2",
-        ],
-    )
-    return Path(rm.main(config)["adapter"])
-
-
-def _recipe(model: Path, reward: Path, data: Path, out: Path, *extra: str) -> ppo_run.PPORecipe:
-    return load_recipe(
-        ppo_run.PPORecipe,
-        None,
-        [
-            f"model={model}",
-            f"reward_model={reward}",
-            f"output_dir={out}",
-            f"dataset.path={data}",
-            "max_steps=2",
-            "batch_size=4",
-            "mini_batch_size=2",
-            "ppo_epochs=1",
-            "max_new_tokens=6",
-            "learning_rate=0.01",
-            "eval_share=0.25",
-            "eval_prompts=4",
-            "eval_steps=2",
-            "lora_r=4",
-            "lora_alpha=8",
-            "lora_dropout=0.0",
-            "save_steps=1",
-            "report_to=[tensorboard]",
-            "disable_tqdm=true",
-            *extra,
-        ],
-    )
 
 
 def test_trained_reward_model_loads_with_its_head(tiny_model: Path, reward_adapter: Path) -> None:
@@ -93,7 +35,7 @@ def test_trained_reward_model_loads_with_its_head(tiny_model: Path, reward_adapt
 
 def test_ppo_trains_against_the_trained_rm(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
     out = tmp_path / "ppo"
-    result = ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, out, "merge=true"))
+    result = ppo_run.main(ppo_recipe(tiny_model, reward_adapter, prefs, out, "merge=true"))
     adapter = Path(result["adapter"])
     from safetensors.torch import load_file
 
@@ -125,11 +67,13 @@ def test_ppo_trains_against_the_trained_rm(tiny_model: Path, reward_adapter: Pat
 
 def test_ppo_resumes_from_its_checkpoint(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
     out = tmp_path / "resume"
-    ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, out, "eval_prompts=0"))
+    ppo_run.main(ppo_recipe(tiny_model, reward_adapter, prefs, out, "eval_prompts=0"))
     state = json.loads((out / "checkpoint-2" / "state.json").read_text())
     assert state["step"] == 2
     result = ppo_run.main(
-        _recipe(tiny_model, reward_adapter, prefs, out, "eval_prompts=0", "max_steps=3", "resume_from_checkpoint=true")
+        ppo_recipe(
+            tiny_model, reward_adapter, prefs, out, "eval_prompts=0", "max_steps=3", "resume_from_checkpoint=true"
+        )
     )
     rows = [json.loads(line) for line in (out / "history.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
@@ -138,14 +82,14 @@ def test_ppo_resumes_from_its_checkpoint(tiny_model: Path, reward_adapter: Path,
 
 def test_ppo_recipe_errors(tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path) -> None:
     with pytest.raises(RecipeError, match="multiple of mini_batch_size"):
-        _recipe(tiny_model, reward_adapter, prefs, tmp_path, "batch_size=3")
+        ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path, "batch_size=3")
     with pytest.raises(RecipeError, match="kl_estimator"):
-        _recipe(tiny_model, reward_adapter, prefs, tmp_path, "kl_estimator=k2")
+        ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path, "kl_estimator=k2")
     with pytest.raises(RecipeError, match="no prompts"):
-        ppo_run.main(_recipe(tiny_model, reward_adapter, prefs, tmp_path / "x", "max_prompt_length=2"))
+        ppo_run.main(ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path / "x", "max_prompt_length=2"))
 
 
-def test_cli_builds_the_ppo_recipe() -> None:
+def test_cli_builds_the_ppoppo_recipe() -> None:
     module, recipe = build("ppo", "train/recipes/ppo.yaml", ["max_steps=3"])
     assert module is ppo_run
     assert isinstance(recipe, ppo_run.PPORecipe) and recipe.max_steps == 3
@@ -153,16 +97,16 @@ def test_cli_builds_the_ppo_recipe() -> None:
     assert config.lora_r == recipe.lora_r
 
 
-def test_cli_reports_a_bad_ppo_recipe(capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_reports_a_bad_ppoppo_recipe(capsys: pytest.CaptureFixture[str]) -> None:
     code = cli_main(["train", "ppo", "--config", "train/recipes/ppo.yaml", "batch_size=3"])
     assert code != 0
     assert "mini_batch_size" in capsys.readouterr().err
 
 
-def test_seeded_evaluations_draw_the_same_samples(
+def test_seeded_and_greedy_evaluations_repeat_exactly(
     tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path
 ) -> None:
-    recipe = _recipe(tiny_model, reward_adapter, prefs, tmp_path / "ppo", "eval_seed=7")
+    recipe = ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path / "ppo", "eval_seed=7")
     trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
     _, held_out, _ = ppo_run.render_prompts(recipe, tokenizer)
     torch.manual_seed(123)
@@ -172,6 +116,11 @@ def test_seeded_evaluations_draw_the_same_samples(
     # Same policy, same seed: the same answers and scores; the training RNG is where it was.
     assert first == second
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert torch.equal(torch.get_rng_state(), training_rng)
+    # Greedy: deterministic without a seed, and the training RNG is not touched either.
+    greedy = ppo_run.evaluate(trainer, held_out, 4, tmp_path / "g1.jsonl", greedy=True)
+    assert greedy == ppo_run.evaluate(trainer, held_out, 4, tmp_path / "g2.jsonl", greedy=True)
+    assert (tmp_path / "g1.jsonl").read_text() == (tmp_path / "g2.jsonl").read_text()
     assert torch.equal(torch.get_rng_state(), training_rng)
     # Unseeded, the evaluation draws from (and advances) the training RNG.
     ppo_run.evaluate(trainer, held_out, 4, seed=None)

@@ -1,0 +1,37 @@
+"""The tiny PPO recipe the run tests start from (a few rollouts of a few tokens on the tiny local Llama)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.common import load_recipe
+from train.ppo import run as ppo_run
+
+
+def ppo_recipe(model: Path, reward: Path, data: Path, out: Path, *extra: str) -> ppo_run.PPORecipe:
+    return load_recipe(
+        ppo_run.PPORecipe,
+        None,
+        [
+            f"model={model}",
+            f"reward_model={reward}",
+            f"output_dir={out}",
+            f"dataset.path={data}",
+            "max_steps=2",
+            "batch_size=4",
+            "mini_batch_size=2",
+            "ppo_epochs=1",
+            "max_new_tokens=6",
+            "learning_rate=0.01",
+            "eval_share=0.25",
+            "eval_prompts=4",
+            "eval_steps=2",
+            "lora_r=4",
+            "lora_alpha=8",
+            "lora_dropout=0.0",
+            "save_steps=1",
+            "report_to=[tensorboard]",
+            "disable_tqdm=true",
+            *extra,
+        ],
+    )

@@ -1,0 +1,116 @@
+"""Held-out comparison of PPO checkpoints with the base policy, decoded greedily.
+
+``python -m train.ppo.compare RECIPE.yaml [key=value ...] --checkpoints DIR/checkpoint-20 DIR/checkpoint-30
+--out DIR``: the recipe's held-out prompts (all of them, not only ``eval_prompts``) answered greedily by the base
+(the adapter at zero, i.e. the reference) and by each checkpoint's policy, scored by the recipe's reward model.
+Greedy decoding makes each policy's answers deterministic, so the comparison is not sampling luck. Writes
+``OUT/NAME.jsonl`` per policy (``{prompt, response, score}``, the input of ``python -m train.evaluate win-rate``)
+and ``OUT/compare.json``; prints, per checkpoint, the mean reward and the paired difference from the base with
+its standard error and the share of prompts where the checkpoint's answer scores higher (ties ½).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import random
+import sys
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from train.common import load_recipe
+
+log = logging.getLogger(__name__)
+
+BASE = "base"
+
+
+@dataclass(frozen=True)
+class PolicyResult:
+    """One policy's greedy answers to the held-out prompts, compared with the base's on the same prompts."""
+
+    name: str
+    prompts: int
+    reward_mean: float
+    kl: float
+    #: Mean of (this policy's score - the base's score) per prompt, and its standard error.
+    diff_from_base: float
+    diff_stderr: float
+    #: Share of prompts where this policy's answer scores above the base's (ties count ½).
+    win_rate_vs_base: float
+
+
+def paired(scores: Sequence[float], base: Sequence[float]) -> tuple[float, float, float]:
+    """(mean difference, its standard error, win rate with ties ½) of ``scores`` over ``base``, prompt by prompt."""
+    if len(scores) != len(base) or not scores:
+        raise ValueError("need two non-empty score lists of the same length")
+    diffs = [a - b for a, b in zip(scores, base, strict=True)]
+    n = len(diffs)
+    mean = math.fsum(diffs) / n
+    stderr = math.sqrt(math.fsum((d - mean) ** 2 for d in diffs) / (n - 1) / n) if n > 1 else 0.0
+    wins = sum(1.0 if d > 0 else 0.5 if d == 0 else 0.0 for d in diffs)
+    return mean, stderr, wins / n
+
+
+def _scores(path: Path) -> list[float]:
+    return [json.loads(line)["score"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def compare(recipe: Any, checkpoints: Sequence[Path], out: Path) -> list[PolicyResult]:
+    """Greedy held-out answers of the base and of each checkpoint (see the module docstring)."""
+    from train.ppo import run as ppo_run
+
+    if not recipe.lora:
+        raise ValueError("compare needs a LoRA recipe: the base is the policy with its adapter at zero")
+    out.mkdir(parents=True, exist_ok=True)
+    trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
+    # Every held-out prompt, not only the recipe's ``eval_prompts`` (the split itself is the recipe's).
+    _, held_out, messages = ppo_run.render_prompts(replace(recipe, eval_prompts=sys.maxsize), tokenizer)
+    if not held_out:
+        raise ValueError("the recipe holds out no prompts (eval_share is 0)")
+    evaluated: list[tuple[str, dict[str, float]]] = []
+    for name, path in [(BASE, None), *((p.name, p) for p in checkpoints)]:
+        if path is not None:
+            ppo_run.load_checkpoint(trainer, path, random.Random(0))
+        stats = ppo_run.evaluate(trainer, held_out, recipe.batch_size, out / f"{name}.jsonl", messages, greedy=True)
+        log.info("%s: %s", name, stats)
+        evaluated.append((name, stats))
+    base_scores = _scores(out / f"{BASE}.jsonl")
+    results: list[PolicyResult] = []
+    for name, stats in evaluated:
+        diff, stderr, win = paired(_scores(out / f"{name}.jsonl"), base_scores)
+        results.append(
+            PolicyResult(name, len(held_out), stats["eval_reward_mean"], stats["eval_kl"], diff, stderr, win)
+        )
+    (out / "compare.json").write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m train.ppo.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("recipe", help="the PPO recipe of the run (YAML; its recipe.json works too)")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides, as for `aligngate train ppo`")
+    parser.add_argument("--checkpoints", nargs="+", type=Path, required=True, help="checkpoint-N directories")
+    parser.add_argument("--out", type=Path, required=True, help="directory for the answers and compare.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from train.ppo.run import PPORecipe
+
+    for path in args.checkpoints:
+        if not (path / "state.json").is_file():
+            parser.error(f"{path} is not a PPO checkpoint (no state.json)")
+    results = compare(load_recipe(PPORecipe, args.recipe, args.overrides), args.checkpoints, args.out)
+    print(f"{'policy':<16} {'prompts':>7} {'reward':>8} {'KL':>6} {'Δ vs base (± s.e.)':>20} {'win vs base':>11}")
+    for r in results:
+        delta = f"{r.diff_from_base:+.3f} ± {r.diff_stderr:.3f}"
+        print(f"{r.name:<16} {r.prompts:>7} {r.reward_mean:>8.3f} {r.kl:>6.2f} {delta:>20} {r.win_rate_vs_base:>11.3f}")
+    print(json.dumps({r.name: asdict(r) for r in results}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
