@@ -1,4 +1,5 @@
-"""Small data for the train/ tests: preference pairs in the tiny tokenizer's vocabulary, JSONL writing."""
+"""Small data for the train/ tests: preference pairs in the tiny tokenizer's vocabulary, JSONL writing, and a
+tiny LoRA reward model trained on them."""
 
 from __future__ import annotations
 
@@ -29,3 +30,13 @@ def preference_pairs(n: int, prompt_words: int = 3, words: Sequence[str] = WORDS
             }
         )
     return rows
+
+
+def train_tiny_reward_adapter(model: Path, prefs: Path, out: Path) -> Path:
+    """Two `train rm` steps of a LoRA reward model (adapter + score head) on ``prefs``; returns the adapter."""
+    from train import rm
+    from train.common import load_recipe
+
+    overrides = [f"model={model}", f"output_dir={out}", f"dataset.path={prefs}", "max_steps=2", "max_length=48"]
+    overrides += ["eval_share=0", "lora_r=4", "lora_alpha=8", "report_to=[]", "disable_tqdm=true", "save_steps=2"]
+    return Path(rm.main(load_recipe(rm.RMRecipe, None, overrides))["adapter"])

@@ -16,9 +16,9 @@ pytest.importorskip("peft")
 
 import torch
 
-from tests.train.support import WORDS, preference_pairs, write_jsonl
+from tests.train.support import WORDS, preference_pairs, train_tiny_reward_adapter, write_jsonl
 from train import evaluate, rm
-from train.common import DatasetSpec, load_recipe, preference_rows
+from train.common import DatasetSpec, preference_rows
 from train.data.builders import train_eval_split
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -181,24 +181,7 @@ def test_win_rate_swap_gives_one_minus_the_rate(tiny_rm: Path, responses: tuple[
 
 def test_rm_accuracy_of_a_trained_lora_adapter(tiny_rm: Path, prefs: Path, tmp_path: Path) -> None:
     """What `aligngate train rm` writes (a LoRA adapter + score head) is evaluated as is."""
-    config = load_recipe(
-        rm.RMRecipe,
-        None,
-        [
-            f"model={tiny_rm}",
-            f"output_dir={tmp_path}",
-            f"dataset.path={prefs}",
-            "max_steps=2",
-            "max_length=48",
-            "eval_share=0",
-            "lora_r=4",
-            "lora_alpha=8",
-            "report_to=[]",
-            "disable_tqdm=true",
-            "save_steps=2",
-        ],
-    )
-    adapter = Path(rm.main(config)["adapter"])
+    adapter = train_tiny_reward_adapter(tiny_rm, prefs, tmp_path)
     result = evaluate.rm_accuracy(adapter, str(prefs), split="all", max_length=64, batch_size=8)
     assert result.n == 24 and 0.0 <= result.accuracy <= 1.0
 

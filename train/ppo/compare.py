@@ -79,10 +79,10 @@ def compare(recipe: Any, checkpoints: Sequence[Path], out: Path) -> list[PolicyR
         stats = ppo_run.evaluate(trainer, held_out, recipe.batch_size, out / f"{name}.jsonl", messages, greedy=True)
         log.info("%s: %s", name, stats)
         evaluated.append((name, stats))
-    base_scores = _scores(out / f"{BASE}.jsonl")
+    scores = {name: _scores(out / f"{name}.jsonl") for name, _ in evaluated}
     results: list[PolicyResult] = []
     for name, stats in evaluated:
-        diff, stderr, win = paired(_scores(out / f"{name}.jsonl"), base_scores)
+        diff, stderr, win = paired(scores[name], scores[BASE])
         results.append(
             PolicyResult(name, len(held_out), stats["eval_reward_mean"], stats["eval_kl"], diff, stderr, win)
         )
