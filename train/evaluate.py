@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gateway.report.ab import wilson_interval
+from core.stats import wilson_interval
 from train.common import DatasetSpec, RecipeError, dataset_path
 from train.data.builders import train_eval_split
 

@@ -1,4 +1,4 @@
-"""gateway/report/ab.py statistics against hand-computed values (and scipy, when installed, as a cross-check)."""
+"""core/stats.py against hand-computed values (and scipy, when installed, as a cross-check)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import math
 
 import pytest
 
-from gateway.report.ab import format_p, normal_cdf, percentile, two_proportion_test, wilson_interval, z_value
+from core.stats import normal_cdf, percentile, two_proportion_test, wilson_interval, z_value
+from gateway.report.ab import format_p
 
 Z = 1.959963984540054  # Φ⁻¹(0.975)
 
@@ -111,3 +112,18 @@ def test_cross_check_against_scipy() -> None:
         ci = stats.binomtest(s, n).proportion_ci(confidence_level=0.95, method="wilson")
         assert wilson_interval(s, n) == pytest.approx((ci.low, ci.high), abs=1e-9)
     assert math.isclose(z_value(0.9), stats.norm.ppf(0.95), rel_tol=1e-9)
+
+
+def test_bootstrap_interval_of_a_mean() -> None:
+    from core.stats import bootstrap_mean_interval
+
+    values = [1.0] * 30 + [0.0] * 50 + [-1.0] * 20  # ΔWR = 0.10
+    low, high = bootstrap_mean_interval(values, resamples=4000, seed=1)
+    # the normal approximation: sd = sqrt(E[x²] - mean²) = sqrt(0.5 - 0.01) = 0.7, se = 0.07
+    assert low < 0.10 < high
+    assert low == pytest.approx(0.10 - 1.96 * 0.07, abs=0.025)
+    assert high == pytest.approx(0.10 + 1.96 * 0.07, abs=0.025)
+    assert bootstrap_mean_interval(values, resamples=4000, seed=1) == (low, high)  # seeded: reproducible
+    assert bootstrap_mean_interval([0.5] * 7) == (0.5, 0.5)
+    with pytest.raises(ValueError):
+        bootstrap_mean_interval([])
