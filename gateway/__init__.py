@@ -1,3 +1,3 @@
-"""aligngate gateway: the OpenAI-compatible FastAPI service (routes, upstreams, pipeline, metrics)."""
+"""aligngate gateway: the OpenAI-compatible ASGI service (routes, upstreams, pipeline, store, metrics, reports)."""
 
 __version__ = "0.1.0"

@@ -1,38 +1,37 @@
-"""The FastAPI application: wiring of settings, the shared upstream session, services and routers.
+"""The ASGI application: the wiring of settings, the shared upstream session, services and routes.
 
-``create_app(settings)`` builds it; ``app_from_env`` is the factory uvicorn workers import (the CLI hands
-them the resolved settings through the environment). ``GatewayApp`` is FastAPI with a fast path: the two
-inference POST routes go straight to their raw-ASGI endpoints inside the request middleware, without
-FastAPI's per-request layers (routing, dependency injection, its middleware stack), which cost about as much
-CPU as the proxying itself.
+``create_app(settings)`` builds it; ``app_from_env`` is the factory uvicorn workers import (the CLI hands them
+the resolved settings through the environment). A :class:`GatewayApp` is plain ASGI: its lifespan starts and
+stops the backends, helpers and trace store, and every HTTP request goes through the request middleware
+(request id, timing, metrics, access log) to the one router (``gateway/routing.py``), where each route of
+``ROUTES`` is registered once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+import traceback
+from collections.abc import AsyncIterator, Callable, Iterable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
-from fastapi import FastAPI
+from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway import __version__, metrics
+from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import Settings, check_servable, settings_from_env
 from gateway.engines import EngineSet
-from gateway.errors import install_handlers
-from gateway.feedback.router import router as feedback_router
+from gateway.feedback.routes import ROUTES as FEEDBACK_ROUTES
 from gateway.feedback.service import FeedbackService
-from gateway.inference.router import ENDPOINTS
-from gateway.inference.router import router as inference_router
+from gateway.inference.routes import ROUTES as INFERENCE_ROUTES
 from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
-from gateway.ops.router import router as ops_router
+from gateway.ops.routes import ROUTES as OPS_ROUTES
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
+from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
 from gateway.upstream.backend import RemoteBackend
@@ -42,37 +41,63 @@ from gateway.upstream.protocol import Backend
 
 logger = logging.getLogger(__name__)
 
+#: Every route of the gateway: (method, path, endpoint).
+ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES]
 
-class GatewayApp(FastAPI):
-    """FastAPI with the fast path of ``POST /v1/chat/completions`` and ``POST /v1/completions``.
+Lifespan = Callable[["GatewayApp"], AbstractAsyncContextManager[None]]
 
-    Those two go to ``RequestMiddleware(InferenceEndpoint)`` directly; everything else (other methods on those
-    paths included: 405) through FastAPI as usual. The endpoints answer errors themselves, in the same OpenAI
-    shape as the app's exception handlers.
-    """
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.fast_routes: dict[str, ASGIApp] = {
-            path: RequestMiddleware(endpoint) for path, endpoint in ENDPOINTS.items()
-        }
+@asynccontextmanager
+async def _no_lifespan(app: GatewayApp) -> AsyncIterator[None]:
+    yield
+
+
+class GatewayApp:
+    """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``store``,
+    ``settings``); endpoints reach them as ``scope["app"].state``."""
+
+    def __init__(self, routes: Iterable[tuple[str, str, ASGIApp]] = ROUTES, lifespan: Lifespan | None = None) -> None:
+        self.state = State()
+        self.router = Router(routes)
+        self._http = RequestMiddleware(self.router)
+        self._lifespan = lifespan or _no_lifespan
+
+    def lifespan(self) -> AbstractAsyncContextManager[None]:
+        """Start-up on entry, shutdown on exit: for running the app in-process (tests, ``aligngate eval``)."""
+        return self._lifespan(self)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            fast = self.fast_routes.get(scope["path"])
-            if fast is not None:
-                scope["app"] = self
-                await fast(scope, receive, send)
-                return
-        await super().__call__(scope, receive, send)
+        kind = scope["type"]
+        if kind == "http":
+            scope["app"] = self
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._serve_lifespan(receive, send)
+        else:  # websockets are not served
+            await send({"type": "websocket.close", "code": 1000})
+
+    async def _serve_lifespan(self, receive: Receive, send: Send) -> None:
+        """The ASGI lifespan protocol around :meth:`lifespan` (as Starlette's router runs it)."""
+        started = False
+        await receive()  # lifespan.startup
+        try:
+            async with self.lifespan():
+                await send({"type": "lifespan.startup.complete"})
+                started = True
+                await receive()  # lifespan.shutdown
+        except BaseException:
+            text = traceback.format_exc()
+            await send({"type": "lifespan.shutdown.failed" if started else "lifespan.startup.failed", "message": text})
+            raise
+        await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(settings: Settings) -> FastAPI:
+def create_app(settings: Settings) -> GatewayApp:
     check_servable(settings)
     auth = ApiKeyAuth(settings.server.api_keys)
 
     @asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: GatewayApp) -> AsyncIterator[None]:
         session = make_session()
         engines = EngineSet(settings.helpers, session)
         backends: dict[str, Backend] = {}
@@ -120,20 +145,12 @@ def create_app(settings: Settings) -> FastAPI:
             await engines.close()
             await session.close()
 
-    app = GatewayApp(
-        title="aligngate", version=__version__, lifespan=lifespan,
-        docs_url=None, redoc_url=None, openapi_url=None,
-    )
+    app = GatewayApp(ROUTES, lifespan)
     app.state.settings = settings
-    install_handlers(app)
-    app.include_router(inference_router)
-    app.include_router(feedback_router)
-    app.include_router(ops_router)
-    app.add_middleware(RequestMiddleware)
     return app
 
 
-def app_from_env() -> FastAPI:
+def app_from_env() -> GatewayApp:
     """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables); it also
     tunes the worker process's garbage collector (``gateway/runtime.py``)."""
     app = create_app(settings_from_env())

@@ -1,6 +1,6 @@
 """Settings, read in one place: YAML file < environment (``ALIGNGATE_<SECTION>__<KEY>``) < CLI flags.
 
-The key names are the contract in DESIGN.md. ``load_settings`` is the only function that reads a config
+The key names are the README's contract ("Configuration"). ``load_settings`` is the only function that reads a config
 file or the environment; everything else receives a ``Settings`` object.
 """
 
@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import typing
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,14 +24,39 @@ from models.templates import get_template
 #: Environment variable through which ``aligngate serve`` hands the resolved settings to its workers.
 RESOLVED_ENV = "ALIGNGATE_RESOLVED_CONFIG"
 
-ARMS = ("control", "rewrite", "align", "rewrite+align")
-#: The helpers each arm runs, in order.
-ARM_HELPERS: dict[str, tuple[str, ...]] = {
-    "control": (),
-    "rewrite": ("rewriter",),
-    "align": ("aligner",),
-    "rewrite+align": ("rewriter", "aligner"),
+
+
+class Arm(StrEnum):
+    """The arms of an experiment, the one place they are spelled: config keys, the ``X-Aligngate-Arm`` header,
+    metric labels, the trace store and the reports use these values. An arm is the helpers it runs, in order."""
+
+    CONTROL = "control"
+    REWRITE = "rewrite"
+    ALIGN = "align"
+    REWRITE_ALIGN = "rewrite+align"
+
+    @property
+    def helpers(self) -> tuple[str, ...]:
+        """The helpers this arm runs, in order: ``rewriter``, then ``aligner``."""
+        return _HELPERS[self]
+
+    @property
+    def rewrites(self) -> bool:
+        return self in (Arm.REWRITE, Arm.REWRITE_ALIGN)
+
+    @property
+    def aligns(self) -> bool:
+        return self in (Arm.ALIGN, Arm.REWRITE_ALIGN)
+
+
+_HELPERS: dict[Arm, tuple[str, ...]] = {
+    Arm.CONTROL: (),
+    Arm.REWRITE: ("rewriter",),
+    Arm.ALIGN: ("aligner",),
+    Arm.REWRITE_ALIGN: ("rewriter", "aligner"),
 }
+#: Every arm, in the order reports list them.
+ARMS: tuple[Arm, ...] = tuple(Arm)
 
 
 class _Section(BaseModel):
@@ -152,9 +178,16 @@ class ShadowSettings(_Section):
     #: Share of the requests assigned to ``control`` (not forced) that are shadow-run; 0 turns it off.
     share: float = Field(0.0, ge=0.0, le=1.0)
     #: Which helpers a shadow run runs: ``rewrite`` (the rewriter), ``align`` (the aligner) or both.
-    arm: Literal["rewrite", "align", "rewrite+align"] = "rewrite+align"
+    arm: Arm = Arm.REWRITE_ALIGN
     #: Most shadow runs in flight per worker process; a sampled request beyond it is skipped (and counted).
     max_concurrent: int = Field(4, ge=1)
+
+    @field_validator("arm")
+    @classmethod
+    def _runs_a_helper(cls, arm: Arm) -> Arm:
+        if not arm.helpers:
+            raise ValueError("a shadow arm runs at least one helper: rewrite, align or rewrite+align")
+        return arm
 
 
 class ExperimentSettings(_Section):
@@ -325,7 +358,7 @@ def check_servable(settings: Settings) -> None:
         )
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:
-            for helper in ARM_HELPERS[arm]:
+            for helper in Arm(arm).helpers:
                 if getattr(settings.helpers, helper) is None:
                     raise ConfigError(
                         f"experiment arm {arm!r} needs helpers.{helper}, which is not configured "
@@ -333,10 +366,10 @@ def check_servable(settings: Settings) -> None:
                     )
     shadow = settings.experiment.shadow
     if shadow.share > 0:
-        for helper in ARM_HELPERS[shadow.arm]:
+        for helper in shadow.arm.helpers:
             if getattr(settings.helpers, helper) is None:
                 raise ConfigError(
-                    f"experiment.shadow.arm {shadow.arm!r} needs helpers.{helper}, which is not configured "
+                    f"experiment.shadow.arm {shadow.arm.value!r} needs helpers.{helper}, which is not configured "
                     "(configure it, or set experiment.shadow.share to 0)"
                 )
         if not settings.store.enabled:

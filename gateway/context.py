@@ -2,15 +2,29 @@
 
 Created by the request middleware, filled in by services, read back for the response headers, the
 metrics and the access-log line.
+
+Time spent waiting on upstreams and helpers is accounted here and nowhere else: an awaited call goes through
+:meth:`RequestContext.waited`, and a stream that waits piecemeal (an upstream's SSE answer, a streamed correction)
+is registered once with :meth:`RequestContext.track` and keeps its own ``waited_s``. ``overhead_s`` is the elapsed
+time minus those waits and the time blocked writing to the client.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
+
+T = TypeVar("T")
+
+
+class Waiting(Protocol):
+    """Something that waits on an upstream or helper in pieces and adds up how long (seconds)."""
+
+    waited_s: float
 
 
 class RecordSink(Protocol):
@@ -73,9 +87,11 @@ class RequestContext:
     model: str | None = None
     arm: str | None = None
     stream: bool = False
-    #: Seconds spent waiting on upstreams and helpers, and blocked writing to the client.
+    #: Seconds spent in awaited upstream and helper calls (``waited``), and blocked writing to the client.
     upstream_s: float = 0.0
     client_s: float = 0.0
+    #: Streams whose own ``waited_s`` counts as upstream time too (``track``).
+    streams: list[Waiting] | None = None
     first_byte_s: float | None = None
     replica: int | None = None
     #: Why a response failed after it started (stream error code), or "client_disconnected".
@@ -84,10 +100,32 @@ class RequestContext:
     #: What the trace store records (None: this request is not recorded).
     capture: Capture | None = None
 
+    async def waited(self, aw: Awaitable[T]) -> T:
+        """Await an upstream or helper call, counting its time (failures and cancellations included) as waiting."""
+        t = time.perf_counter()
+        try:
+            return await aw
+        finally:
+            self.upstream_s += time.perf_counter() - t
+
+    def track(self, stream: Waiting) -> None:
+        """Count ``stream.waited_s`` as waiting, whatever it grows to."""
+        if self.streams is None:
+            self.streams = [stream]
+        else:
+            self.streams.append(stream)
+
+    def waiting_s(self) -> float:
+        """Seconds spent waiting on upstreams and helpers so far."""
+        streams = self.streams
+        if streams is None:
+            return self.upstream_s
+        return self.upstream_s + sum(s.waited_s for s in streams)
+
     def overhead_s(self, now: float | None = None) -> float:
         """Time spent in the gateway itself so far: elapsed minus upstream, helper and client waits."""
         elapsed = (now if now is not None else time.perf_counter()) - self.started
-        return max(elapsed - self.upstream_s - self.client_s, 0.0)
+        return max(elapsed - self.waiting_s() - self.client_s, 0.0)
 
 
 def get_context(request: Request) -> RequestContext:

@@ -1,8 +1,9 @@
 """The one mapping from exceptions to the OpenAI error shape ``{"error": {message, type, param, code}}``.
 
-Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), request
-validation, unknown routes, and anything unexpected (the request middleware logs its traceback and
-answers ``internal_error_body`` without one). Streams use ``error_frame`` for failures after the first byte.
+Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses) and request
+validation (:func:`response_for`, which every endpoint calls), unknown routes and methods (:func:`route_error`,
+from the router), and anything unexpected (the request middleware logs its traceback and answers
+``internal_error_body`` without one). Streams use ``error_frame`` for failures after the first byte.
 """
 
 from __future__ import annotations
@@ -10,10 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 
@@ -167,7 +165,7 @@ def _field_path(loc: tuple[Any, ...], data: Any, missing: bool) -> list[str]:
     return out
 
 
-def from_validation_error(exc: ValidationError | RequestValidationError, data: Any = _UNSET) -> BadRequest:
+def from_validation_error(exc: ValidationError, data: Any = _UNSET) -> BadRequest:
     """Turn pydantic's error list into one readable 400, naming the first offending field as ``param``.
 
     ``data`` is the parsed request, when there is one: it lets union alternatives be told apart from
@@ -205,38 +203,23 @@ _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
                  429: "rate_limit_error"}
 
 
-def install_handlers(app: FastAPI) -> None:
-    """Register the exception handlers that give every error the OpenAI shape."""
-
-    async def on_gateway_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, GatewayError)
+def response_for(exc: Exception) -> Response:
+    """The response an endpoint answers for ``exc``: a ``GatewayError`` in the OpenAI shape with its status, a
+    validation error as a 400 naming the field, and for a client that went away an empty 499 (recorded, never
+    sent). Anything else is re-raised: the request middleware logs it and answers a bare 500."""
+    if isinstance(exc, GatewayError):
         return error_response(exc)
-
-    async def on_validation_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, (RequestValidationError, ValidationError))
+    if isinstance(exc, ValidationError):
         return error_response(from_validation_error(exc))
-
-    async def on_http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, StarletteHTTPException)
-        type_ = _STATUS_TYPES.get(exc.status_code, "server_error")
-        detail = exc.detail if isinstance(exc.detail, str) else "HTTP error"
-        if exc.status_code == 404:
-            detail = f"Unknown route: {request.method} {request.url.path}"
-        elif exc.status_code == 405:
-            detail = f"Method {request.method} not allowed on {request.url.path}"
-        return Response(
-            orjson.dumps(error_body(detail, type_, None, None)),
-            status_code=exc.status_code,
-            media_type="application/json",
-            headers=getattr(exc, "headers", None),
-        )
-
-    async def on_client_gone(request: Request, exc: Exception) -> Response:
-        request.scope["state"]["ctx"].outcome = "client_disconnected"
+    if isinstance(exc, ClientDisconnected):
         return Response(status_code=CLIENT_CLOSED)
+    raise exc
 
-    app.add_exception_handler(GatewayError, on_gateway_error)
-    app.add_exception_handler(ClientDisconnected, on_client_gone)
-    app.add_exception_handler(RequestValidationError, on_validation_error)
-    app.add_exception_handler(ValidationError, on_validation_error)
-    app.add_exception_handler(StarletteHTTPException, on_http_error)
+
+def route_error(status: int, method: str, path: str, allow: str | None = None) -> Response:
+    """404 for an unknown path, 405 (with ``Allow``) for a method the path does not take, in the OpenAI shape."""
+    detail = f"Method {method} not allowed on {path}" if status == 405 else f"Unknown route: {method} {path}"
+    return Response(
+        orjson.dumps(error_body(detail, _STATUS_TYPES.get(status, "server_error"), None, None)),
+        status_code=status, media_type="application/json", headers={"Allow": allow} if allow else None,
+    )

@@ -1,23 +1,19 @@
-"""The raw-ASGI endpoint of ``POST /v1/chat/completions`` and ``POST /v1/completions``.
+"""The raw-ASGI endpoint of ``POST /v1/chat/completions`` and ``POST /v1/completions``: the gateway's hot path.
 
-The hot path of the gateway: ``GatewayApp`` (``gateway/app.py``) hands these two routes straight to an
-``InferenceEndpoint`` inside the request middleware, skipping FastAPI's routing, dependency injection and
-middleware layers; the FastAPI router registers the same endpoints (for 405s and for apps built from the
-routers alone), so both ways behave alike. The endpoint reads the headers it needs, lets
-``InferenceService.serve`` answer, and sends the answer; errors get the OpenAI shape exactly as the app's
-exception handlers (``gateway/errors.py``) would give them, and a client that went away is recorded as 499.
+The router (``gateway/routing.py``) hands these two routes straight to an ``InferenceEndpoint``: no request object
+and no per-request layers beyond the request middleware. The endpoint reads the headers it needs, lets
+``InferenceService.serve`` answer, and sends the answer; an exception becomes the client's answer through the
+one mapping of ``gateway/errors.py``, and a client that went away is recorded as 499.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from pydantic import ValidationError
-from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway.context import RequestContext
-from gateway.errors import CLIENT_CLOSED, ClientDisconnected, GatewayError, error_response, from_validation_error
+from gateway.errors import ClientDisconnected, response_for
 from gateway.inference.receive import RequestHeaders
 
 if TYPE_CHECKING:
@@ -40,11 +36,8 @@ class InferenceEndpoint:
         response: ASGIApp
         try:
             response = await service.serve(ctx, self.path, RequestHeaders.of(scope["headers"]), receive)
-        except GatewayError as exc:
-            response = error_response(exc)
-        except ValidationError as exc:
-            response = error_response(from_validation_error(exc))
-        except ClientDisconnected:
-            ctx.outcome = "client_disconnected"
-            response = Response(status_code=CLIENT_CLOSED)
+        except Exception as exc:
+            if isinstance(exc, ClientDisconnected):
+                ctx.outcome = "client_disconnected"
+            response = response_for(exc)
         await response(scope, receive, send)

@@ -1,5 +1,6 @@
-"""The request side of an ASGI exchange, as the inference routes read it: the few headers they use, the body
-(refused beyond a size limit, 413), and the client's disconnect while an answer is awaited.
+"""The request side of an ASGI exchange, as the inference routes read it: the few headers they use and the body
+(refused beyond a size limit, 413). The client's disconnect while an answer is awaited is watched for by
+``gateway/respond.py`` (``until_disconnect``).
 
 Raw ASGI rather than Starlette's ``Request``: one pass over the header list and no body iterator keep the
 hot path cheap. The values are what Starlette's ``Request.headers.get`` would give (the first occurrence of
@@ -8,16 +9,12 @@ a name, decoded as latin-1).
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TypeVar
 
 from starlette.types import Receive
 
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
-
-T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -86,47 +83,3 @@ async def read_body(receive: Receive, content_length: str | None, limit: int) ->
                 return body if more is None else b"".join(more)
         elif kind == "http.disconnect":
             raise ClientDisconnected()
-
-
-#: How long an answer is awaited before the client's disconnect is watched for (seconds). Most answers of a
-#: fast backend come sooner, and then no watcher task is made at all; a client that goes away earlier is
-#: noticed at this point. Slow answers (LLM generations, streams) are watched for nearly all of their time.
-WATCH_AFTER_S = 0.05
-
-
-async def until_disconnect(receive: Receive, aw: Awaitable[T], watch_after_s: float = WATCH_AFTER_S) -> T:
-    """Await ``aw``, cancelling it if the client disconnects meanwhile (then ``ClientDisconnected``).
-
-    The watcher (a task waiting on ``receive``) starts once ``aw`` has taken ``watch_after_s``. Call only once the
-    request body has been read: from then on the ASGI ``receive`` channel only ever reports the disconnect (or,
-    once the response is complete, that it is over).
-    """
-    task = asyncio.current_task()
-    assert task is not None
-    loop = asyncio.get_running_loop()
-    fired = False
-    watcher: asyncio.Task[None] | None = None
-
-    async def watch() -> None:
-        nonlocal fired
-        while (await receive())["type"] != "http.disconnect":
-            pass
-        fired = True
-        task.cancel()
-
-    def start_watching() -> None:
-        nonlocal watcher
-        watcher = loop.create_task(watch())
-
-    timer = loop.call_later(watch_after_s, start_watching)
-    try:
-        return await aw
-    except asyncio.CancelledError:
-        if fired:
-            task.uncancel()
-            raise ClientDisconnected() from None
-        raise
-    finally:
-        timer.cancel()
-        if watcher is not None:
-            watcher.cancel()

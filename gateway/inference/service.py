@@ -1,19 +1,15 @@
-"""The inference service behind the OpenAI routes.
+"""The inference service behind the OpenAI routes: checks a request and hands it to the pipeline.
 
-Validates the request (400/404/413 in the OpenAI shape), picks the configured backend and the arm. The
-control arm (no trace asked) is a pure pass-through: the client's own body bytes go to the upstream (so
-unknown fields arrive unchanged) and the upstream's answer comes back without re-serialisation, whole or
-event by event. Every other arm runs the alignment pipeline (``gateway/pipeline``). A client that goes away
-cancels the upstream request. The arm is the user's assignment (``X-Aligngate-User``, ``user``, the API key)
-unless ``X-Aligngate-Arm`` forces one; a request with an arm gets a ``Capture`` that the trace store records
-once the response has ended (references only on this path: the store's writer parses them later). In shadow
-mode a sampled share of the assigned-control requests also get a shadow run of the helpers once their response
-has been sent (``gateway/pipeline/shadow.py``); their response is the same.
+Validates the request (400/404/413 in the OpenAI shape), picks the configured backend and the arm (the user's
+assignment from ``X-Aligngate-User``, ``user`` or the API key, unless ``X-Aligngate-Arm`` forces one), sets up
+what the trace store records (a ``Capture``: references only, the store's writer parses them later) and, in
+shadow mode, attaches a shadow run to a sampled share of the assigned-control requests (it starts once their
+response has been sent: ``gateway/pipeline/shadow.py``). Then the pipeline answers (``gateway/pipeline``: the
+control arm is the pipeline with no steps). A client that goes away meanwhile cancels the upstream work.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Mapping
@@ -22,22 +18,19 @@ from starlette.types import ASGIApp, Receive
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
-from gateway.config import ExperimentSettings, HelpersSettings
+from gateway.config import Arm, ExperimentSettings, HelpersSettings
 from gateway.context import Capture, RecordSink, RequestContext
 from gateway.errors import BadRequest, ModelNotFound
-from gateway.inference.receive import RequestHeaders, read_body, until_disconnect
-from gateway.inference.relay import StreamRelay, relay_result
+from gateway.inference.receive import RequestHeaders, read_body
 from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, parse_request
 from gateway.pipeline.arms import ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
-from gateway.pipeline.pipeline import Pipeline, PipelineRequest
+from gateway.pipeline.pipeline import CHAT_PATH, Pipeline, PipelineRequest
 from gateway.pipeline.shadow import ShadowRunner
-from gateway.upstream.protocol import Backend, UpstreamResult
+from gateway.respond import until_disconnect
+from gateway.upstream.protocol import Backend
 
 logger = logging.getLogger(__name__)
-
-CHAT_PATH = "/chat/completions"
-COMPLETIONS_PATH = "/completions"
 
 
 class InferenceService:
@@ -83,9 +76,9 @@ class InferenceService:
             logger.debug("request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace"))
         if isinstance(req, CompletionRequest) and not req.has_prompt():
             raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
-        return await self._proxy(ctx, headers, receive, raw, req, path)
+        return await self._answer(ctx, headers, receive, raw, req, path)
 
-    async def _proxy(
+    async def _answer(
         self, ctx: RequestContext, headers: RequestHeaders, receive: Receive, raw: bytes,
         req: ChatCompletionRequest | CompletionRequest, path: str,
     ) -> ASGIApp:
@@ -109,45 +102,11 @@ class InferenceService:
                 request_body=raw if self.log_bodies else None,
             )
             shadow = self.shadow
-            if (shadow is not None and arm == "control" and not assignment.forced
+            if (shadow is not None and arm is Arm.CONTROL and not assignment.forced
                     and shadow.sampled(ctx.request_id)):
                 # the response does not change; once it has been sent, the shadow run starts
                 shadow.attach(ctx.capture, raw, path == CHAT_PATH)
         metrics.request_started(ctx)
         trace_on = headers.trace is not None and headers.trace.strip().lower() in ("1", "true")
-        if arm != "control" or trace_on:
-            preq = PipelineRequest(ctx, backend, path, json.loads(raw), arm, trace_on)
-            return await until_disconnect(receive, self.pipeline.run(preq))
-        # The control arm: the client's bytes go up, the upstream's bytes come back.
-        upstream_model = backend.upstream_model
-        body = raw if upstream_model is None else _with_model(raw, upstream_model)
-        if ctx.stream:
-            return await self._stream(ctx, receive, backend, path, body)
-        t = time.perf_counter()
-        try:
-            result = await until_disconnect(receive, backend.fetch(path, body))
-        finally:
-            ctx.upstream_s += time.perf_counter() - t
-        ctx.replica = result.replica
-        if ctx.capture is not None:
-            ctx.capture.response_body = result.body
-        return relay_result(result)
-
-    async def _stream(self, ctx: RequestContext, receive: Receive, backend: Backend, path: str, body: bytes) -> ASGIApp:
-        t = time.perf_counter()
-        try:
-            opened = await until_disconnect(receive, backend.open_stream(path, body))
-        finally:
-            ctx.upstream_s += time.perf_counter() - t
-        ctx.replica = opened.replica if isinstance(opened, UpstreamResult) else opened.replica_index
-        if isinstance(opened, UpstreamResult):  # the upstream refused before streaming: plain JSON error
-            return relay_result(opened)
-        return StreamRelay(ctx, opened)
-
-
-def _with_model(raw: bytes, model: str) -> bytes:
-    """The body with ``model`` replaced. The stdlib codec keeps every other value exact (orjson would turn
-    integers beyond 64 bits into floats); it only runs for backends with ``upstream_model`` set."""
-    data = json.loads(raw)
-    data["model"] = model
-    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode()
+        preq = PipelineRequest(ctx, backend, path, raw, arm, trace_on, ctx.stream)
+        return await until_disconnect(receive, self.pipeline.run(preq))

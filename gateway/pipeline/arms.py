@@ -26,12 +26,11 @@ import hashlib
 import math
 import random
 from dataclasses import dataclass
-from typing import Literal, cast
+from typing import Literal
 
-from gateway.config import ARM_HELPERS, ARMS, ExperimentSettings, HelpersSettings
+from gateway.config import ARMS, Arm, ExperimentSettings, HelpersSettings
 from gateway.errors import BadRequest
 
-Arm = Literal["control", "rewrite", "align", "rewrite+align"]
 ARM_HEADER = "x-aligngate-arm"
 USER_HEADER = "x-aligngate-user"
 #: Buckets a user key hashes into; shares are exact to 1/BUCKETS (plus the table's sampling noise).
@@ -41,7 +40,7 @@ UserSource = Literal["header", "user", "api_key", "random"]
 
 
 def helpers_of(arm: Arm) -> tuple[str, ...]:
-    return ARM_HELPERS[arm]
+    return Arm(arm).helpers
 
 
 def _unit(data: bytes) -> float:
@@ -69,7 +68,7 @@ def _winner(clocks: list[float], inverse_rates: list[float]) -> int:
 
 
 @functools.lru_cache(maxsize=32)
-def bucket_table(experiment: str, weights: tuple[tuple[str, float], ...]) -> tuple[str, ...]:
+def bucket_table(experiment: str, weights: tuple[tuple[str, float], ...]) -> tuple[Arm, ...]:
     """The arm of every bucket (weighted rendezvous hashing, see the module docstring), cached.
 
     Plain rendezvous gives each arm its share of the weights in expectation, off by the sampling noise of
@@ -141,7 +140,7 @@ class ArmChooser:
         self._configured = {name for name in ("rewriter", "aligner") if getattr(helpers, name) is not None}
 
     def arm_of(self, bucket: int) -> Arm:
-        return cast(Arm, self._table[bucket])
+        return self._table[bucket]
 
     def choose(self, header: str | None, user_key: str | None = None) -> Assignment:
         """The arm for a request whose ``X-Aligngate-Arm`` header is ``header`` (None when absent) and whose
@@ -154,16 +153,17 @@ class ArmChooser:
         return Assignment(self.arm_of(bucket), False, bucket)
 
     def _forced(self, header: str) -> Arm:
-        arm = header.strip().lower()
-        if arm not in ARMS:
+        try:
+            arm = Arm(header.strip().lower())
+        except ValueError:
             raise BadRequest(
                 f"Unknown arm {header!r} in X-Aligngate-Arm; arms are {', '.join(ARMS)}.",
                 param="X-Aligngate-Arm", code="invalid_arm",
-            )
-        missing = [h for h in ARM_HELPERS[arm] if h not in self._configured]
+            ) from None
+        missing = [h for h in arm.helpers if h not in self._configured]
         if missing:
             raise BadRequest(
-                f"Arm {arm!r} needs helpers.{missing[0]}, which this gateway does not configure.",
+                f"Arm {arm.value!r} needs helpers.{missing[0]}, which this gateway does not configure.",
                 param="X-Aligngate-Arm", code="arm_unavailable",
             )
-        return cast(Arm, arm)
+        return arm

@@ -1,18 +1,20 @@
-"""The alignment pipeline for one request: rewrite → backend → align, then the response (whole or streamed).
+"""The request's path through the gateway: one explicit sequence of steps, the same for every arm.
 
-The steps, in order, each run only when the arm asks for it:
+Each step runs only when the request's arm asks for it; the control arm is this pipeline with no steps.
 
-1. **rewrite** the last user message (chat) or the prompt (completions, a single string) with the rewriter;
-2. **backend**: the (possibly rewritten) request goes to the backend — streamed straight through when no
-   correction follows, else fetched whole;
-3. **align** every text choice of the answer (tool-call choices pass through uncorrected); for a streamed
-   request the correction itself is streamed as the aligner generates it;
-4. **trace**: with ``X-Aligngate-Trace: 1`` the ``aligngate`` trace object is added to the response (the
-   last chunk of a stream).
+1. **rewrite** (``rewrite``, ``rewrite+align``) the last user message (chat) or the prompt (completions, a single
+   string) with the rewriter;
+2. **backend**: the request goes to the backend — streamed straight through when no correction follows, else
+   fetched whole. A body no step changed is the client's own bytes (only ``model`` is replaced, for a backend
+   with ``upstream_model``), and an answer no step changes is the backend's own bytes, whole or event by event;
+3. **align** (``align``, ``rewrite+align``) every text choice of the answer (tool-call choices pass through
+   uncorrected); for a streamed request the correction itself is streamed as the aligner generates it;
+4. **respond**, with the ``aligngate`` trace object when ``X-Aligngate-Trace: 1`` asked for it (the last chunk of
+   a stream). The upstream's own response headers are passed on (``gateway/respond.py``).
 
-The control arm without a trace never gets here: the inference service relays it byte for byte.
-Bodies are parsed and re-serialised with the standard library's codec, which keeps every value exact
-(integers of any size included).
+Time waiting on the backend and the helpers is accounted by the request context (``waited``, ``track``). Bodies
+are parsed and re-serialised with the standard library's codec, which keeps every value exact (integers of any
+size included).
 """
 
 from __future__ import annotations
@@ -20,25 +22,27 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
-from starlette.responses import Response, StreamingResponse
+from starlette.types import ASGIApp
 
+from gateway.config import Arm
 from gateway.context import Capture, RequestContext
 from gateway.errors import GatewayError, error_frame
-from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
-from gateway.pipeline.arms import Arm
 from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.trace import Trace
+from gateway.respond import EventStream, relay_result, relay_stream, upstream_headers
 from gateway.sse import DONE, encode_event
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
 from models.templates import content_text
 
 logger = logging.getLogger(__name__)
+
+CHAT_PATH = "/chat/completions"
+COMPLETIONS_PATH = "/completions"
 
 
 def _dumps(data: Any) -> bytes:
@@ -47,41 +51,141 @@ def _dumps(data: Any) -> bytes:
 
 @dataclass(slots=True)
 class PipelineRequest:
-    """One request entering the pipeline."""
+    """One validated request entering the pipeline."""
 
     ctx: RequestContext
     backend: Backend
-    path: str  # "/chat/completions" or "/completions"
-    data: dict[str, Any]  # the parsed request body (mutable copy)
+    path: str  # CHAT_PATH or COMPLETIONS_PATH
+    #: The client's body, as it came.
+    raw: bytes
     arm: Arm
     trace_on: bool
+    stream: bool
+    #: The parsed body (a mutable copy), once a step has read it.
+    data: dict[str, Any] | None = None
 
     @property
     def chat(self) -> bool:
-        return self.path == "/chat/completions"
+        return self.path == CHAT_PATH
+
+    def parsed(self) -> dict[str, Any]:
+        if self.data is None:
+            self.data = json.loads(self.raw)
+        return self.data
+
+    def body(self) -> bytes:
+        """What the backend is sent: the client's bytes while no step changed them, with the backend's model."""
+        model = self.backend.upstream_model
+        if self.data is None:
+            if model is None:
+                return self.raw
+            self.parsed()
+        assert self.data is not None
+        if model is not None:
+            self.data["model"] = model
+        return _dumps(self.data)
 
 
 class Pipeline:
     def __init__(self, helpers: Helpers) -> None:
         self.helpers = helpers
 
-    async def run(self, req: PipelineRequest) -> Response:
-        ctx, data = req.ctx, req.data
-        trace = Trace(request_id=ctx.request_id, arm=req.arm)
-        capture = ctx.capture
-        if capture is not None:
-            capture.trace = trace
-        question = await self._rewrite_step(req, trace)
-        if req.backend.upstream_model is not None:
-            data["model"] = req.backend.upstream_model
-        stream = bool(data.get("stream"))
-        if req.arm not in ("align", "rewrite+align"):
-            return await self._backend_only(req, trace, stream)
+    async def run(self, req: PipelineRequest) -> ASGIApp:
+        """The response to send (raises ``GatewayError`` for an error to answer instead)."""
+        trace: Trace | None = None
+        if req.arm is not Arm.CONTROL or req.trace_on:
+            trace = Trace(request_id=req.ctx.request_id, arm=req.arm.value)
+            if req.ctx.capture is not None:
+                req.ctx.capture.trace = trace
+        question = self._question(req) if req.arm.aligns else ""
+        if req.arm.rewrites:
+            assert trace is not None
+            await self._rewrite(req, trace)
+        if req.arm.aligns:
+            assert trace is not None
+            return await self._align(req, trace, question)
+        if req.stream:
+            return await self._relay_stream(req, trace)
+        return await self._relay(req, trace)
+
+    # ------------------------------------------------------------------ step 1: rewrite
+
+    @staticmethod
+    def _question(req: PipelineRequest) -> str:
+        """The aligner's question: always the user's own words, read before any rewrite."""
+        data = req.parsed()
+        if req.chat:
+            return question_from_messages(data.get("messages") or [])
+        prompt = data.get("prompt")
+        return prompt if isinstance(prompt, str) else ""
+
+    async def _rewrite(self, req: PipelineRequest, trace: Trace) -> None:
+        data = req.parsed()
+        if not req.chat and not isinstance(data.get("prompt"), str):
+            # a list of prompts or token ids: nothing the rewriter can read
+            trace.rewriter_skipped = "unsupported_prompt"
+            return
+        if req.chat:
+            outcome = await req.ctx.waited(self.helpers.rewrite(data["messages"]))
+            data["messages"] = outcome.messages
+        else:
+            outcome = await req.ctx.waited(self.helpers.rewrite([{"role": "user", "content": data["prompt"]}]))
+            if outcome.rewritten is not None:
+                data["prompt"] = outcome.rewritten
+        trace.helper_ms.rewriter = round(outcome.elapsed_s * 1000, 3)
+        trace.rewritten_prompt = outcome.rewritten
+        trace.rewriter_skipped = outcome.skipped
+
+    # ------------------------------------------------------------------ step 2: backend
+
+    async def _fetch(self, req: PipelineRequest) -> UpstreamResult:
+        ctx = req.ctx
+        result = await ctx.waited(req.backend.fetch(req.path, req.body()))
+        ctx.replica = result.replica
+        return result
+
+    async def _relay(self, req: PipelineRequest, trace: Trace | None) -> ASGIApp:
+        """The backend's whole answer, relayed (with the trace added when asked for)."""
+        result = await self._fetch(req)
+        if req.ctx.capture is not None:
+            req.ctx.capture.response_body = result.body
+        if trace is None or not req.trace_on or result.status != 200:
+            return relay_result(result)
+        try:
+            answer = json.loads(result.body)
+        except ValueError:
+            return relay_result(result)
+        answer["aligngate"] = trace.as_json()
+        return relay_result(result, _dumps(answer))
+
+    async def _relay_stream(self, req: PipelineRequest, trace: Trace | None) -> ASGIApp:
+        """The backend's streamed answer, relayed event by event (the trace in a last chunk when asked for)."""
+        ctx = req.ctx
+        opened = await ctx.waited(req.backend.open_stream(req.path, req.body()))
+        if isinstance(opened, UpstreamResult):  # refused before streaming: a plain JSON answer
+            ctx.replica = opened.replica
+            return relay_result(opened)
+        ctx.replica = opened.replica_index
+        ctx.track(opened)
+        tail = self._trace_chunk(req, trace) if trace is not None and req.trace_on else None
+        return EventStream(ctx, relay_stream(ctx, opened, tail), upstream_headers(opened.headers))
+
+    def _trace_chunk(self, req: PipelineRequest, trace: Trace) -> bytes:
+        obj = "chat.completion.chunk" if req.chat else "text_completion"
+        return encode_event({"object": obj, "model": req.parsed().get("model"), "choices": [],
+                             "aligngate": trace.as_json()})
+
+    # ------------------------------------------------------------------ step 3: align
+
+    async def _align(self, req: PipelineRequest, trace: Trace, question: str) -> ASGIApp:
+        """Fetch the whole answer and correct it: whole, or as a stream of the correction."""
+        data = req.parsed()
+        capture = req.ctx.capture
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
-        if stream:
+        if req.stream:
             data["stream"] = False
             data.pop("stream_options", None)
-        result = await self._fetch(req, _dumps(data))
+        result = await self._fetch(req)
         if result.status != 200:
             return relay_result(result)
         try:
@@ -90,8 +194,8 @@ class Pipeline:
             return relay_result(result)
         if capture is not None:
             _capture_usage(capture, answer)
-        if stream:
-            return await self._stream_corrected(req, trace, question, answer, include_usage)
+        if req.stream:
+            return await self._stream_corrected(req, trace, question, answer, include_usage, result)
         await self._align_all(req, trace, question, answer)
         if capture is not None:
             capture.raw_answer = _first_choice(trace.original_content)
@@ -99,99 +203,18 @@ class Pipeline:
             capture.final_answer = _answer_text(choices[0], req.chat) if choices else None
         if req.trace_on:
             answer["aligngate"] = trace.as_json()
-        return Response(_dumps(answer), media_type="application/json")
-
-    # ------------------------------------------------------------------ step 1: rewrite
-
-    async def _rewrite_step(self, req: PipelineRequest, trace: Trace) -> str:
-        """Rewrite when the arm says so; returns the aligner's question (always from the user's own words)."""
-        data = req.data
-        if req.chat:
-            messages = data.get("messages") or []
-            question = question_from_messages(messages)
-        else:
-            prompt = data.get("prompt")
-            question = prompt if isinstance(prompt, str) else ""
-        if req.arm not in ("rewrite", "rewrite+align"):
-            return question
-        if not req.chat and not isinstance(data.get("prompt"), str):
-            # a list of prompts or token ids: nothing the rewriter can read
-            trace.rewriter_skipped = "unsupported_prompt"
-            return question
-        t = time.perf_counter()
-        try:  # helper time, failures (on_error=fail) included, is not the gateway's overhead
-            if req.chat:
-                outcome = await self.helpers.rewrite(data["messages"])
-                data["messages"] = outcome.messages
-            else:
-                outcome = await self.helpers.rewrite([{"role": "user", "content": data["prompt"]}])
-                if outcome.rewritten is not None:
-                    data["prompt"] = outcome.rewritten
-        finally:
-            req.ctx.upstream_s += time.perf_counter() - t
-        trace.helper_ms.rewriter = round(outcome.elapsed_s * 1000, 3)
-        trace.rewritten_prompt = outcome.rewritten
-        trace.rewriter_skipped = outcome.skipped
-        return question
-
-    # ------------------------------------------------------------------ step 2: backend
-
-    async def _fetch(self, req: PipelineRequest, body: bytes) -> UpstreamResult:
-        t = time.perf_counter()
-        try:
-            result = await req.backend.fetch(req.path, body)
-        finally:
-            req.ctx.upstream_s += time.perf_counter() - t
-        req.ctx.replica = result.replica
-        return result
-
-    async def _backend_only(self, req: PipelineRequest, trace: Trace, stream: bool) -> Response:
-        body = _dumps(req.data)
-        if not stream:
-            result = await self._fetch(req, body)
-            if req.ctx.capture is not None:
-                req.ctx.capture.response_body = result.body
-            if not req.trace_on or result.status != 200:
-                return relay_result(result)
-            try:
-                answer = json.loads(result.body)
-            except ValueError:
-                return relay_result(result)
-            answer["aligngate"] = trace.as_json()
-            return Response(_dumps(answer), media_type="application/json")
-        t = time.perf_counter()
-        try:
-            opened = await req.backend.open_stream(req.path, body)
-        finally:
-            req.ctx.upstream_s += time.perf_counter() - t
-        if isinstance(opened, UpstreamResult):
-            req.ctx.replica = opened.replica
-            return relay_result(opened)
-        req.ctx.replica = opened.replica_index
-        tail = self._trace_chunk(req, trace) if req.trace_on else None
-        return StreamingResponse(relay_stream(req.ctx, opened, tail), media_type="text/event-stream",
-                                 headers=SSE_HEADERS)
-
-    def _trace_chunk(self, req: PipelineRequest, trace: Trace) -> bytes:
-        obj = "chat.completion.chunk" if req.chat else "text_completion"
-        return encode_event({"object": obj, "model": req.data.get("model"), "choices": [],
-                             "aligngate": trace.as_json()})
-
-    # ------------------------------------------------------------------ step 3: align
+        return relay_result(result, _dumps(answer))
 
     async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
         choices = answer.get("choices") or []
         slots = [_answer_text(c, req.chat) for c in choices]
         tasks = [asyncio.ensure_future(self.helpers.correct(question, text)) for text in slots if text is not None]
-        t = time.perf_counter()
         try:
-            outcomes = await asyncio.gather(*tasks)
+            outcomes = await req.ctx.waited(asyncio.gather(*tasks))
         except BaseException:
             for task in tasks:  # one failed (on_error=fail): the other corrections are not wanted any more
                 task.cancel()
             raise
-        finally:
-            req.ctx.upstream_s += time.perf_counter() - t
         it = iter(outcomes)
         originals: list[str | None] = []
         skipped: list[str | None] = []
@@ -210,34 +233,29 @@ class Pipeline:
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
 
     async def _stream_corrected(
-        self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool
-    ) -> Response:
+        self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool,
+        result: UpstreamResult,
+    ) -> ASGIApp:
         """Stream the correction of a whole backend answer, choice after choice."""
+        ctx = req.ctx
         choices = answer.get("choices") or []
         texts = [_answer_text(c, req.chat) for c in choices]
         trace.original_content = texts[0] if len(texts) == 1 else texts
-        if req.ctx.capture is not None:
-            req.ctx.capture.raw_answer = texts[0] if texts else None
-        first_stream: CorrectionStream | None = None
-        first_delta = ""
-        first_waited = 0.0
+        if ctx.capture is not None:
+            ctx.capture.raw_answer = texts[0] if texts else None
+        first: tuple[CorrectionStream, str] | None = None
         if texts and texts[0] is not None:
             # Wait for the first corrected text before answering, so that on_error=fail can still be a 502.
-            first_stream = self.helpers.stream_correct(question, texts[0])
+            stream = self.helpers.stream_correct(question, texts[0])
+            ctx.track(stream)
             try:
-                first_delta = await first_stream.first()
+                first = (stream, await stream.first())
             except BaseException:
-                req.ctx.upstream_s += first_stream.waited_s
-                await first_stream.aclose()
+                await stream.aclose()
                 raise
-            first_waited = first_stream.waited_s
-            req.ctx.upstream_s += first_waited
         chunks = _ChunkMaker(answer, req.chat, include_usage)
-        first = (first_stream, first_delta, first_waited)
-        return StreamingResponse(
-            self._correction_events(req, trace, question, choices, texts, chunks, first),
-            media_type="text/event-stream", headers=SSE_HEADERS,
-        )
+        events = self._correction_events(req, trace, question, choices, texts, chunks, first)
+        return EventStream(ctx, events, upstream_headers(result.headers))
 
     async def _correction_events(
         self,
@@ -247,12 +265,10 @@ class Pipeline:
         choices: list[dict[str, Any]],
         texts: list[str | None],
         chunks: _ChunkMaker,
-        first: tuple[CorrectionStream | None, str, float],
-    ) -> AsyncIterator[bytes]:
-        """The stream's events; ``first`` is choice 0's correction stream, its first delta, and the time already
-        counted as waiting for it."""
+        first: tuple[CorrectionStream, str] | None,
+    ) -> AsyncGenerator[bytes, None]:
+        """The stream's events; ``first`` is choice 0's correction stream and its first delta."""
         ctx = req.ctx
-        first_stream, first_delta, first_waited = first
         skipped: list[str | None] = []
         # choice 0's corrected text, for the trace store (kept only when it records bodies)
         sent: list[str] | None = [] if ctx.capture is not None and ctx.capture.bodies else None
@@ -266,10 +282,11 @@ class Pipeline:
                     skipped.append("tool_calls")
                     yield chunks.tool_calls(index, choice)
                 else:
-                    if i == 0 and first_stream is not None:
-                        stream, delta = first_stream, first_delta
+                    if i == 0 and first is not None:
+                        stream, delta = first
                     else:
                         stream = self.helpers.stream_correct(question, text)
+                        ctx.track(stream)
                         delta = await stream.first()
                     if delta:
                         if sent is not None and i == 0:
@@ -281,7 +298,6 @@ class Pipeline:
                         yield chunks.text(index, delta)
                     skipped.append(stream.skipped)
                     aligner_s = max(aligner_s, stream.waited_s)
-                    ctx.upstream_s += stream.waited_s - (first_waited if stream is first_stream else 0.0)
                     stream = None
                 yield chunks.finish(index, choice.get("finish_reason"))
             trace.helper_ms.aligner = round(aligner_s * 1000, 3)
@@ -291,14 +307,10 @@ class Pipeline:
             ctx.outcome = exc.code
             logger.warning("request %s: streamed correction failed: %s", ctx.request_id, exc.message)
             yield error_frame(exc) + DONE
-        except asyncio.CancelledError:
-            ctx.outcome = "client_disconnected"
-            raise
         finally:
             if sent is not None and ctx.capture is not None:
                 ctx.capture.final_answer = "".join(sent) if sent else None
-            if stream is not None:  # failed or cancelled mid-correction: its wait still is helper time
-                ctx.upstream_s += stream.waited_s - (first_waited if stream is first_stream else 0.0)
+            if stream is not None:  # failed or cancelled mid-correction
                 await stream.aclose()
 
 

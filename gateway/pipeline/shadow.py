@@ -46,7 +46,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 from gateway import metrics
-from gateway.config import ARM_HELPERS, ShadowSettings
+from gateway.config import ShadowSettings
 from gateway.context import Capture, RequestContext
 from gateway.pipeline.helpers import Helpers, failure_reason
 from gateway.store.records import relayed_answer, request_data, shadow_row
@@ -96,11 +96,10 @@ class ShadowRunner:
         self.experiment = experiment
         self.helpers = helpers
         self.store = store
-        wanted = ARM_HELPERS[settings.arm]
-        self.rewrites = "rewriter" in wanted
-        self.aligns = "aligner" in wanted
+        self.rewrites = settings.arm.rewrites
+        self.aligns = settings.arm.aligns
         if (self.rewrites and helpers.rewriter is None) or (self.aligns and helpers.aligner is None):
-            raise ValueError(f"shadow arm {settings.arm!r} needs helpers that are not configured")
+            raise ValueError(f"shadow arm {settings.arm.value!r} needs helpers that are not configured")
         self._tasks: set[asyncio.Task[None]] = set()
         self._closing = False
 

@@ -13,7 +13,8 @@ class HelperMs(BaseModel):
 
 
 class Trace(BaseModel):
-    """DESIGN.md's trace, plus why a helper left its input unchanged (``*_skipped``: a guard or a failure)."""
+    """The README's trace object ("Arms and the pipeline"), plus why a helper left its input unchanged
+    (``*_skipped``: a guard or a failure)."""
 
     request_id: str
     arm: str

@@ -55,7 +55,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.config import ARM_HELPERS
+from gateway.config import ARMS, Arm
 from gateway.report import EXPORT_KINDS
 from gateway.report.source import FeedbackSummary, RequestRecord, Selection, read
 from models.aligner import question_from_messages
@@ -131,7 +131,7 @@ class ExportResult:
 def _runs(rec: RequestRecord, helper: str) -> bool:
     """Whether ``helper`` ran on this request (its arm has it, or it took time)."""
     took = rec.rewriter_ms if helper == "rewriter" else rec.aligner_ms
-    return helper in ARM_HELPERS.get(rec.arm, ()) or took is not None
+    return helper in (Arm(rec.arm).helpers if rec.arm in ARMS else ()) or took is not None
 
 
 def _conversation(rec: RequestRecord) -> list[Message]:

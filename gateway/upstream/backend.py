@@ -27,6 +27,9 @@ from gateway.upstream.protocol import UpstreamResult
 logger = logging.getLogger(__name__)
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: How long the end of a complete stream's body (after ``[DONE]``) is waited for, in the background, so that its
+#: connection can be reused; an upstream that takes longer has its connection closed.
+DRAIN_S = 1.0
 BACKOFF_BASE_S = 0.05
 BACKOFF_MAX_S = 2.0
 PROBE_TIMEOUT_S = 5.0
@@ -38,7 +41,7 @@ ErrorHook = Callable[[str, str], None]
 class UpstreamStream:
     """An open upstream response being streamed; ``close`` must be called (it releases the replica)."""
 
-    __slots__ = ("_backend", "_closed", "_resp", "replica", "replica_index", "status", "waited_s")
+    __slots__ = ("_backend", "_closed", "_resp", "headers", "replica", "replica_index", "status", "waited_s")
 
     def __init__(self, backend: RemoteBackend, replica: Replica, resp: aiohttp.ClientResponse) -> None:
         self._backend = backend
@@ -47,6 +50,7 @@ class UpstreamStream:
         self.replica = replica
         self.replica_index = replica.index
         self.status = resp.status
+        self.headers = resp.raw_headers
         #: Seconds spent waiting on the upstream inside ``chunks`` (for the gateway-overhead measure).
         self.waited_s = 0.0
 
@@ -75,15 +79,39 @@ class UpstreamStream:
                         _describe(exc))
             raise UpstreamBroken(f"Backend '{self._backend.name}' broke off the response mid-stream.") from exc
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
         if self._closed:
             return
         self._closed = True
+        self.replica.in_flight -= 1
         if self._resp.content.at_eof():
             self._resp.release()
+        elif complete:  # the answer is whole; the body's end is on its way: read it, keep the connection
+            task = asyncio.get_running_loop().create_task(_drain(self._resp))
+            _draining.add(task)
+            task.add_done_callback(_draining.discard)
         else:  # unfinished (client went away, or an error): drop the connection, which aborts the upstream
             self._resp.close()
-        self.replica.in_flight -= 1
+
+
+#: Background drains in flight (referenced so they are not collected).
+_draining: set[asyncio.Task[None]] = set()
+
+
+async def _drain(resp: aiohttp.ClientResponse) -> None:
+    """Read the rest of a complete stream's body for up to ``DRAIN_S``, then release its connection to the pool
+    (or close it, when the upstream keeps it open longer or breaks it)."""
+    try:
+        async with asyncio.timeout(DRAIN_S):
+            while await resp.content.readany():
+                pass
+    except (TimeoutError, aiohttp.ClientError, OSError):
+        resp.close()
+        return
+    except asyncio.CancelledError:
+        resp.close()
+        raise
+    resp.release()
 
 
 def _describe(exc: BaseException) -> str:
@@ -179,7 +207,7 @@ class RemoteBackend:
             finally:
                 if not handed_over:
                     replica.in_flight -= 1
-            result = UpstreamResult(resp.status, resp.content_type, data, replica.index)
+            result = UpstreamResult(resp.status, resp.content_type, data, replica.index, resp.raw_headers)
             if result.status in RETRY_STATUSES:
                 self._status_failed(replica, result.status)
                 last = result

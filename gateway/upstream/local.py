@@ -58,7 +58,7 @@ from gateway.errors import (
 )
 from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
 from gateway.sse import DONE
-from gateway.upstream.protocol import UpstreamResult
+from gateway.upstream.protocol import RawHeaders, UpstreamResult
 from models.engine import (
     ChatTurn,
     Completion,
@@ -531,6 +531,7 @@ class LocalStream:
     """
 
     replica_index = 0
+    headers: RawHeaders = ()
 
     def __init__(
         self, backend: LocalBackend, plan: _Plan, queue: asyncio.Queue[_Item], tasks: list[asyncio.Task[None]],
@@ -642,7 +643,7 @@ class LocalStream:
         finally:
             self.close()
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
         """Stop the engine's work if it is still running (idempotent)."""
         if self._closed:
             return

@@ -10,6 +10,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+#: Response headers as they came: ``(name, value)`` byte pairs, names in the sender's case.
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
 
 @dataclass(slots=True)
 class UpstreamResult:
@@ -20,6 +23,8 @@ class UpstreamResult:
     body: bytes
     #: Index of the replica that answered (0 for a local engine).
     replica: int
+    #: The upstream's response headers (none for a local engine).
+    headers: RawHeaders = ()
 
 
 class StreamHandle(Protocol):
@@ -29,10 +34,15 @@ class StreamHandle(Protocol):
     replica_index: int
     #: Seconds spent waiting on the backend inside ``chunks`` (for the gateway-overhead measure).
     waited_s: float
+    #: The upstream's response headers (none for a local engine).
+    headers: RawHeaders
 
     def chunks(self) -> AsyncIterator[bytes]: ...
 
-    def close(self) -> None: ...
+    def close(self, complete: bool = False) -> None:
+        """Release the stream (idempotent). ``complete``: the answer has ended (``[DONE]`` was read), so what the
+        upstream still sends need not be read by anyone; otherwise the upstream's work is aborted."""
+        ...
 
 
 class Backend(Protocol):

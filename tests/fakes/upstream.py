@@ -4,7 +4,7 @@ Run it as its own process from the repository root::
 
     python -m tests.fakes.upstream --host 127.0.0.1 --port 8001 [--name replica-a] \
         [--fail-status 503] [--delay-s 0.0] [--token-delay-s 0.0] [--require-key KEY] [--model NAME ...] \
-        [--reply TEXT]
+        [--reply TEXT] [--linger-s 0.0]
 
 Once it listens it prints ``READY <port>`` on stdout (``--port 0`` picks a free port and prints it).
 SIGTERM and SIGINT stop it cleanly with exit status 0.
@@ -33,6 +33,9 @@ Each request may carry an extra body field ``"fake": {...}`` that steers the fak
 * ``cut_after``: number of events sent before a ``cut`` (default 2).
 * ``n_words``: the reply is exactly ``w0 w1 ... w{n-1}`` (the hello text is dropped).
 * ``unicode``: append `` héllo ✓ 🌍 日本語`` to the reply.
+* ``linger_s``: streamed: keep the connection open this long after ``data: [DONE]`` before ending the response
+  (as some servers do); default ``--linger-s``.
+* ``headers``: extra response headers, ``{name: value}`` (e.g. an upstream ``x-request-id``).
 
 Introspection, outside ``/v1`` and never subject to ``--require-key`` or ``--fail-status``:
 ``GET /_fake/requests`` (the last 200 ``/v1`` requests), ``POST /_fake/reset``,
@@ -57,6 +60,7 @@ from typing import Any
 
 import orjson
 from aiohttp import web
+from multidict import CIMultiDict
 
 try:
     import uvloop
@@ -196,9 +200,13 @@ class FakeOpts:
     cut_after: int
     n_words: int | None
     unicode: bool
+    linger_s: float = 0.0
+    headers: dict[str, str] | None = None
 
     @classmethod
-    def parse(cls, raw: Any, default_delay_s: float, default_token_delay_s: float) -> FakeOpts:
+    def parse(
+        cls, raw: Any, default_delay_s: float, default_token_delay_s: float, default_linger_s: float = 0.0
+    ) -> FakeOpts:
         if not isinstance(raw, dict):
             raw = {}
         try:
@@ -212,6 +220,8 @@ class FakeOpts:
                 delay_s = default_delay_s
             token_delay = raw.get("token_delay_s")
             n_words = raw.get("n_words")
+            linger = raw.get("linger_s")
+            headers = raw.get("headers")
             return cls(
                 mode=mode,
                 status=int(raw.get("status") or 500),
@@ -220,6 +230,8 @@ class FakeOpts:
                 cut_after=int(raw.get("cut_after", DEFAULT_CUT_AFTER)),
                 n_words=None if n_words is None else int(n_words),
                 unicode=bool(raw.get("unicode", False)),
+                linger_s=default_linger_s if linger is None else float(linger),
+                headers={str(k): str(v) for k, v in headers.items()} if isinstance(headers, dict) else None,
             )
         except (TypeError, ValueError) as exc:
             raise BadRequest(f"invalid 'fake' field: {exc}") from exc
@@ -252,6 +264,8 @@ class Config:
     models: tuple[str, ...] = ()
     #: Every chat/completion reply is exactly this text (instead of the hello text), when set.
     reply: str | None = None
+    #: Seconds a stream stays open after ``[DONE]`` (per request: ``fake.linger_s``).
+    linger_s: float = 0.0
 
 
 class FakeUpstream:
@@ -368,7 +382,10 @@ class FakeUpstream:
     async def _reply(self, obj: JSONObj, opts: FakeOpts) -> web.Response:
         if opts.delay_s > 0:
             await asyncio.sleep(opts.delay_s)
-        return json_response(obj)
+        resp = json_response(obj)
+        if opts.headers:
+            resp.headers.update(opts.headers)
+        return resp
 
     async def _stream(
         self, request: web.Request, events: Iterable[bytes], opts: FakeOpts
@@ -376,7 +393,9 @@ class FakeUpstream:
         """Write SSE ``events`` then ``[DONE]``, honouring the delay, hang and cut modes."""
         self.streams_started += 1
         finished = cut = False
-        resp = web.StreamResponse(headers=_SSE_HEADERS)
+        headers = CIMultiDict(_SSE_HEADERS)
+        headers.update(opts.headers or {})
+        resp = web.StreamResponse(headers=headers)
         hang = opts.mode == "hang"
         cut_after = opts.cut_after if opts.mode == "cut" else -1
         token_delay = opts.token_delay_s
@@ -400,6 +419,8 @@ class FakeUpstream:
             if token_delay > 0:
                 await asyncio.sleep(token_delay)
             await resp.write(_DONE)
+            if opts.linger_s > 0:
+                await asyncio.sleep(opts.linger_s)
             await resp.write_eof()
             finished = True
             return resp
@@ -432,7 +453,9 @@ class FakeUpstream:
             return early
         try:
             body = self._parse(raw)
-            opts = FakeOpts.parse(body.get("fake"), self.config.delay_s, self.config.token_delay_s)
+            opts = FakeOpts.parse(
+                body.get("fake"), self.config.delay_s, self.config.token_delay_s, self.config.linger_s
+            )
             n = _opt_int(body, "n") or 1
             max_tokens = _opt_int(body, "max_completion_tokens")
             if max_tokens is None:
@@ -618,7 +641,9 @@ class FakeUpstream:
             return early
         try:
             body = self._parse(raw)
-            opts = FakeOpts.parse(body.get("fake"), self.config.delay_s, self.config.token_delay_s)
+            opts = FakeOpts.parse(
+                body.get("fake"), self.config.delay_s, self.config.token_delay_s, self.config.linger_s
+            )
             n = _opt_int(body, "n") or 1
             max_tokens = _opt_int(body, "max_tokens")
             logprobs_k = _opt_int(body, "logprobs")
@@ -828,6 +853,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
     parser.add_argument(
         "--reply", default=None, help="every chat/completion reply is exactly TEXT (instead of the hello text)"
     )
+    parser.add_argument(
+        "--linger-s", type=float, default=0.0, help="default seconds a stream stays open after [DONE]"
+    )
     args = parser.parse_args(argv)
     config = Config(
         name=args.name,
@@ -837,6 +865,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
         require_key=args.require_key,
         models=tuple(args.model),
         reply=args.reply,
+        linger_s=args.linger_s,
     )
     return config, args.host, args.port
 

@@ -13,9 +13,8 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp import web
-from fastapi import FastAPI
 
-from gateway.app import create_app
+from gateway.app import GatewayApp, create_app
 from gateway.config import Settings
 from gateway.upstream import backend as backend_mod
 
@@ -104,7 +103,7 @@ def settings_for(backends: list[dict[str, Any]], *, store: dict[str, Any] | None
     )
 
 
-GatewayFactory = Callable[..., AbstractAsyncContextManager[tuple[FastAPI, httpx.AsyncClient]]]
+GatewayFactory = Callable[..., AbstractAsyncContextManager[tuple[GatewayApp, httpx.AsyncClient]]]
 
 
 @pytest.fixture
@@ -115,10 +114,10 @@ def gateway(tmp_path: Path) -> GatewayFactory:
     @asynccontextmanager
     async def run(
         backends: list[dict[str, Any]], *, store: dict[str, Any] | None = None, **server: Any
-    ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    ) -> AsyncIterator[tuple[GatewayApp, httpx.AsyncClient]]:
         store = store if store is not None else {"url": f"sqlite:///{tmp_path / 'aligngate.db'}"}
         app = create_app(settings_for(backends, store=store, **server))
-        async with app.router.lifespan_context(app):
+        async with app.lifespan():
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://gateway") as client:
                 yield app, client

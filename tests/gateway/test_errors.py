@@ -1,12 +1,14 @@
-"""gateway/errors.py: the OpenAI error shape for every error class, validation errors, frames and handlers."""
+"""gateway/errors.py: the OpenAI error shape for every error class, validation errors, frames, and the one mapping
+from exceptions to responses as the router (gateway/routing.py) serves it."""
 
 from __future__ import annotations
 
 import httpx
 import orjson
 import pytest
-from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
+from starlette.requests import Request
+from starlette.responses import Response
 
 from gateway.errors import (
     BadRequest,
@@ -23,9 +25,10 @@ from gateway.errors import (
     error_frame,
     error_response,
     from_validation_error,
-    install_handlers,
     internal_error_body,
 )
+from gateway.inference.schemas import parse_request
+from gateway.routing import Router, endpoint
 from gateway.sse import iter_events
 
 
@@ -185,30 +188,30 @@ def test_validation_empty_error_list() -> None:
     assert exc.status == 400
 
 
-# ---------------------------------------------------------------- install_handlers
+# ---------------------------------------------------------------- response_for, route_error (through the router)
 
 
-def _tiny_app() -> FastAPI:
-    app = FastAPI()
-    install_handlers(app)
+def _tiny_app() -> Router:
+    async def thing(request: Request) -> Response:
+        return Response(orjson.dumps({"ok": "yes"}), media_type="application/json")
 
-    @app.get("/thing")
-    async def thing() -> dict[str, str]:
-        return {"ok": "yes"}
+    async def items(request: Request) -> Response:
+        body = parse_request(await request.body(), Body)
+        return Response(orjson.dumps({"model": body.model}), media_type="application/json")
 
-    @app.post("/items")
-    async def items(body: Body) -> dict[str, str]:
-        return {"model": body.model}
-
-    @app.get("/limited")
-    async def limited() -> None:
+    async def limited(request: Request) -> Response:
         raise RateLimited("slow down", param="user")
 
-    @app.get("/pydantic")
-    async def raw_pydantic() -> None:
+    async def raw_pydantic(request: Request) -> Response:
         Body.model_validate({"model": "m"})
+        raise AssertionError("unreachable")
 
-    return app
+    return Router([
+        ("GET", "/thing", endpoint(thing)),
+        ("POST", "/items", endpoint(items)),
+        ("GET", "/limited", endpoint(limited)),
+        ("GET", "/pydantic", endpoint(raw_pydantic)),
+    ])
 
 
 @pytest.fixture

@@ -14,9 +14,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from gateway.errors import UpstreamBroken, error_frame
-from gateway.inference.relay import normalize_error_body, relay_result
 from gateway.sse import DONE
-from gateway.upstream.backend import UpstreamResult
 
 CHAT_OK = (
     b'{"id":"chatcmpl-1", "object":"chat.completion","model":"served",'
@@ -532,38 +530,3 @@ async def test_client_disconnect_during_upload_is_499(gateway, up, caplog) -> No
 
 
 # ---------------------------------------------------------------- helpers of the service
-
-
-def test_normalize_error_body() -> None:
-    openai = b'{"error":{"message":"m","type":"t","param":null,"code":null}}'
-    assert normalize_error_body(400, openai) is openai
-    assert orjson.loads(normalize_error_body(502, b"Bad Gateway")) == {
-        "error": {"message": "Bad Gateway", "type": "upstream_error", "param": None, "code": 502}
-    }
-    assert orjson.loads(normalize_error_body(503, b"   ")) == {
-        "error": {"message": "Upstream answered HTTP 503.", "type": "upstream_error", "param": None, "code": 503}
-    }
-    assert orjson.loads(normalize_error_body(500, b"x" * 5000))["error"]["message"] == "x" * 1000
-    assert orjson.loads(normalize_error_body(500, b"[1, 2]")) == {
-        "error": {"message": "Upstream answered HTTP 500.", "type": "upstream_error", "param": None, "code": 500}
-    }
-    old = b'{"object":"error","message":"too long","type":"BadRequestError","param":"messages","code":400}'
-    assert orjson.loads(normalize_error_body(400, old)) == {
-        "error": {"message": "too long", "type": "BadRequestError", "param": "messages", "code": 400}
-    }
-    minimal = b'{"message":"boom"}'
-    assert orjson.loads(normalize_error_body(500, minimal)) == {
-        "error": {"message": "boom", "type": "upstream_error", "param": None, "code": 500}
-    }
-    assert orjson.loads(normalize_error_body(500, b"\xff\xfe broken"))["error"]["message"] == "\ufffd\ufffd broken"
-
-
-def test_relay_result() -> None:
-    ok = relay_result(UpstreamResult(200, "application/json", b'{"a": 1}', 0))
-    assert (ok.status_code, ok.body, ok.media_type) == (200, b'{"a": 1}', "application/json")
-    untyped = relay_result(UpstreamResult(200, "", b"{}", 0))
-    assert untyped.media_type == "application/json"
-    err = relay_result(UpstreamResult(500, "text/html", b"<h1>oops</h1>", 1))
-    assert err.status_code == 500
-    assert err.media_type == "application/json"
-    assert orjson.loads(err.body)["error"]["message"] == "<h1>oops</h1>"

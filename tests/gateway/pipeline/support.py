@@ -23,17 +23,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
-from fastapi import FastAPI
 
+from gateway.app import GatewayApp
 from gateway.auth import ApiKeyAuth
 from gateway.config import ExperimentSettings, HelperSettings, HelpersSettings, ShadowSettings
-from gateway.errors import install_handlers
-from gateway.feedback.router import router as feedback_router
 from gateway.feedback.service import FeedbackService
-from gateway.inference.router import router as inference_router
 from gateway.inference.service import InferenceService
-from gateway.middleware import RequestMiddleware
-from gateway.ops.router import router as ops_router
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers, OnError
 from gateway.pipeline.pipeline import Pipeline
@@ -190,6 +185,7 @@ class FakeStream:
     def __init__(self, events: list[bytes]) -> None:
         self.replica_index = 0
         self.waited_s = 0.0
+        self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.closed = False
         self._events = events
 
@@ -198,7 +194,7 @@ class FakeStream:
             await asyncio.sleep(0)
             yield event
 
-    def close(self) -> None:
+    def close(self, complete: bool = False) -> None:
         self.closed = True
 
 
@@ -307,7 +303,7 @@ def _text(content: Any) -> str:
 class Rig:
     """One app with its fakes."""
 
-    app: FastAPI
+    app: GatewayApp
     backend: FakeBackend
     rewriter: RewriterEngine | None
     aligner: AlignerEngine | None
@@ -351,12 +347,7 @@ def make_rig(
               if store is not None and experiment_settings.shadow.share > 0 else None)
     backend = FakeBackend()
     auth = ApiKeyAuth(api_keys or [])
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    install_handlers(app)
-    app.include_router(inference_router)
-    app.include_router(feedback_router)
-    app.include_router(ops_router)
-    app.add_middleware(RequestMiddleware)
+    app = GatewayApp()
     app.state.inference = InferenceService(
         {backend.name: backend}, auth, max_body_bytes=1_000_000,
         arms=ArmChooser(experiment_settings, helper_settings), pipeline=Pipeline(helpers),

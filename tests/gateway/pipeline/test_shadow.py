@@ -473,7 +473,7 @@ async def test_the_app_wires_shadow_mode_and_waits_for_it_at_shutdown(
         "store": {"url": f"sqlite:///{db}"},
     })
     app = create_app(settings)
-    async with app.router.lifespan_context(app):
+    async with app.lifespan():
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://gw") as http:
             r = await http.post("/v1/chat/completions", json=chat_body())
         assert r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == ORIGINAL

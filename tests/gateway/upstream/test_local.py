@@ -14,16 +14,13 @@ import httpx
 import openai
 import orjson
 import pytest
-from fastapi import FastAPI
 from openai.types import Completion as OpenAICompletion
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
+from gateway.app import GatewayApp
 from gateway.auth import ApiKeyAuth
-from gateway.errors import UpstreamBroken, UpstreamTimeout, install_handlers
-from gateway.inference.router import router as inference_router
+from gateway.errors import UpstreamBroken, UpstreamTimeout
 from gateway.inference.service import InferenceService
-from gateway.middleware import RequestMiddleware
-from gateway.ops.router import router as ops_router
 from gateway.sse import iter_events
 from gateway.upstream.local import LocalBackend, LocalStream
 from gateway.upstream.protocol import UpstreamResult
@@ -771,13 +768,9 @@ def test_constructor_checks_its_arguments() -> None:
 # ---------------------------------------------------------------- through the gateway, with the openai SDK
 
 
-def gateway_app(b: LocalBackend) -> FastAPI:
-    """The gateway's routers and middleware around one local backend (as ``create_app`` wires them)."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    install_handlers(app)
-    app.include_router(inference_router)
-    app.include_router(ops_router)
-    app.add_middleware(RequestMiddleware)
+def gateway_app(b: LocalBackend) -> GatewayApp:
+    """The gateway's routes and middleware around one local backend (as ``create_app`` wires them)."""
+    app = GatewayApp()
     app.state.inference = InferenceService({b.name: b}, ApiKeyAuth([]), max_body_bytes=1_000_000)
     return app
 

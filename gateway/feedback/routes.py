@@ -1,18 +1,20 @@
-"""Thin router for ``POST /v1/feedback``; the work is in ``service.py``."""
+"""The route ``POST /v1/feedback``; the work is in ``service.py``."""
 
 from __future__ import annotations
 
 import orjson
-from fastapi import APIRouter, Request
+from starlette.requests import Request
 from starlette.responses import Response
+from starlette.types import ASGIApp
 
 from gateway.feedback.service import FeedbackService
+from gateway.routing import endpoint
 
-router = APIRouter()
 
-
-@router.post("/v1/feedback")
 async def feedback(request: Request) -> Response:
     service: FeedbackService = request.app.state.feedback
     answer = await service.submit(request)
     return Response(orjson.dumps(answer.model_dump()), media_type="application/json")
+
+
+ROUTES: list[tuple[str, str, ASGIApp]] = [("POST", "/v1/feedback", endpoint(feedback))]
