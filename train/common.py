@@ -1,4 +1,4 @@
-"""Shared pieces of the trainers: recipes (YAML → dataclass with ``key=value`` overrides), model loading for
+"""Shared pieces of the trainers: the recipe keys every method shares (parsed by :mod:`core.recipe`), model loading for
 training (HF directory, GGUF file or ``builtin:NAME``, via :func:`models.local.source.resolve_source`), LoRA or
 full fine-tuning, datasets from :mod:`train.data`, TRL argument building and saving (adapter, optional merge).
 
@@ -7,18 +7,14 @@ Heavy imports (torch, transformers, peft, trl, datasets) happen inside functions
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
-import types
-import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import yaml
-
+from core.recipe import RecipeError, load_recipe
 from train.data import bundled
 from train.data.builders import (
     aligner_sft,
@@ -36,10 +32,6 @@ from train.data.loaders import load_any
 log = logging.getLogger(__name__)
 
 C = TypeVar("C", bound="TrainConfig")
-
-
-class RecipeError(ValueError):
-    """A recipe file or override is invalid (unknown key, bad value); the message says which."""
 
 
 @dataclass
@@ -98,126 +90,6 @@ class TrainConfig:
     #: ``auto``: bf16 on CUDA, else fp32; or ``bf16``, ``fp16``, ``fp32``.
     dtype: str = "auto"
     cache_dir: str | None = None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Recipes
-
-
-def _convert(value: object, tp: Any, key: str) -> Any:
-    """Check/convert ``value`` (from YAML or an override string parsed as YAML) to the annotated type ``tp``."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in (a for a in args if a is not type(None)):
-            try:
-                return _convert(value, arg, key)
-            except RecipeError:
-                continue
-        raise RecipeError(f"{key}: {value!r} is not a valid {tp}")
-    if origin is list:
-        (item,) = typing.get_args(tp)
-        if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise RecipeError(f"{key}: expected a list, got {value!r}")
-        return [_convert(v, item, key) for v in value]
-    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
-        if isinstance(value, tp):
-            return value
-        if not isinstance(value, Mapping):
-            raise RecipeError(f"{key}: expected a mapping, got {value!r}")
-        return _build(tp, value, prefix=f"{key}.")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise RecipeError(f"{key}: expected true/false, got {value!r}")
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise RecipeError(f"{key}: expected an integer, got {value!r}")
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise RecipeError(f"{key}: expected a number, got {value!r}")
-    if tp is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise RecipeError(f"{key}: expected a string, got {value!r}")
-    raise RecipeError(f"{key}: unsupported type {tp}")  # pragma: no cover - a programming error
-
-
-def _build(cls: type[Any], data: Mapping[str, object], prefix: str = "") -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RecipeError(
-            f"unknown recipe key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"known: {', '.join(prefix + n for n in sorted(names))}"
-        )
-    kwargs = {k: _convert(v, hints[k], prefix + k) for k, v in data.items()}
-    return cls(**kwargs)
-
-
-def parse_overrides(overrides: Sequence[str]) -> dict[str, Any]:
-    """``["a=1", "dataset.path=x.jsonl"]`` → nested dict; values are parsed as YAML scalars/flow collections."""
-    out: dict[str, Any] = {}
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        key = key.strip()
-        if not sep or not key:
-            raise RecipeError(f"override {item!r} is not key=value")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
-        parts = key.split(".")
-        node = out
-        for part in parts[:-1]:
-            child = node.setdefault(part, {})
-            if not isinstance(child, dict):
-                raise RecipeError(f"override {item!r} conflicts with another override of {part}")
-            node = child
-        node[parts[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in extra.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
-        else:
-            out[k] = v
-    return out
-
-
-def load_recipe(cls: type[C], path: str | Path | None = None, overrides: Sequence[str] = ()) -> C:
-    """A ``cls`` from a YAML recipe (optional) plus ``key=value`` overrides (dotted keys reach into ``dataset``)."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except OSError as exc:
-            raise RecipeError(f"cannot read recipe {path}: {exc}") from exc
-        except yaml.YAMLError as exc:
-            raise RecipeError(f"recipe {path} is not valid YAML: {exc}") from exc
-        if loaded is None:
-            loaded = {}
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"recipe {path}: expected a mapping at the top level")
-        data = loaded
-    data = _merge(data, parse_overrides(overrides))
-    result: C = _build(cls, data)
-    return result
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -8,15 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    preference_rows,
-    run_main,
-    to_datasets,
-    trl_args,
-)
+from train.common import TrainConfig, fit, load_causal_lm, preference_rows, run_main, to_datasets, trl_args
 
 
 @dataclass

@@ -23,8 +23,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.recipe import RecipeError
 from core.stats import wilson_interval
-from train.common import DatasetSpec, RecipeError, dataset_path
+from train.common import DatasetSpec, dataset_path
 from train.data.builders import train_eval_split
 
 #: Keys a response row may carry its response under, in the order they are looked for.

@@ -6,15 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    run_main,
-    to_datasets,
-    trl_args,
-    unpaired_rows,
-)
+from train.common import TrainConfig, fit, load_causal_lm, run_main, to_datasets, trl_args, unpaired_rows
 
 
 @dataclass

@@ -19,9 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.recipe import RecipeError
 from train.common import (
     DatasetSpec,
-    RecipeError,
     TrainConfig,
     load_tokenizer,
     model_dir,

@@ -14,7 +14,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from train.common import RecipeError, load_recipe
+from core.recipe import RecipeError, load_recipe
 
 METHODS: dict[str, str] = {
     "sft": "train.sft",

@@ -11,15 +11,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    run_main,
-    sft_rows,
-    to_datasets,
-    trl_args,
-)
+from train.common import TrainConfig, fit, load_causal_lm, run_main, sft_rows, to_datasets, trl_args
 
 log = logging.getLogger(__name__)
 

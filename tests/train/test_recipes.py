@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from train.common import DatasetSpec, RecipeError, TrainConfig, dataset_path, load_recipe, parse_overrides
+from core.recipe import RecipeError, load_recipe
+from train.common import DatasetSpec, TrainConfig, dataset_path
 from train.data import bundled
 
 RECIPES = Path(__file__).resolve().parents[2] / "train" / "recipes"
@@ -56,10 +57,6 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 def test_bad_overrides_are_clear(overrides: list[str], message: str) -> None:
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_recipe(TrainConfig, None, overrides)
-
-
-def test_parse_overrides_yaml_values() -> None:
-    assert parse_overrides(["a=1", "b.c=x", "d=[1, 2]", "e="]) == {"a": 1, "b": {"c": "x"}, "d": [1, 2], "e": ""}
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from train.common import load_recipe
+from core.recipe import load_recipe
 
 log = logging.getLogger(__name__)
 

@@ -25,7 +25,8 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from train.common import RecipeError, TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype, write_outputs
+from core.recipe import RecipeError
+from train.common import TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype, write_outputs
 from train.data.builders import train_eval_split
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.common import load_recipe
+from core.recipe import load_recipe
 from train.ppo import run as ppo_run
 
 

@@ -13,10 +13,10 @@ pytest.importorskip("peft")
 
 import torch
 
+from core.recipe import RecipeError
 from gateway.cli import main as cli_main
 from tests.train.ppo.support import ppo_recipe
 from train import rm
-from train.common import RecipeError
 from train.ppo import run as ppo_run
 from train.run import build
 
