@@ -16,7 +16,7 @@ import torch
 from core.recipe import RecipeError, load_recipe
 from tests.train.support import preference_pairs, write_jsonl
 from train import dpo, kto, rm, sft
-from train.common import TrainConfig
+from train.config import TrainConfig
 
 WORDS = [
     "the",

@@ -26,8 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from core.recipe import RecipeError
-from train.common import TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype, write_outputs
+from train.config import TrainConfig
 from train.data.builders import train_eval_split
+from train.modeling import load_causal_lm, torch_dtype
+from train.outputs import write_outputs
+from train.rows import sft_rows
+from train.run import run_main
 
 log = logging.getLogger(__name__)
 
