@@ -119,9 +119,9 @@ def measure_ppo(steps: int, workdir: Path) -> Result:
     tokens = sum(r["tokens"] for r in timed)
     seconds = rows[-1]["seconds"] - rows[0]["seconds"]
     from core.recipe import load_recipe
-    from train.ppo.run import PPORecipe
+    from train.ppo.config import PPOConfig
 
-    config = load_recipe(PPORecipe, ROOT / recipe)
+    config = load_recipe(PPOConfig, ROOT / recipe)
     batch = f"{config.batch_size} rollouts, {config.max_new_tokens} new tokens, {config.ppo_epochs} epochs"
     return Result("ppo", len(timed), int(tokens), seconds, tokens / seconds, seconds / len(timed), batch)
 

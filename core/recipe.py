@@ -6,8 +6,9 @@
 * every problem (an unknown key, a value of the wrong type, an unreadable file) raises :class:`RecipeError`
   naming the key or the file.
 
-Supported field types: ``bool``, ``int``, ``float``, ``str``, ``list[T]`` (a comma-separated string is split),
-optional/union types, and nested dataclasses (a mapping). Only the standard library and PyYAML are used.
+Supported field types: ``bool``, ``int``, ``float``, ``str``, ``Literal[...]``, ``list[T]`` (a comma-separated
+string is split), optional/union types, and nested dataclasses (a mapping). Only the standard library and PyYAML
+are used.
 """
 
 from __future__ import annotations
@@ -46,6 +47,11 @@ def _convert(value: object, tp: Any, key: str) -> Any:
             except RecipeError:
                 continue
         raise RecipeError(f"{key}: {value!r} is not a valid {tp}")
+    if origin is typing.Literal:
+        allowed = typing.get_args(tp)
+        if any(type(value) is type(a) and value == a for a in allowed):
+            return value
+        raise RecipeError(f"{key}: expected one of {', '.join(map(str, allowed))}, got {value!r}")
     if origin is list:
         (item,) = typing.get_args(tp)
         if isinstance(value, str):

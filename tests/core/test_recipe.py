@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import pytest
 
@@ -27,6 +28,7 @@ class Outer:
     resume: str | bool | None = None
     inner: Inner = field(default_factory=Inner)
     extra: list[Inner] = field(default_factory=list)
+    mode: Literal["k1", "k3"] = "k1"
 
 
 def _match(message: str) -> str:
@@ -72,6 +74,7 @@ def test_any_dataclass_from_yaml_and_overrides(tmp_path: Path) -> None:
         extra=[Inner(path="b")],
     )
     assert isinstance(config.rate, float)
+    assert load_recipe(Outer, None, ["mode=k3"]).mode == "k3"
     assert load_recipe(Outer) == Outer()
     assert load_recipe(Outer, None, ["rate=3", "name=12", "resume=ckpt"]) == Outer(rate=3.0, name="12", resume="ckpt")
 
@@ -79,7 +82,7 @@ def test_any_dataclass_from_yaml_and_overrides(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        (["stepz=3"], "unknown recipe key(s) stepz; known: extra, flag, inner, name"),
+        (["stepz=3"], "unknown recipe key(s) stepz; known: extra, flag, inner, mode, name"),
         (["inner.pth=x"], "unknown recipe key(s) inner.pth; known: inner.kind, inner.limit, inner.path"),
         (["steps=many"], "steps: expected an integer"),
         (["steps=1.5"], "steps: expected an integer"),
@@ -89,6 +92,7 @@ def test_any_dataclass_from_yaml_and_overrides(tmp_path: Path) -> None:
         (["inner=3"], "inner: expected a mapping"),
         (["extra=3"], "extra: expected a list"),
         (["inner.limit=lots"], "inner.limit: 'lots' is not a valid"),
+        (["mode=k2"], "mode: expected one of k1, k3, got 'k2'"),
         (["novalue"], "is not key=value"),
     ],
 )
