@@ -94,7 +94,7 @@ def measure_trl(method: str, steps: int, workdir: Path) -> Result:
     if len(points) < 2:
         raise SystemExit(f"{method}: fewer than 2 num_tokens points in {out}")
     (t0, n0), (t1, n1) = points[0], points[-1]
-    from train.common import load_recipe
+    from core.recipe import load_recipe
     from train.run import method_module
 
     config = load_recipe(method_module(cli).RECIPE, ROOT / recipe)
@@ -118,10 +118,10 @@ def measure_ppo(steps: int, workdir: Path) -> Result:
     timed = rows[1:]
     tokens = sum(r["tokens"] for r in timed)
     seconds = rows[-1]["seconds"] - rows[0]["seconds"]
-    from train.common import load_recipe
-    from train.ppo.run import PPORecipe
+    from core.recipe import load_recipe
+    from train.ppo.config import PPOConfig
 
-    config = load_recipe(PPORecipe, ROOT / recipe)
+    config = load_recipe(PPOConfig, ROOT / recipe)
     batch = f"{config.batch_size} rollouts, {config.max_new_tokens} new tokens, {config.ppo_epochs} epochs"
     return Result("ppo", len(timed), int(tokens), seconds, tokens / seconds, seconds / len(timed), batch)
 

@@ -1,2 +1,2 @@
-"""The bottom layer every other package may import: shared statistics (and nothing that imports gateway/, models/
-or train/)."""
+"""The bottom layer every other package may import: shared statistics (:mod:`core.stats`) and recipes, YAML +
+``key=value`` overrides → any dataclass (:mod:`core.recipe`); nothing here imports gateway/, models/ or train/."""

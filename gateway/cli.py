@@ -28,7 +28,8 @@ def _store_flags(parser: argparse.ArgumentParser, experiment_help: str) -> None:
         "--config", metavar="FILE", help="YAML config file: its store.url is read (env ALIGNGATE_STORE__URL overrides)"
     )
     parser.add_argument(
-        "--store", metavar="URL",
+        "--store",
+        metavar="URL",
         help="trace store URL (sqlite:///aligngate.db, postgresql://...); default: the config's store.url",
     )
     parser.add_argument("--experiment", metavar="NAME", help=experiment_help)
@@ -55,7 +56,8 @@ def _parser() -> argparse.ArgumentParser:
     ab = sub.add_parser("ab", help="A/B experiment results from the trace store")
     ab_sub = ab.add_subparsers(dest="ab_command", metavar="{report}", required=True)
     report = ab_sub.add_parser(
-        "report", help="per-arm results of an experiment (default: the most recent): report.md and report.png",
+        "report",
+        help="per-arm results of an experiment (default: the most recent): report.md and report.png",
         description="Per-arm requests, error rate, latency, helper latency, thumbs-up rate (Wilson interval) and "
         "its difference against control (two-proportion z-test). Writes report.md and report.png into --out "
         "and prints the table.",
@@ -63,14 +65,16 @@ def _parser() -> argparse.ArgumentParser:
     _store_flags(report, "the experiment to report on (default: the one of the most recent request)")
     report.add_argument("--out", metavar="DIR", default="ab-report", help="output folder (default: ./ab-report)")
     report.add_argument(
-        "--include-forced", action="store_true",
+        "--include-forced",
+        action="store_true",
         help="include requests whose arm was forced with X-Aligngate-Arm (not randomised; left out by default)",
     )
 
     data = sub.add_parser("data", help="training data from the trace store")
     data_sub = data.add_subparsers(dest="data_command", metavar="{export}", required=True)
     export = data_sub.add_parser(
-        "export", help="write preference, aligner or rewriter training rows (JSONL) for train/",
+        "export",
+        help="write preference, aligner or rewriter training rows (JSONL) for train/",
         description="Export the store's requests and feedback as JSONL that train/ reads "
         "(train.data.loaders.load_gateway_export). The rules of each kind are in the README.",
     )
@@ -79,7 +83,8 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--out", metavar="FILE.jsonl", required=True, help="output file (written atomically)")
 
     train = sub.add_parser(
-        "train", help="train a helper or the base model: sft, rm, dpo, kto, ppo (needs aligngate[local,train])",
+        "train",
+        help="train a helper or the base model: sft, rm, dpo, kto, ppo (needs aligngate[local,train])",
         description="Train with a YAML recipe (train/recipes/); key=value arguments override recipe keys "
         "(dotted keys reach into sections, e.g. dataset.path=FILE max_steps=10 lora=false).",
     )
@@ -96,8 +101,8 @@ def _fail(message: str, status: int = 2) -> int:
 
 def _serve(args: argparse.Namespace) -> int:
     server: dict[str, Any] = {
-        k: v for k, v in
-        {"host": args.host, "port": args.port, "workers": args.workers, "log_level": args.log_level}.items()
+        k: v
+        for k, v in {"host": args.host, "port": args.port, "workers": args.workers, "log_level": args.log_level}.items()
         if v is not None
     }
     try:
@@ -149,8 +154,9 @@ def _ab_report(args: argparse.Namespace) -> int:
     except _Usage as exc:
         return _fail(str(exc))
     try:
-        snapshot = read(url, Selection(args.experiment, since, args.include_forced), latest_by_default=True,
-                        timeout_s=timeout_s)
+        snapshot = read(
+            url, Selection(args.experiment, since, args.include_forced), latest_by_default=True, timeout_s=timeout_s
+        )
     except StoreError as exc:
         return _fail(str(exc))
     if not snapshot.requests:
@@ -158,16 +164,21 @@ def _ab_report(args: argparse.Namespace) -> int:
             return _fail(f"nothing to report: the store {snapshot.url} has no requests yet", 1)
         what = f"experiment {snapshot.experiment!r}" + (f" since {format_time(since)}" if since is not None else "")
         if snapshot.forced_excluded:
-            return _fail(f"nothing to report: {what} has only forced-arm requests ({snapshot.forced_excluded}); "
-                         "--include-forced includes them", 1)
+            return _fail(
+                f"nothing to report: {what} has only forced-arm requests ({snapshot.forced_excluded}); "
+                "--include-forced includes them",
+                1,
+            )
         return _fail(f"nothing to report: {what} has no requests", 1)
     report = summarize(snapshot, since=since, include_forced=args.include_forced)
     try:
         files = write_report(report, Path(args.out))
     except OSError as exc:
         return _fail(f"cannot write the report into {args.out}: {exc}", 1)
-    print(f"experiment {report.experiment}: {sum(a.requests for a in report.arms)} requests, "
-          f"{format_time(report.first)} to {format_time(report.last)}")
+    print(
+        f"experiment {report.experiment}: {sum(a.requests for a in report.arms)} requests, "
+        f"{format_time(report.first)} to {format_time(report.last)}"
+    )
     print(render_table(report))
     written = f"{files.markdown}" + (f" and {files.png}" if files.png is not None else "")
     print(f"wrote {written}")
@@ -202,7 +213,7 @@ def _train(args: argparse.Namespace) -> int:
     if bad:
         return _fail(f"train: overrides must be key=value, got {' '.join(bad)}")
     try:
-        from train.common import RecipeError
+        from core.recipe import RecipeError
         from train.run import MethodUnavailable, run
     except ImportError as exc:
         return _fail(f"train needs the training extra: pip install 'aligngate[local,train]' ({exc})")

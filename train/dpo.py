@@ -8,15 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    preference_rows,
-    run_main,
-    to_datasets,
-    trl_args,
-)
+from train.config import TrainConfig
+from train.modeling import load_causal_lm
+from train.rows import preference_rows, to_datasets
+from train.run import run_main
+from train.trl_fit import fit, trl_args
 
 
 @dataclass

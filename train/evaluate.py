@@ -23,9 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from core.recipe import RecipeError
 from core.stats import wilson_interval
-from train.common import DatasetSpec, RecipeError, dataset_path
+from train.config import DatasetSpec
 from train.data.builders import train_eval_split
+from train.rows import dataset_path
 
 #: Keys a response row may carry its response under, in the order they are looked for.
 RESPONSE_KEYS = ("response", "completion", "output")
@@ -94,7 +96,7 @@ def preference_pairs(
     """Preference rows of ``data`` (a file or ``bundled:REL``): with ``split="eval"`` only the rows the RM trainer
     holds out for the same ``eval_share`` and ``seed`` (the split hashes each row's prompt, so these rows were
     never trained on, whatever else the training set held); ``split="all"`` keeps every row."""
-    from train.common import preference_rows
+    from train.rows import preference_rows
 
     if split not in SPLITS:
         raise EvalError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")

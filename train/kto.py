@@ -6,15 +6,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    run_main,
-    to_datasets,
-    trl_args,
-    unpaired_rows,
-)
+from train.config import TrainConfig
+from train.modeling import load_causal_lm
+from train.rows import to_datasets, unpaired_rows
+from train.run import run_main
+from train.trl_fit import fit, trl_args
 
 
 @dataclass

@@ -19,21 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from train.common import (
-    DatasetSpec,
-    RecipeError,
-    TrainConfig,
-    load_tokenizer,
-    model_dir,
-    peft_config,
-    preference_rows,
-    resume_arg,
-    run_main,
-    save_outputs,
-    torch_dtype,
-    trl_args,
-)
+from core.recipe import RecipeError
+from train.config import DatasetSpec, TrainConfig
 from train.data.builders import train_eval_split
+from train.modeling import load_tokenizer, model_dir, peft_config, torch_dtype
+from train.outputs import save_outputs
+from train.rows import preference_rows
+from train.run import run_main
+from train.trl_fit import resume_arg, trl_args
 
 log = logging.getLogger(__name__)
 

@@ -1,9 +1,10 @@
-"""``aligngate train METHOD --config RECIPE.yaml [key=value ...]``: pick the method's module, build its recipe,
-run its ``main``.
+"""The entry points of the training methods: ``aligngate train METHOD --config RECIPE.yaml [key=value ...]``
+(:func:`run`: pick the method's module, build its recipe, run its ``main``) and ``python -m train.METHOD
+RECIPE.yaml [key=value ...]`` (:func:`run_main`, called by each method module).
 
-A method module exposes ``RECIPE`` (the recipe dataclass, usually a :class:`train.common.TrainConfig` subclass)
+A method module exposes ``RECIPE`` (the recipe dataclass, usually a :class:`train.config.TrainConfig` subclass)
 and ``main(config) -> dict`` (metrics and output paths). PPO lives in ``train/ppo/``; its entry point is the
-module ``train.ppo.run`` with the same two names (until it exists, ``aligngate train ppo`` says so).
+module ``train.ppo.run`` with the same two names. A method whose module is missing is reported as unavailable.
 """
 
 from __future__ import annotations
@@ -11,10 +12,12 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
-from train.common import RecipeError, load_recipe
+from core.recipe import RecipeError, load_recipe
+
+T = TypeVar("T")
 
 METHODS: dict[str, str] = {
     "sft": "train.sft",
@@ -60,7 +63,23 @@ def build(method: str, config_path: str | None, overrides: Sequence[str] = ()) -
 def run(method: str, config_path: str | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """Train with ``method`` and return what its ``main`` returns (metrics and output paths)."""
     module, recipe = build(method, config_path, overrides)
+    return _report(module.main, recipe)
+
+
+def run_main(cls: type[T], main: Callable[[T], dict[str, Any]], argv: Sequence[str] | None = None) -> int:
+    """``python -m train.METHOD RECIPE.yaml [key=value ...]``: ``main`` on the recipe ``cls`` built from the
+    arguments (``sys.argv`` without ``argv``); prints the result as JSON."""
+    import sys
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    path = args.pop(0) if args and "=" not in args[0] else None
+    _report(main, load_recipe(cls, path, args))
+    return 0
+
+
+def _report(main: Callable[[T], dict[str, Any]], recipe: T) -> dict[str, Any]:
+    """Log at INFO, run ``main(recipe)``, print its result as JSON and return it."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    result: dict[str, Any] = module.main(recipe)
+    result = main(recipe)
     print(json.dumps(result, indent=2, default=str))
     return result

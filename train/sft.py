@@ -11,15 +11,11 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from train.common import (
-    TrainConfig,
-    fit,
-    load_causal_lm,
-    run_main,
-    sft_rows,
-    to_datasets,
-    trl_args,
-)
+from train.config import TrainConfig
+from train.modeling import load_causal_lm
+from train.rows import sft_rows, to_datasets
+from train.run import run_main
+from train.trl_fit import fit, trl_args
 
 log = logging.getLogger(__name__)
 

@@ -34,8 +34,8 @@ def preference_pairs(n: int, prompt_words: int = 3, words: Sequence[str] = WORDS
 
 def train_tiny_reward_adapter(model: Path, prefs: Path, out: Path) -> Path:
     """Two `train rm` steps of a LoRA reward model (adapter + score head) on ``prefs``; returns the adapter."""
+    from core.recipe import load_recipe
     from train import rm
-    from train.common import load_recipe
 
     overrides = [f"model={model}", f"output_dir={out}", f"dataset.path={prefs}", "max_steps=2", "max_length=48"]
     overrides += ["eval_share=0", "lora_r=4", "lora_alpha=8", "report_to=[]", "disable_tqdm=true", "save_steps=2"]

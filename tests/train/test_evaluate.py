@@ -18,8 +18,9 @@ import torch
 
 from tests.train.support import WORDS, preference_pairs, train_tiny_reward_adapter, write_jsonl
 from train import evaluate, rm
-from train.common import DatasetSpec, preference_rows
+from train.config import DatasetSpec
 from train.data.builders import train_eval_split
+from train.rows import preference_rows
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from train.common import DatasetSpec, RecipeError, TrainConfig, dataset_path, load_recipe, parse_overrides
+from core.recipe import RecipeError, load_recipe
+from train.config import DatasetSpec, TrainConfig
 from train.data import bundled
+from train.rows import dataset_path
 
 RECIPES = Path(__file__).resolve().parents[2] / "train" / "recipes"
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,10 +58,6 @@ def test_overrides_are_typed_and_nested(tmp_path: Path) -> None:
 def test_bad_overrides_are_clear(overrides: list[str], message: str) -> None:
     with pytest.raises(RecipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_recipe(TrainConfig, None, overrides)
-
-
-def test_parse_overrides_yaml_values() -> None:
-    assert parse_overrides(["a=1", "b.c=x", "d=[1, 2]", "e="]) == {"a": 1, "b": {"c": "x"}, "d": [1, 2], "e": ""}
 
 
 @pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("*.yaml")))
@@ -134,34 +132,3 @@ def test_cli_train_sft_subprocess(tmp_path: Path) -> None:
     assert (out / "final" / "adapter_config.json").is_file()
     assert (out / "checkpoint-2").is_dir()
     assert list(out.rglob("events.out.tfevents.*")), "no TensorBoard logs"
-
-
-@pytest.mark.parametrize(
-    ("spec", "first_prompt_start"),
-    [
-        (DatasetSpec(path="bundled:bpo/bpo_test.json", kind="bpo", task="rewriter", template="bpo"), "[INST]"),
-        (DatasetSpec(kind="hh-rlhf", task="aligner", template="aligner-v1", max_rows=3), "BEGINNING OF CONVERSATION"),
-        (DatasetSpec(path="bundled:alpaca-eval-prefs/pairs.jsonl", kind="preferences", task="chat", max_rows=3), None),
-    ],
-)
-def test_sft_rows_per_task(spec: DatasetSpec, first_prompt_start: str | None) -> None:
-    from train.common import sft_rows
-
-    rows = sft_rows(spec)
-    assert rows
-    assert set(rows[0]) == {"prompt", "completion"}
-    if first_prompt_start is None:
-        assert rows[0]["prompt"][0]["role"] == "user"
-    else:
-        assert rows[0]["prompt"].startswith(first_prompt_start)
-
-
-def test_preference_and_unpaired_rows() -> None:
-    from train.common import preference_rows, unpaired_rows
-
-    prefs = preference_rows(DatasetSpec(max_rows=4))
-    assert len(prefs) == 4 and set(prefs[0]) == {"prompt", "chosen", "rejected"}
-    kto = unpaired_rows(DatasetSpec(max_rows=4))
-    assert [r["label"] for r in kto] == [True, False, True, False]
-    with pytest.raises(RecipeError, match="no preference pairs"):
-        preference_rows(DatasetSpec(path="bundled:bpo/dolly_eval.json", kind="dolly"))

@@ -13,9 +13,10 @@ pytest.importorskip("peft")
 
 import torch
 
+from core.recipe import RecipeError, load_recipe
 from tests.train.support import preference_pairs, write_jsonl
 from train import dpo, kto, rm, sft
-from train.common import RecipeError, TrainConfig, load_recipe
+from train.config import TrainConfig
 
 WORDS = [
     "the",

@@ -20,9 +20,9 @@ import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
 
-from train.common import load_recipe
+from core.recipe import load_recipe
+from train.ppo.config import PPOConfig
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,11 @@ def _scores(path: Path) -> list[float]:
     return [json.loads(line)["score"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def compare(recipe: Any, checkpoints: Sequence[Path], out: Path) -> list[PolicyResult]:
+def compare(recipe: PPOConfig, checkpoints: Sequence[Path], out: Path) -> list[PolicyResult]:
     """Greedy held-out answers of the base and of each checkpoint (see the module docstring)."""
     from train.ppo import run as ppo_run
 
-    if not recipe.lora:
+    if not recipe.use_lora:
         raise ValueError("compare needs a LoRA recipe: the base is the policy with its adapter at zero")
     out.mkdir(parents=True, exist_ok=True)
     trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
@@ -98,12 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="directory for the answers and compare.json")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from train.ppo.run import PPORecipe
-
     for path in args.checkpoints:
         if not (path / "state.json").is_file():
             parser.error(f"{path} is not a PPO checkpoint (no state.json)")
-    results = compare(load_recipe(PPORecipe, args.recipe, args.overrides), args.checkpoints, args.out)
+    results = compare(load_recipe(PPOConfig, args.recipe, args.overrides), args.checkpoints, args.out)
     print(f"{'policy':<16} {'prompts':>7} {'reward':>8} {'KL':>6} {'Δ vs base (± s.e.)':>20} {'win vs base':>11}")
     for r in results:
         delta = f"{r.diff_from_base:+.3f} ± {r.diff_stderr:.3f}"

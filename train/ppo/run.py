@@ -1,4 +1,5 @@
 """``aligngate train ppo --config RECIPE.yaml [key=value ...]``: PPO of a causal LM against a trained reward model.
+The recipe is a :class:`train.ppo.config.PPOConfig`, which the :class:`train.ppo.trainer.PPOTrainer` takes as is.
 
 The policy is ``model`` (HF directory, GGUF, ``builtin:``), with a LoRA adapter (its reference is the base with
 the adapter disabled) or fully fine-tuned (a frozen copy is the reference). The reward model is what
@@ -21,106 +22,50 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from train.common import RecipeError, TrainConfig, load_causal_lm, run_main, sft_rows, torch_dtype, write_outputs
+from core.recipe import RecipeError
 from train.data.builders import train_eval_split
+from train.modeling import load_causal_lm, torch_dtype
+from train.outputs import write_outputs
+from train.ppo.config import PPOConfig
+from train.rows import sft_rows
+from train.run import run_main
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class PPORecipe(TrainConfig):
-    """PPO recipe: the shared keys (``model``, ``dataset``, ``lora*``, ``max_steps``, ``learning_rate``,
-    ``logging_steps``, ``eval_steps``, ``save_steps``, ``report_to``, ``resume_from_checkpoint``, ``merge``,
-    ``dtype``) plus the reward model and PPO's own hyper-parameters (see :class:`train.ppo.trainer.PPOConfig`).
-    The TRL-only keys (``per_device_*``, ``gradient_accumulation_steps``, ``warmup_steps``, ...) are not used.
-    """
-
-    #: ``aligngate train rm`` output (``runs/rm/final``), an HF directory or ``builtin:`` (untrained head).
-    reward_model: str = "runs/rm/final"
-    #: Initial value model; default: the reward model.
-    value_model: str | None = None
-    learning_rate: float = 1e-5
-    value_learning_rate: float | None = None
-    batch_size: int = 16
-    mini_batch_size: int = 8
-    ppo_epochs: int = 4
-    max_grad_norm: float = 1.0
-    kl_estimator: str = "k1"
-    init_kl_coef: float = 0.2
-    adaptive_kl: bool = True
-    target_kl: float = 6.0
-    kl_horizon: float = 10000.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    max_new_tokens: int = 48
-    temperature: float = 1.0
-    #: Prompts longer than this (tokens, after the chat template) are dropped.
-    max_prompt_length: int = 256
-    #: Held-out prompts scored at each evaluation (0: evaluation off).
-    eval_prompts: int = 32
-    #: Sampling seed of every evaluation: each one draws the same random numbers, so two evaluations differ by
-    #: the policy rather than by luck (null: unseeded, the training RNG runs on).
-    eval_seed: int | None = 0
-    #: Decode held-out answers greedily (deterministic: evaluations differ only by the policy) instead of sampling
-    #: at ``temperature`` like the rollouts.
-    eval_greedy: bool = False
-    save_steps: int = 10
-
-    def __post_init__(self) -> None:
-        if self.kl_estimator not in ("k1", "k3"):
-            raise RecipeError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
-        if self.batch_size < 1 or self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
-            raise RecipeError("batch_size must be a positive multiple of mini_batch_size")
-
-
-def ppo_config(recipe: PPORecipe) -> Any:
-    """The :class:`PPOConfig` of a recipe: every PPOConfig field the recipe has, by name; LoRA from ``lora``."""
-    from train.ppo.trainer import PPOConfig
-
-    names = {f.name for f in fields(PPOConfig)} & {f.name for f in fields(recipe)}
-    values: dict[str, Any] = {name: getattr(recipe, name) for name in names}
-    values["lora_r"] = recipe.lora_r if recipe.lora else 0
-    values["lora_target_modules"] = list(recipe.lora_target_modules)
-    return PPOConfig(**values)
-
-
-def render_prompts(recipe: PPORecipe, tokenizer: Any) -> tuple[list[str], list[str], dict[str, list[dict[str, str]]]]:
+def render_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[str], list[str], dict[str, list[dict[str, str]]]]:
     """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped, and the chat
     messages each text was rendered from."""
-    rows = sft_rows(recipe.dataset)
+    rows = sft_rows(config.dataset)
     texts: list[str] = []
     seen: dict[str, list[dict[str, str]]] = {}
     for row in rows:
         prompt = row["prompt"]
         messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > recipe.max_prompt_length:
+        if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > config.max_prompt_length:
             continue
         seen[text] = messages
         texts.append(text)
-    train, held_out = train_eval_split(texts, recipe.eval_share, seed=recipe.seed, key=lambda t: t)
+    train, held_out = train_eval_split(texts, config.eval_share, seed=config.seed, key=lambda t: t)
     if not train:
-        raise RecipeError(f"no prompts of at most {recipe.max_prompt_length} tokens in the dataset")
+        raise RecipeError(f"no prompts of at most {config.max_prompt_length} tokens in the dataset")
     log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(rows))
-    return train, held_out[: recipe.eval_prompts], seen
+    return train, held_out[: config.eval_prompts], seen
 
 
 class _Logger:
     """history.jsonl, TensorBoard (when asked for and installed) and a log line every ``logging_steps``."""
 
-    def __init__(self, recipe: PPORecipe, out: Path) -> None:
-        self.recipe = recipe
+    def __init__(self, config: PPOConfig, out: Path) -> None:
+        self.config = config
         self.path = out / "history.jsonl"
         self.writer: Any = None
-        if "tensorboard" in recipe.report_to:
+        if "tensorboard" in config.report_to:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
@@ -135,7 +80,7 @@ class _Logger:
             for key, value in stats.items():
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     self.writer.add_scalar(f"ppo/{key}", value, step)
-        if step % max(self.recipe.logging_steps, 1) == 0 or "eval_reward_mean" in stats:
+        if step % max(self.config.logging_steps, 1) == 0 or "eval_reward_mean" in stats:
             shown = {k: round(v, 4) for k, v in stats.items() if isinstance(v, float)}
             log.info("step %d: %s", step, shown)
 
@@ -257,11 +202,11 @@ def _checkpoints(out: Path) -> list[Path]:
     return sorted(found, key=lambda p: int(p.name.split("-")[-1]))
 
 
-def save_checkpoint(trainer: Any, recipe: PPORecipe, step: int, pool: list[str], rng: random.Random) -> Path:
+def save_checkpoint(trainer: Any, config: PPOConfig, step: int, pool: list[str], rng: random.Random) -> Path:
     """``checkpoint-STEP``: policy (adapter or model), value model, optimizer, KL coefficient, RNG, prompt pool."""
     import torch
 
-    path = Path(recipe.output_dir) / f"checkpoint-{step}"
+    path = Path(config.output_dir) / f"checkpoint-{step}"
     trainer.policy.save_pretrained(str(path / "policy"))
     trainer.value_model.save_pretrained(str(path / "value"))
     torch.save(trainer.optimizer.state_dict(), path / "optimizer.pt")
@@ -274,8 +219,8 @@ def save_checkpoint(trainer: Any, recipe: PPORecipe, step: int, pool: list[str],
     }
     (path / "state.json").write_text(json.dumps(state, default=list), encoding="utf-8")
     torch.save(torch.get_rng_state(), path / "torch_rng.pt")
-    if recipe.save_total_limit:
-        for old in _checkpoints(Path(recipe.output_dir))[: -recipe.save_total_limit]:
+    if config.save_total_limit:
+        for old in _checkpoints(Path(config.output_dir))[: -config.save_total_limit]:
             import shutil
 
             shutil.rmtree(old, ignore_errors=True)
@@ -308,12 +253,12 @@ def load_checkpoint(trainer: Any, path: Path, rng: random.Random) -> tuple[int, 
     return int(state["step"]), list(state["pool"])
 
 
-def _resume_path(recipe: PPORecipe) -> Path | None:
-    value = recipe.resume_from_checkpoint
+def _resume_path(config: PPOConfig) -> Path | None:
+    value = config.resume_from_checkpoint
     if value is True:
-        found = _checkpoints(Path(recipe.output_dir))
+        found = _checkpoints(Path(config.output_dir))
         if not found:
-            log.warning("resume_from_checkpoint: no checkpoint in %s yet; starting fresh", recipe.output_dir)
+            log.warning("resume_from_checkpoint: no checkpoint in %s yet; starting fresh", config.output_dir)
             return None
         return found[-1]
     if isinstance(value, str) and value:
@@ -321,39 +266,39 @@ def _resume_path(recipe: PPORecipe) -> Path | None:
     return None
 
 
-def build_trainer(recipe: PPORecipe) -> tuple[Any, Any, Path]:
+def build_trainer(config: PPOConfig) -> tuple[Any, Any, Path]:
     """(PPOTrainer, tokenizer, base directory) with every model on the training device."""
     import torch
 
     from train.ppo.trainer import PPOTrainer
     from train.rm import load_trained_reward_model
 
-    dtype = torch_dtype(recipe)
+    dtype = torch_dtype(config)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    policy, tokenizer, base = load_causal_lm(recipe)
-    reward_model, rm_tokenizer = load_trained_reward_model(recipe.reward_model, dtype=dtype, cache_dir=recipe.cache_dir)
+    policy, tokenizer, base = load_causal_lm(config)
+    reward_model, rm_tokenizer = load_trained_reward_model(config.reward_model, dtype=dtype, cache_dir=config.cache_dir)
     if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
         raise RecipeError("the reward model's tokenizer differs from the policy's; PPO needs one vocabulary")
     value_model, _ = load_trained_reward_model(
-        recipe.value_model or recipe.reward_model, dtype=dtype, cache_dir=recipe.cache_dir
+        config.value_model or config.reward_model, dtype=dtype, cache_dir=config.cache_dir
     )
     for model in (policy, reward_model, value_model):
         model.to(device)
-    trainer = PPOTrainer(ppo_config(recipe), policy, tokenizer, reward_model=reward_model, value_model=value_model)
+    trainer = PPOTrainer(config, policy, tokenizer, reward_model=reward_model, value_model=value_model)
     return trainer, tokenizer, base
 
 
-def main(recipe: PPORecipe) -> dict[str, Any]:
+def main(config: PPOConfig) -> dict[str, Any]:
     """Run ``max_steps`` PPO steps; returns the first/last stats, the held-out evaluations and output paths."""
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    out = Path(recipe.output_dir)
+    out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    trainer, tokenizer, base = build_trainer(recipe)
-    train_prompts, eval_prompts, messages = render_prompts(recipe, tokenizer)
-    rng = random.Random(recipe.seed)
+    trainer, tokenizer, base = build_trainer(config)
+    train_prompts, eval_prompts, messages = render_prompts(config, tokenizer)
+    rng = random.Random(config.seed)
     start, pool = 0, list[str]()
-    resume = _resume_path(recipe)
+    resume = _resume_path(config)
     if resume is not None:
         start, pool = load_checkpoint(trainer, resume, rng)
         log.info("resumed from %s at step %d", resume, start)
@@ -361,27 +306,27 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         (out / "history.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     else:
         (out / "history.jsonl").unlink(missing_ok=True)
-    (out / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2), encoding="utf-8")
-    logger = _Logger(recipe, out)
-    eval_every = recipe.eval_steps or recipe.save_steps
+    (out / "recipe.json").write_text(json.dumps(asdict(config), indent=2), encoding="utf-8")
+    logger = _Logger(config, out)
+    eval_every = config.eval_steps or config.save_steps
     evals: list[dict[str, float]] = []
     if eval_prompts and start == 0:
         first = evaluate(
             trainer,
             eval_prompts,
-            recipe.batch_size,
+            config.batch_size,
             out / "samples" / "step-0.jsonl",
             messages,
-            recipe.eval_seed,
-            recipe.eval_greedy,
+            config.eval_seed,
+            config.eval_greedy,
         )
         logger.log(0, first)
         evals.append({"step": 0, **first})
     started = time.perf_counter()
     tokens = 0
-    for step in tqdm(range(start + 1, recipe.max_steps + 1), disable=recipe.disable_tqdm, desc="ppo", initial=start):
+    for step in tqdm(range(start + 1, config.max_steps + 1), disable=config.disable_tqdm, desc="ppo", initial=start):
         batch: list[str] = []
-        while len(batch) < recipe.batch_size:
+        while len(batch) < config.batch_size:
             if not pool:
                 pool = list(train_prompts)
                 rng.shuffle(pool)
@@ -389,22 +334,22 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
         stats = trainer.step(batch)
         tokens += int(stats["response_length"] * len(batch))
         stats["seconds"] = time.perf_counter() - started
-        if eval_prompts and (step % eval_every == 0 or step == recipe.max_steps):
+        if eval_prompts and (step % eval_every == 0 or step == config.max_steps):
             samples = out / "samples" / f"step-{step}.jsonl"
             result = evaluate(
-                trainer, eval_prompts, recipe.batch_size, samples, messages, recipe.eval_seed, recipe.eval_greedy
+                trainer, eval_prompts, config.batch_size, samples, messages, config.eval_seed, config.eval_greedy
             )
             stats |= result
             evals.append({"step": step, **result})
         logger.log(step, stats)
-        if step % recipe.save_steps == 0 or step == recipe.max_steps:
-            save_checkpoint(trainer, recipe, step, pool, rng)
+        if step % config.save_steps == 0 or step == config.max_steps:
+            save_checkpoint(trainer, config, step, pool, rng)
     logger.close()
     policy = trainer.policy
-    written = write_outputs(policy.save_pretrained, policy, tokenizer, recipe, base, lora=trainer.use_lora)
-    png = plot(out, recipe.target_kl if recipe.adaptive_kl else None)
+    written = write_outputs(policy.save_pretrained, policy, tokenizer, config, base, lora=trainer.use_lora)
+    png = plot(out, config.target_kl if config.adaptive_kl else None)
     rows = [r for r in history(out) if "reward_mean" in r]
-    metrics: dict[str, Any] = {"steps": recipe.max_steps, "generated_tokens": tokens}
+    metrics: dict[str, Any] = {"steps": config.max_steps, "generated_tokens": tokens}
     if rows:
         metrics |= {"first": rows[0], "last": rows[-1]}
     if evals:
@@ -412,9 +357,9 @@ def main(recipe: PPORecipe) -> dict[str, Any]:
     return {"metrics": metrics, **written, "history": str(out / "history.jsonl"), "plot": str(png) if png else None}
 
 
-#: The recipe class `aligngate train ppo` builds from YAML.
-RECIPE = PPORecipe
+#: The recipe class `aligngate train ppo` builds from YAML (the trainer's config).
+RECIPE = PPOConfig
 
 
 if __name__ == "__main__":
-    raise SystemExit(run_main(PPORecipe, main))
+    raise SystemExit(run_main(PPOConfig, main))

@@ -19,12 +19,13 @@ import copy
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass, field
-from typing import Any, Literal, cast
+from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 from torch import nn
 
+from train.ppo.config import PPOConfig
 from train.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
@@ -39,42 +40,6 @@ from train.ppo.core import (
 )
 
 RewardFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-@dataclass
-class PPOConfig:
-    """Hyper-parameters of :class:`PPOTrainer` (defaults follow Ziegler et al. / TRL's old PPO)."""
-
-    batch_size: int = 16  #: prompts (rollouts) per PPO step
-    mini_batch_size: int = 8  #: rollouts per gradient update
-    ppo_epochs: int = 4  #: passes over each rollout batch
-    learning_rate: float = 1.4e-5
-    value_learning_rate: float | None = None  #: defaults to ``learning_rate``
-    max_grad_norm: float = 1.0
-    kl_estimator: Literal["k1", "k3"] = "k1"
-    init_kl_coef: float = 0.2
-    adaptive_kl: bool = True
-    target_kl: float = 6.0  #: target of the adaptive controller, in nats per sequence
-    kl_horizon: float = 10000.0
-    gamma: float = 1.0
-    lam: float = 0.95
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    whiten_advantages: bool = True
-    max_new_tokens: int = 32
-    temperature: float = 1.0
-    seed: int = 0
-    lora_r: int = 0  #: 0 trains the full policy; > 0 wraps it in a LoRA adapter of this rank
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-
-    def __post_init__(self) -> None:
-        if self.batch_size % self.mini_batch_size:
-            raise ValueError("batch_size must be a multiple of mini_batch_size")
-        if self.kl_estimator not in ("k1", "k3"):
-            raise ValueError("kl_estimator must be 'k1' or 'k3'")
 
 
 @dataclass
@@ -124,7 +89,9 @@ def response_mask_from(tokens: torch.Tensor, eos_token_id: int | None) -> torch.
 
 
 class PPOTrainer:
-    """PPO over a policy, a value model and a reward (model or callable); see the module docstring."""
+    """PPO over a policy, a value model and a reward (model or callable); see the module docstring. ``config``
+    is the run's :class:`~train.ppo.config.PPOConfig` (the recipe itself); the trainer reads its PPO
+    hyper-parameters, ``seed`` and the ``lora*`` keys."""
 
     def __init__(
         self,
@@ -144,7 +111,7 @@ class PPOTrainer:
             raise ValueError("the tokenizer needs a pad token")
         torch.manual_seed(config.seed)
         self.rng = random.Random(config.seed)
-        self.use_lora = config.lora_r > 0
+        self.use_lora = config.use_lora
         if self.use_lora:
             from peft import LoraConfig, get_peft_model
 
@@ -152,7 +119,7 @@ class PPOTrainer:
                 r=config.lora_r,
                 lora_alpha=config.lora_alpha,
                 lora_dropout=config.lora_dropout,
-                target_modules=config.lora_target_modules,
+                target_modules=list(config.lora_target_modules),
                 task_type="CAUSAL_LM",
             )
             policy = cast(nn.Module, get_peft_model(cast(Any, policy), lora))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from train.common import load_recipe
-from train.ppo import run as ppo_run
+from core.recipe import load_recipe
+from train.ppo.config import PPOConfig
 
 
-def ppo_recipe(model: Path, reward: Path, data: Path, out: Path, *extra: str) -> ppo_run.PPORecipe:
+def ppo_recipe(model: Path, reward: Path, data: Path, out: Path, *extra: str) -> PPOConfig:
     return load_recipe(
-        ppo_run.PPORecipe,
+        PPOConfig,
         None,
         [
             f"model={model}",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -13,11 +12,12 @@ pytest.importorskip("peft")
 
 import torch
 
+from core.recipe import RecipeError
 from gateway.cli import main as cli_main
 from tests.train.ppo.support import ppo_recipe
 from train import rm
-from train.common import RecipeError
 from train.ppo import run as ppo_run
+from train.ppo.config import PPOConfig
 from train.run import build
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -92,9 +92,10 @@ def test_ppo_recipe_errors(tiny_model: Path, reward_adapter: Path, prefs: Path, 
 def test_cli_builds_the_ppoppo_recipe() -> None:
     module, recipe = build("ppo", "train/recipes/ppo.yaml", ["max_steps=3"])
     assert module is ppo_run
-    assert isinstance(recipe, ppo_run.PPORecipe) and recipe.max_steps == 3
-    config: Any = ppo_run.ppo_config(recipe)
-    assert config.lora_r == recipe.lora_r
+    assert isinstance(recipe, PPOConfig) and recipe.max_steps == 3
+    # One config: the recipe is what the trainer takes (no bridge); the recipe's LoRA rank reaches it unchanged.
+    assert ppo_run.RECIPE is PPOConfig
+    assert recipe.lora_r == 16 and recipe.use_lora
 
 
 def test_cli_reports_a_bad_ppoppo_recipe(capsys: pytest.CaptureFixture[str]) -> None:
@@ -108,6 +109,7 @@ def test_seeded_and_greedy_evaluations_repeat_exactly(
 ) -> None:
     recipe = ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path / "ppo", "eval_seed=7")
     trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
+    assert trainer.config is recipe and trainer.use_lora
     _, held_out, _ = ppo_run.render_prompts(recipe, tokenizer)
     torch.manual_seed(123)
     training_rng = torch.get_rng_state()

@@ -10,7 +10,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 from tests.models.local.tiny import build_tokenizer
-from train.ppo.trainer import PPOConfig, PPOTrainer, load_pretrained
+from train.ppo.config import PPOConfig
+from train.ppo.trainer import PPOTrainer, load_pretrained
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 PROMPTS = ["the quick brown fox", "hello world", "please repeat the text", "a correction keeps"]
@@ -62,6 +63,7 @@ def test_toy_ppo_reward_rises_with_bounded_kl() -> None:
         target_kl=6.0,
         kl_horizon=1000,
         seed=0,
+        lora=False,
     )
     trainer = PPOTrainer(config, policy, tokenizer, reward_fn=reward_fn, value_model=value)
     start = time.perf_counter()
@@ -88,7 +90,17 @@ def test_lora_reference_is_the_disabled_adapter_and_value_model_starts_from_the_
     rm_config = _config(tokenizer, num_labels=1)
     rm_config.pad_token_id = None  # the trainer must set it
     rm = LlamaForSequenceClassification(rm_config)
-    config = PPOConfig(batch_size=4, mini_batch_size=2, ppo_epochs=1, learning_rate=1e-2, max_new_tokens=4, lora_r=4)
+    config = PPOConfig(
+        batch_size=4,
+        mini_batch_size=2,
+        ppo_epochs=1,
+        learning_rate=1e-2,
+        max_new_tokens=4,
+        lora_r=4,
+        lora_alpha=16,
+        lora_dropout=0.0,
+        lora_target_modules=["q_proj", "v_proj"],
+    )
     trainer = PPOTrainer(config, policy, tokenizer, reward_model=rm)
 
     assert trainer.ref_model is None  # no frozen copy: the base model with its adapter off
@@ -114,7 +126,9 @@ def test_load_pretrained_from_local_dirs(tmp_path: Path) -> None:
     policy.save_pretrained(tmp_path / "policy")
     tokenizer.save_pretrained(tmp_path / "policy")  # type: ignore[attr-defined]
     rm.save_pretrained(tmp_path / "rm")
-    config = PPOConfig(batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3)
+    config = PPOConfig(
+        batch_size=2, mini_batch_size=2, ppo_epochs=1, max_new_tokens=3, learning_rate=1.4e-5, lora=False
+    )
     trainer = load_pretrained(config, str(tmp_path / "policy"), str(tmp_path / "rm"))
     assert trainer.value_model is not trainer.reward_model
     stats = trainer.step(PROMPTS[:2])
