@@ -12,7 +12,10 @@ all alike:
 
 Prints a table, writes ``benchmarks/results/gateway_overhead.md`` (and a PNG when matplotlib is present)
 and ends with one JSON line of ratios (aligngate/direct and aligngate/LiteLLM).
-Run: ``python benchmarks/gateway_overhead.py [--quick] [--targets direct aligngate litellm] [--no-litellm]``.
+Run: ``python benchmarks/gateway_overhead.py [--quick] [--targets direct aligngate litellm] [--no-litellm]
+[--baseline-tree DIR]``. ``--baseline-tree`` adds the target ``baseline``: ``aligngate serve`` run from another
+source tree (say ``git worktree add /tmp/prev HEAD~1``), measured interleaved with this one, for a change's
+before/after side by side in one run.
 If the LiteLLM venv cannot be built the run goes on without it and says so.
 """
 
@@ -66,7 +69,7 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-ALL_TARGETS = ("direct", "aligngate", "litellm")
+ALL_TARGETS = ("direct", "aligngate", "baseline", "litellm")
 LITELLM_VENV = ROOT / "benchmarks" / ".venv-litellm"
 LITELLM_REQUIREMENTS = ["litellm[proxy]==1.100.5", "prometheus_client"]
 # Everything that phones home or adds work that is not inherent to proxying, switched off.
@@ -81,9 +84,17 @@ LITELLM_ENV = {
 }
 
 
-def start_aligngate(workdir: Path, upstream: str, workers: int) -> Proc:
+def start_aligngate(workdir: Path, upstream: str, workers: int, tree: Path | None = None) -> Proc:
+    """``aligngate serve`` of this checkout, or of the source tree ``tree`` (its own trace store in its workdir)."""
     config = f"server: {{workers: {workers}}}\nbackends:\n  - name: bench-model\n    urls: [{upstream}]\n"
-    return start_gateway(workdir, config, timeout_s=60)
+    if tree is None:
+        return start_gateway(workdir, config, timeout_s=60)
+    sub = workdir / "baseline"
+    sub.mkdir(exist_ok=True)
+    proc = start_gateway(sub, config + f"store: {{url: 'sqlite:///{sub / 'aligngate.db'}'}}\n", timeout_s=60,
+                         cwd=tree, env={"PYTHONPATH": str(tree)})
+    proc.name = "baseline"
+    return proc
 
 
 def ensure_litellm_venv() -> Path:
@@ -383,6 +394,18 @@ def render(res: dict[str, object], args: argparse.Namespace) -> tuple[str, dict[
             "aligngate_over_litellm_cpu_per_request": cpu["aligngate"] / cpu["litellm"],
         })
 
+    if "aligngate" in targets and "baseline" in targets:
+        summary.update({
+            "baseline_cpu_us_per_request": cpu["baseline"],
+            "aligngate_over_baseline_cpu_per_request": cpu["aligngate"] / cpu["baseline"],
+            "baseline_added_p50_ms_sequential": added(seq, "baseline"),
+            "baseline_added_ttft_p50_ms": added(ttft, "baseline"),
+            "aligngate_over_baseline_throughput_c32":
+                _ratio(conc["32"]["aligngate"]["rps"], conc["32"]["baseline"]["rps"]) if "32" in conc else None,
+        })
+        lines += ["", f"Against the baseline tree: CPU per request {cpu['aligngate']:.0f} vs {cpu['baseline']:.0f} µs "
+                  f"(ratio {cpu['aligngate'] / cpu['baseline']:.3f})."]
+
     # Issue 6's targets
     checks: list[tuple[str, str, float | None, bool | None]] = []
     if "aligngate" in targets:
@@ -444,12 +467,15 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=3.0, help="seconds per concurrency run")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--targets", nargs="+", choices=ALL_TARGETS, default=list(ALL_TARGETS),
-                        help="what to measure, interleaved (default: all three)")
+                        help="what to measure, interleaved (default: all; baseline needs --baseline-tree)")
+    parser.add_argument("--baseline-tree", type=Path, default=None,
+                        help="a source tree of aligngate to measure beside this one (target 'baseline')")
     parser.add_argument("--no-litellm", action="store_true", help="skip LiteLLM (e.g. when its venv cannot be built)")
     args = parser.parse_args()
     if args.quick:
         args.sequential, args.streams, args.rounds, args.duration = 300, 60, 1, 1.0
-    args.targets = [t for t in ALL_TARGETS if t in args.targets and not (t == "litellm" and args.no_litellm)]
+    args.targets = [t for t in ALL_TARGETS if t in args.targets and not (t == "litellm" and args.no_litellm)
+                    and not (t == "baseline" and args.baseline_tree is None)]
     if not args.targets:
         parser.error("no targets left to measure")
 
@@ -469,6 +495,9 @@ def main() -> None:
             procs["upstream"] = start_fake(workdir, "upstream")
             if "aligngate" in args.targets:
                 procs["aligngate"] = start_aligngate(workdir, procs["upstream"].base_url, args.workers)
+            if "baseline" in args.targets:
+                procs["baseline"] = start_aligngate(workdir, procs["upstream"].base_url, args.workers,
+                                                    args.baseline_tree)
             if litellm_exe is not None and "litellm" in args.targets:
                 try:
                     procs["litellm"] = start_litellm(workdir, litellm_exe, procs["upstream"].base_url, args.workers)

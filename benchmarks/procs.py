@@ -69,9 +69,11 @@ def start_fake(workdir: Path, name: str, reply: str | None = None) -> Proc:
 
 
 def start_gateway(
-    workdir: Path, config: str | None, *, env: dict[str, str] | None = None, timeout_s: float = 300
+    workdir: Path, config: str | None, *, env: dict[str, str] | None = None, timeout_s: float = 300,
+    cwd: Path = ROOT,
 ) -> Proc:
-    """``aligngate serve`` on a free port with ``config`` (YAML text; None: the embedded default)."""
+    """``aligngate serve`` on a free port with ``config`` (YAML text; None: the embedded default), run from the
+    source tree ``cwd`` (default: this checkout)."""
     port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "warning"]
     if config is not None:
@@ -80,7 +82,7 @@ def start_gateway(
         cmd += ["--config", str(path)]
     log = workdir / "gateway.log"
     popen = subprocess.Popen(
-        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **(env or {})}
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **(env or {})}
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy("aligngate", popen, url + "/healthz", log, timeout_s)

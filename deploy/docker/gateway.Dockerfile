@@ -21,7 +21,7 @@ COPY pyproject.toml README.md ./
 COPY gateway ./gateway
 COPY models ./models
 COPY train ./train
-# The base install (fastapi, uvicorn[standard], aiohttp, orjson, pydantic, prometheus-client, SQLAlchemy) plus
+# The base install (starlette, uvicorn[standard], aiohttp, orjson, pydantic, prometheus-client, SQLAlchemy) plus
 # the `postgres` extra (asyncpg) for the shared trace store. Never `local`: no torch in this image (a test in
 # tests/deploy fails if an extra that pulls torch appears on this line).
 RUN /opt/aligngate/bin/pip install ".[postgres]" \

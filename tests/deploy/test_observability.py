@@ -93,7 +93,7 @@ def _check_expr(where: str, expr: str) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def test_exported_metrics_are_read_from_the_gateway() -> None:
     names = exported_metrics().labels
-    # The contract's names (DESIGN.md / README "Metrics"), as exposed.
+    # The contract's names (README "Metrics"), as exposed.
     contract = (
         "aligngate_requests_total", "aligngate_request_duration_seconds_bucket", "aligngate_ttft_seconds_bucket",
         "aligngate_overhead_seconds_bucket", "aligngate_in_flight", "aligngate_upstream_errors_total",

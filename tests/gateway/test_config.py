@@ -21,8 +21,8 @@ from gateway.config import (
     settings_from_env,
 )
 
-# The config block of DESIGN.md, verbatim.
-DESIGN_YAML = """\
+# A config using every section the README documents ("Configuration"), as a user writes one.
+FULL_YAML = """\
 server: {host: 127.0.0.1, port: 8000, workers: 1, api_keys: [], max_body_bytes: 4000000}
 backends:                       # the models clients see in /v1/models
   - name: llama-3-8b
@@ -84,7 +84,7 @@ def test_backend_defaults() -> None:
 
 
 def test_design_example_parses(tmp_path: Path) -> None:
-    s = load_settings(_write(tmp_path, DESIGN_YAML))
+    s = load_settings(_write(tmp_path, FULL_YAML))
     assert [b.name for b in s.backends] == ["llama-3-8b", "smollm2-135m-instruct"]
     llama = s.backend("llama-3-8b")
     assert llama is not None
@@ -158,7 +158,7 @@ def test_env_list_replaces_yaml_list(tmp_path: Path, monkeypatch: pytest.MonkeyP
 
 def test_env_mapping_replaces_yaml_mapping(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ALIGNGATE_EXPERIMENT__ARMS", '{"control": 1}')
-    s = load_settings(_write(tmp_path, DESIGN_YAML))
+    s = load_settings(_write(tmp_path, FULL_YAML))
     assert s.experiment.arms == {"control": 1.0}
 
 
@@ -283,7 +283,7 @@ def test_helper_on_error_is_checked(tmp_path: Path) -> None:
 
 
 def test_dump_resolved_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    original = load_settings(_write(tmp_path, DESIGN_YAML), {"server": {"port": 8123, "api_keys": ["x"]}})
+    original = load_settings(_write(tmp_path, FULL_YAML), {"server": {"port": 8123, "api_keys": ["x"]}})
     monkeypatch.setenv(RESOLVED_ENV, dump_resolved(original))
     monkeypatch.setenv("ALIGNGATE_SERVER__PORT", "1")  # already resolved: the worker does not re-apply env
     restored = settings_from_env()
@@ -311,7 +311,7 @@ def test_settings_from_env_defaults() -> None:
 def test_check_servable_rejects_local_backends_without_the_local_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    s = load_settings(_write(tmp_path, DESIGN_YAML))
+    s = load_settings(_write(tmp_path, FULL_YAML))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "torch" else real_find_spec(name, *a)
@@ -327,7 +327,7 @@ def test_check_servable_rejects_local_backends_without_the_local_extra(
 
 def test_check_servable_accepts_local_backends_with_the_local_extra(tmp_path: Path) -> None:
     pytest.importorskip("torch")
-    assert check_servable(load_settings(_write(tmp_path, DESIGN_YAML))) is None
+    assert check_servable(load_settings(_write(tmp_path, FULL_YAML))) is None
 
 
 def test_embedded_default_serves_smollm2_with_both_helpers() -> None:

@@ -1,4 +1,5 @@
-"""The helper templates, character for character against DESIGN.md, and rendering that never parses user text."""
+"""The helper templates, character for character against the README ("Helper templates"), and rendering that
+never parses user text."""
 
 from __future__ import annotations
 
@@ -124,3 +125,13 @@ def test_content_text() -> None:
     assert content_text(parts) == "look\nhere"
     assert content_text(None) == ""
     assert content_text([{"type": "image_url"}]) == ""
+
+
+def test_the_readme_shows_the_published_strings() -> None:
+    from pathlib import Path
+
+    from models.templates import ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE, BPO_TEMPLATE
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+    for template in (BPO_TEMPLATE, ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE):
+        assert "`" + template.replace("\n", "\\n").replace("|", "\\|") + "`" in readme, template

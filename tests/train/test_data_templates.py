@@ -1,4 +1,4 @@
-"""train.data.templates: the helper templates, character for character as in DESIGN.md."""
+"""train.data.templates: the helper templates, character for character as in the README ("Helper templates")."""
 
 from __future__ import annotations
 
@@ -12,24 +12,24 @@ from train.data.templates import (
     render_rewriter_prompt,
 )
 
-# Copied from DESIGN.md ("Helper templates"), with its \n written as a real newline.
-DESIGN_BPO = (
+# Copied from the README ("Helper templates"), with its \n written as a real newline.
+README_BPO = (
     "[INST] You are an expert prompt engineer. Please help me improve this prompt to get a more helpful and "
     "harmless response:\n{prompt} [/INST]"
 )
-DESIGN_ALIGNER_V1 = (
+README_ALIGNER_V1 = (
     "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and harmless: "
     "{question} | {answer} ASSISTANT:"
 )
-DESIGN_ALIGNER_V2 = (
+README_ALIGNER_V2 = (
     "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer: {answer}\n##Correction:  ASSISTANT:"
 )
 
 
 def test_template_constants_match_design() -> None:
-    assert BPO_TEMPLATE == DESIGN_BPO
-    assert ALIGNER_V1_TEMPLATE == DESIGN_ALIGNER_V1
-    assert ALIGNER_V2_TEMPLATE == DESIGN_ALIGNER_V2
+    assert BPO_TEMPLATE == README_BPO
+    assert ALIGNER_V1_TEMPLATE == README_ALIGNER_V1
+    assert ALIGNER_V2_TEMPLATE == README_ALIGNER_V2
 
 
 def test_rendered_prompts_character_for_character() -> None:
