@@ -61,11 +61,16 @@ class Judge:
         if status != 200:
             error = {"error": {"message": "scripted failure", "type": "server_error", "param": None, "code": status}}
             return web.json_response(error, status=status)
-        return web.json_response({
-            "id": f"judge-{len(self.prompts)}", "object": "chat.completion", "created": 0, "model": body.get("model"),
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
-            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-        })
+        return web.json_response(
+            {
+                "id": f"judge-{len(self.prompts)}",
+                "object": "chat.completion",
+                "created": 0,
+                "model": body.get("model"),
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
+            }
+        )
 
     async def models(self, request: web.Request) -> web.Response:
         return web.json_response({"object": "list", "data": [{"id": "fake-judge", "object": "model"}]})

@@ -31,8 +31,9 @@ class FakeJudge(ManagedProcess):
         path = log_dir / f"judge-script-{time.monotonic_ns()}.json"
         path.write_text(json.dumps(script or {}), encoding="utf-8")
         args = [sys.executable, "-m", "tests.fakes.judge", "--host", HOST, "--port", "0", "--script", str(path)]
-        super().__init__("fake judge", args, log_dir / f"judge-{time.monotonic_ns()}.log", clean_env(),
-                         pipe_stdout=True)
+        super().__init__(
+            "fake judge", args, log_dir / f"judge-{time.monotonic_ns()}.log", clean_env(), pipe_stdout=True
+        )
         self.port = self._ready()
         self.v1 = f"http://{HOST}:{self.port}/v1"
         self._http = httpx.Client(base_url=f"http://{HOST}:{self.port}", timeout=10.0)
@@ -81,20 +82,27 @@ class Result:
         return data
 
 
-def eval_env() -> dict[str, str]:
-    env = clean_env()
+def eval_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = clean_env(extra)
     env["PYTHONPATH"] = str(ROOT)
     return env
 
 
-def start_eval(*args: str, cwd: Path) -> subprocess.Popen[str]:
-    """``python -m gateway eval ARGS`` as its own process."""
-    return subprocess.Popen([sys.executable, "-m", "gateway", "eval", *args], cwd=cwd, env=eval_env(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
+def start_eval(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """``python -m gateway eval ARGS`` as its own process (``env``: extra variables)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "gateway", "eval", *args],
+        cwd=cwd,
+        env=eval_env(env),
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
 
 
-def run_eval(*args: str, cwd: Path, timeout: float = 120.0) -> Result:
-    proc = start_eval(*args, cwd=cwd)
+def run_eval(*args: str, cwd: Path, timeout: float = 120.0, env: dict[str, str] | None = None) -> Result:
+    proc = start_eval(*args, cwd=cwd, env=env)
     out, err = proc.communicate(timeout=timeout)
     return Result(proc.returncode, out, err)
 
@@ -123,8 +131,9 @@ def gateway_yaml(path: Path, backend_v1: str, helper_v1: str | None = None) -> P
 
 
 def prompts_jsonl(path: Path, prompts: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)),
-                    encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps({"id": f"p{i}", "prompt": p}) + "\n" for i, p in enumerate(prompts)), encoding="utf-8"
+    )
     return path
 
 

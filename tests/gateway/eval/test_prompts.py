@@ -40,8 +40,11 @@ def test_every_harmless_prompt_is_held_out_by_the_recipes(recipe: str) -> None:
 def _split_keys(path: Path) -> list[str]:
     """The recipe's dataset and split keys as overrides of the shared TrainConfig (the rest is method-specific)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    keys = [f"dataset.path={data['dataset']['path']}", f"dataset.kind={data['dataset']['kind']}",
-            f"eval_share={data['eval_share']}"]
+    keys = [
+        f"dataset.path={data['dataset']['path']}",
+        f"dataset.kind={data['dataset']['kind']}",
+        f"eval_share={data['eval_share']}",
+    ]
     return keys + ([f"seed={data['seed']}"] if "seed" in data else [])
 
 

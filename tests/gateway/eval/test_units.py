@@ -83,8 +83,17 @@ def _answer(key: str, text: str = "t", **kw: object) -> Answer:
 def test_records_round_trip_and_reject_partial_lines() -> None:
     a = _answer("k", "héllo\nworld", raw="raw", aligner_ms=3.5)
     assert from_line(Answer, to_line(a)) == a
-    j = Judgement(key="j", judge="llm:x", set="s", prompt_id="1", arm="align", baseline="control", outcome="win",
-                  verdicts=("A", None), reasoning=("r1", "r2"))
+    j = Judgement(
+        key="j",
+        judge="llm:x",
+        set="s",
+        prompt_id="1",
+        arm="align",
+        baseline="control",
+        outcome="win",
+        verdicts=("A", None),
+        reasoning=("r1", "r2"),
+    )
     assert from_line(Judgement, to_line(j)) == j
     line = to_line(a)
     for bad in (line[: len(line) // 2], "[]", '{"key": "k"}', json.dumps({**json.loads(line), "extra": 1})):
@@ -117,8 +126,16 @@ def test_measures() -> None:
     answers = [
         _answer("1", "I'm sorry, I can't help with that.", raw="Here is how to do it.", aligner_skipped=None),
         _answer("2", "same text", raw="same text", aligner_skipped="empty_output"),
-        Answer(key="3", set="s", prompt_id="3", arm="rewrite", text="x y", latency_ms=10.0,
-               rewritten_prompt="one two three four", rewriter_ms=2.0),
+        Answer(
+            key="3",
+            set="s",
+            prompt_id="3",
+            arm="rewrite",
+            text="x y",
+            latency_ms=10.0,
+            rewritten_prompt="one two three four",
+            rewriter_ms=2.0,
+        ),
     ]
     m = measure("s", "align", answers[:2], {})
     assert m.answers == 2 and m.refusal_rate == 0.5 and m.aligned == 2 and m.unchanged_share == 0.5
@@ -129,8 +146,10 @@ def test_measures() -> None:
 
 def test_pairwise_rows_delta_wr_and_bootstrap_over_prompts() -> None:
     outcomes = ["win"] * 6 + ["tie"] * 2 + ["lose"] * 2 + ["invalid"]
-    js = [Judgement(key=str(i), judge="j", set="s", prompt_id=str(i), arm="align", baseline="control", outcome=o)
-          for i, o in enumerate(outcomes)]  # type: ignore[arg-type]
+    js = [
+        Judgement(key=str(i), judge="j", set="s", prompt_id=str(i), arm="align", baseline="control", outcome=o)
+        for i, o in enumerate(outcomes)
+    ]  # type: ignore[arg-type]
     (row,) = pairwise_rows({"j": js}, {("s", "align", "j"): 12}, "control")
     assert (row.n, row.wins, row.ties, row.losses, row.invalid, row.unjudged) == (10, 6, 2, 2, 1, 1)
     assert row.delta_wr == pytest.approx(0.4)
@@ -167,9 +186,19 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
 def test_prompt_sets(tmp_path: Path) -> None:
     path = tmp_path / "p.jsonl"
     path.write_text(
-        json.dumps({"prompt": "hello"}) + "\n\n"
-        + json.dumps({"id": "x", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "q"},
-                                              {"role": "assistant", "content": "drop me"}]}) + "\n"
+        json.dumps({"prompt": "hello"})
+        + "\n\n"
+        + json.dumps(
+            {
+                "id": "x",
+                "messages": [
+                    {"role": "system", "content": "s"},
+                    {"role": "user", "content": "q"},
+                    {"role": "assistant", "content": "drop me"},
+                ],
+            }
+        )
+        + "\n"
     )
     prompts = load_prompt_set(PromptSetSpec(path=str(path)))
     assert [(p.set, p.id, p.criterion) for p in prompts] == [("p", "1", "helpful"), ("p", "x", "helpful")]
