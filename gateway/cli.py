@@ -5,6 +5,8 @@
   [--include-forced]`` — per-arm results of an experiment (:mod:`gateway.report.ab`).
 * ``aligngate data export --kind {preferences,aligner,rewriter} [--config FILE] [--store URL] --out FILE.jsonl
   [--experiment NAME] [--since ISO]`` — training data for ``train/`` (:mod:`gateway.report.export`).
+* ``aligngate eval --config EVAL.yaml [--out DIR] [--from-store URL [--experiment NAME]] [key=value ...]`` —
+  offline pairwise evaluation of the arms (:mod:`gateway.eval`); 130 when interrupted (the run resumes).
 
 Exit status: 0 done; 1 nothing to report, or an output that cannot be written; 2 a bad config, flag or store
 (message on stderr, never a traceback). The report and export modules are imported only by their commands:
@@ -91,6 +93,22 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("method", choices=["sft", "rm", "dpo", "kto", "ppo"], help="training method")
     train.add_argument("--config", metavar="RECIPE.yaml", help="recipe file (default: built-in defaults)")
     train.add_argument("overrides", nargs="*", metavar="key=value", help="recipe overrides")
+
+    ev = sub.add_parser(
+        "eval", help="offline pairwise evaluation: do the arms make answers better? (report.md, report.png)",
+        description="Answer prompt sets on each arm (a running gateway, an in-process one, or two models), judge "
+        "each arm against the baseline (an LLM judge asked in both orders, a reward model), and report ΔWR with "
+        "its bootstrap interval and the measures that need no judge. Answers and verdicts are cached in --out, "
+        "so a rerun resumes. key=value arguments override config keys (dotted keys reach into sections).",
+    )
+    ev.add_argument("--config", metavar="EVAL.yaml",
+                    help="eval config (keys: see README); default: dolly-eval on the embedded default, no judge")
+    ev.add_argument("--out", metavar="DIR", default="eval-out", help="output folder (default: ./eval-out)")
+    ev.add_argument("--from-store", metavar="URL",
+                    help="judge shadow mode's corrections against the answers served, from this trace store "
+                    "(read only)")
+    ev.add_argument("--experiment", metavar="NAME", help="with --from-store: only this experiment's requests")
+    ev.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
@@ -224,12 +242,27 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    """`aligngate eval`: gateway.eval (and, for a reward-model judge, torch) is imported only here."""
+    from gateway.eval.command import EvalArgs, parse_overrides, run_eval
+    from gateway.eval.config import EvalConfigError
+
+    try:
+        overrides = parse_overrides(args.overrides)
+    except EvalConfigError as exc:
+        return _fail(f"eval: {exc}")
+    if args.experiment is not None and args.from_store is None:
+        return _fail("eval: --experiment needs --from-store")
+    return run_eval(EvalArgs(args.config, args.out, args.from_store, args.experiment, overrides))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
-    # `train METHOD --config R key=value ...`: overrides may follow the flags, which argparse leaves unparsed.
+    # `train METHOD --config R key=value ...` (and `eval`): overrides may follow the flags, which argparse leaves
+    # unparsed.
     args, extra = parser.parse_known_args(argv)
     if extra:
-        if args.command != "train" or any(e.startswith("-") for e in extra):
+        if args.command not in ("train", "eval") or any(e.startswith("-") for e in extra):
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         args.overrides = [*args.overrides, *extra]
     if args.command == "serve":
@@ -240,4 +273,6 @@ def main(argv: list[str] | None = None) -> int:
         return _data_export(args)
     if args.command == "train":
         return _train(args)
+    if args.command == "eval":
+        return _eval(args)
     raise AssertionError(args.command)

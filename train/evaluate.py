@@ -5,8 +5,8 @@ rate of one set of responses over another, each with a 95% Wilson interval.
 ``python -m train.evaluate win-rate --reward-model PATH --a FILE_A --b FILE_B [...]`` print a short summary and
 then one JSON line with the numbers; exit status 2 and a message on stderr for bad input (a missing file, rows of
 the wrong shape, response files whose prompts differ). :func:`rm_accuracy` and :func:`win_rate` are the same as a
-Python API. Scoring is :func:`train.rm.completion_scores` / :func:`train.rm.pair_scores`, the code the RM trainer
-reports its held-out accuracy with.
+Python API. Scoring is :func:`models.reward.completion_scores` (through :func:`train.rm.pair_scores` for pairs),
+the code the RM trainer reports its held-out accuracy with and ``aligngate eval``'s reward-model judge scores with.
 
 Heavy imports (torch, transformers, peft) happen inside functions.
 """
@@ -281,7 +281,7 @@ def win_rate(
     assistant message with the response) and scored once; identical pairs get identical scores, so a set against
     itself is exactly ½ and swapping A and B gives exactly 1 - the rate.
     """
-    from train.rm import completion_scores
+    from models.reward import completion_scores
 
     _check_sizes(max_length, batch_size, None)
     pairs = match_responses(read_responses(a), read_responses(b))
@@ -297,20 +297,19 @@ def win_rate(
 
 
 def _scoring_item(tokenizer: Any, response: Response) -> tuple[Any, Any]:
-    """``(prompt, completion)`` for :func:`train.rm.completion_scores`: chat messages, or plain text when the
-    tokenizer has no chat template and the prompt is one user message."""
-    prompt = response.prompt
-    if getattr(tokenizer, "chat_template", None) is None:
-        if len(prompt) == 1 and prompt[0]["role"] == "user":
-            return prompt[0]["content"], response.response
-        raise EvalError("the reward model's tokenizer has no chat template, so a chat prompt cannot be rendered")
-    return prompt, [{"role": "assistant", "content": response.response}]
+    """``(prompt, completion)`` for :func:`models.reward.completion_scores` (:func:`models.reward.scoring_item`)."""
+    from models.reward import RewardModelError, scoring_item
+
+    try:
+        return scoring_item(tokenizer, response.prompt, response.response)
+    except RewardModelError as exc:
+        raise EvalError(str(exc)) from None
 
 
 def _length(tokenizer: Any, prompt: Any, completion: Any) -> int:
-    from train.rm import _text
+    from models.reward import token_length
 
-    return len(tokenizer(_text(tokenizer, prompt, completion), add_special_tokens=False)["input_ids"])
+    return token_length(tokenizer, prompt, completion)
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -33,12 +33,10 @@ def model_dir(config: TrainConfig) -> Path:
 
 
 def load_tokenizer(path: Path) -> Any:
-    from transformers import AutoTokenizer
+    """The tokenizer of an HF directory with a pad token (:func:`models.reward.load_tokenizer`)."""
+    from models.reward import load_tokenizer as load
 
-    tokenizer = AutoTokenizer.from_pretrained(str(path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load(path)
 
 
 def load_causal_lm(config: TrainConfig) -> tuple[Any, Any, Path]:

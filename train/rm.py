@@ -6,23 +6,25 @@ eval split, overall and per source when the recipe lists ``extra_datasets`` (eac
 so e.g. HH-RLHF and AlpacaEval held-out accuracies are reported separately).
 
 :func:`load_trained_reward_model` loads what ``aligngate train rm`` wrote (a LoRA adapter with its score head,
-or a full model) for PPO and the evaluation helpers.
+or a full model) for PPO and the evaluation helpers; loading and scoring live in :mod:`models.reward`, which
+``aligngate eval``'s reward-model judge uses too.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import random
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from core.recipe import RecipeError
+from models import reward as reward_models
+from models.reward import RewardModelError, classifier, completion_scores
+from models.reward import render as _text
 from train.config import DatasetSpec, TrainConfig
 from train.data.builders import train_eval_split
-from train.modeling import load_tokenizer, model_dir, peft_config, torch_dtype
+from train.modeling import model_dir, peft_config, torch_dtype
 from train.outputs import save_outputs
 from train.rows import preference_rows
 from train.run import run_main
@@ -44,50 +46,8 @@ class RMRecipe(TrainConfig):
 def load_reward_model(config: TrainConfig) -> tuple[Any, Any, Path]:
     """(AutoModelForSequenceClassification num_labels=1, tokenizer, base dir), pad token set on both."""
     path = model_dir(config)
-    model, tokenizer = _classifier(path, torch_dtype(config))
+    model, tokenizer = classifier(path, torch_dtype(config))
     return model, tokenizer, path
-
-
-def _classifier(path: Path, dtype: Any, tokenizer_dir: Path | None = None) -> tuple[Any, Any]:
-    """A one-output sequence classifier from an HF directory and its tokenizer, ``pad_token_id`` set on both."""
-    from transformers import AutoModelForSequenceClassification
-
-    tokenizer = load_tokenizer(tokenizer_dir or path)
-    model = AutoModelForSequenceClassification.from_pretrained(str(path), num_labels=1, dtype=dtype)
-    model.config.pad_token_id = tokenizer.pad_token_id
-    return model, tokenizer
-
-
-def _text(tokenizer: Any, prompt: Any, completion: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt + (completion if isinstance(completion, str) else completion[0]["content"])
-    text: str = tokenizer.apply_chat_template(list(prompt) + list(completion), tokenize=False)
-    return text
-
-
-def completion_scores(
-    model: Any, tokenizer: Any, items: Sequence[tuple[Any, Any]], max_length: int = 512, batch_size: int = 8
-) -> list[float]:
-    """The reward model's score of each ``(prompt, completion)`` (TRL's standard or conversational format),
-    ``batch_size`` sequences per forward pass, right-padded and cut at ``max_length`` tokens."""
-    import torch
-
-    items = list(items)
-    model.eval()
-    device = next(model.parameters()).device
-    scores: list[float] = []
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "right"
-    try:
-        for start in range(0, len(items), batch_size):
-            texts = [_text(tokenizer, prompt, completion) for prompt, completion in items[start : start + batch_size]]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, truncation=True, max_length=max_length)
-            with torch.no_grad():
-                batch = model(**{k: v.to(device) for k, v in enc.items()}).logits[:, 0].float()
-            scores += [float(x) for x in batch.tolist()]
-    finally:
-        tokenizer.padding_side = side
-    return scores
 
 
 def pair_scores(
@@ -178,32 +138,12 @@ def split_sources(config: RMRecipe) -> tuple[list[Any], dict[str, list[Any]]]:
 
 
 def load_trained_reward_model(path: str | Path, dtype: Any = None, cache_dir: str | None = None) -> tuple[Any, Any]:
-    """(reward model, tokenizer) from ``aligngate train rm`` output or any sequence classifier.
-
-    ``path`` is an adapter directory (``adapter_config.json``: the base it names is loaded with one output,
-    the adapter and its score head applied and merged), a full HF directory, a GGUF file or ``builtin:NAME``
-    (a fresh, untrained head). ``pad_token_id`` is set on the model config.
-    """
-    from models.local.source import resolve_source
-
-    adapter = Path(path) if not str(path).startswith("builtin:") else None
-    if adapter is not None and (adapter / "adapter_config.json").is_file():
-        from peft import PeftModel
-
-        base = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
-        if not base or not Path(base).exists():
-            written = adapter.parent / "aligngate-train.json"
-            if not written.is_file():
-                raise RecipeError(f"{adapter}: cannot find the base model of this adapter")
-            base = json.loads(written.read_text(encoding="utf-8"))["base"]
-        own_tokenizer = (adapter / "tokenizer_config.json").is_file()
-        model, tokenizer = _classifier(Path(base), dtype, adapter if own_tokenizer else None)
-        model = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
-        model.config.pad_token_id = tokenizer.pad_token_id
-    else:
-        model, tokenizer = _classifier(resolve_source(str(path), cache_dir=cache_dir).path, dtype)
-    model.eval()
-    return model, tokenizer
+    """(reward model, tokenizer) from ``aligngate train rm`` output or any sequence classifier
+    (:func:`models.reward.load_reward_model`; a missing base is a :class:`RecipeError` here)."""
+    try:
+        return reward_models.load_reward_model(path, dtype, cache_dir)
+    except RewardModelError as exc:
+        raise RecipeError(str(exc)) from None
 
 
 def main(config: RMRecipe) -> dict[str, Any]:

@@ -8,6 +8,9 @@
   :class:`Selection` (experiment, time, forced arms) and, for each of them that has feedback, a
   :class:`FeedbackSummary`: the **latest** rating (by feedback time, then id), the latest non-empty
   correction, and how many feedback rows it has.
+* **Shadow runs.** With ``shadow=True``, :func:`read_store` also reads the ``shadow_runs`` row of each selected
+  request that has one (:class:`ShadowRecord`; ``aligngate eval --from-store`` judges the answer served against
+  the shadow correction). A store from before shadow mode simply has none.
 * **Errors a user can act on.** Every failure to reach or read the database is a :class:`StoreError` whose
   message names the store (password hidden) and the cause; an unknown experiment is an
   :class:`UnknownExperiment` that lists the experiments the store has.
@@ -19,7 +22,7 @@ import asyncio
 import contextlib
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -36,6 +39,7 @@ __all__ = [
     "FeedbackSummary",
     "RequestRecord",
     "Selection",
+    "ShadowRecord",
     "Snapshot",
     "StoreError",
     "UnknownExperiment",
@@ -93,6 +97,22 @@ class FeedbackSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowRecord:
+    """One ``shadow_runs`` row: what the helpers made for a request in shadow mode (text: None without bodies)."""
+
+    id: str
+    time: float
+    arm: str
+    skipped: str | None = None
+    rewritten_prompt: str | None = None
+    corrected: str | None = None
+    rewriter_ms: float | None = None
+    aligner_ms: float | None = None
+    rewriter_skipped: str | None = None
+    aligner_skipped: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentInfo:
     name: str
     requests: int
@@ -121,6 +141,8 @@ class Snapshot:
     feedback: dict[str, FeedbackSummary]
     #: Forced-arm requests left out by ``Selection.include_forced=False`` (still counted here).
     forced_excluded: int = 0
+    #: Request id -> its shadow run (read with ``shadow=True`` only).
+    shadow: dict[str, ShadowRecord] = field(default_factory=dict)
 
 
 _META_COLUMNS = (
@@ -128,6 +150,10 @@ _META_COLUMNS = (
     "rewriter_ms", "aligner_ms", "rewriter_skipped", "aligner_skipped",
 )
 _BODY_COLUMNS = ("messages", "rewritten_prompt", "raw_answer", "final_answer")
+_SHADOW_COLUMNS = (
+    "id", "time", "arm", "skipped", "rewritten_prompt", "corrected", "rewriter_ms", "aligner_ms",
+    "rewriter_skipped", "aligner_skipped",
+)
 
 
 def safe_url(url: str) -> str:
@@ -224,6 +250,32 @@ def _where(selection: Selection, experiment: str | None) -> list[sa.ColumnElemen
     return where
 
 
+async def _fetch_shadow(conn: AsyncConnection, where: list[sa.ColumnElement[bool]]) -> list[dict[str, Any]]:
+    """The ``shadow_runs`` rows of the requests ``where`` selects (none when the table does not exist)."""
+    if not await conn.run_sync(lambda c: sa.inspect(c).has_table("shadow_runs")):
+        return []
+    s = schema.shadow_runs
+    result = await conn.execute(
+        sa.select(*[s.c[name] for name in _SHADOW_COLUMNS])
+        .select_from(s.join(schema.requests, s.c.id == schema.requests.c.id))
+        .where(*where)
+        .order_by(s.c.id)
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def _shadow_record(row: dict[str, Any]) -> ShadowRecord:
+    def ms(value: Any) -> float | None:
+        return None if value is None else float(value)
+
+    return ShadowRecord(
+        id=str(row["id"]), time=float(row["time"]), arm=str(row["arm"]), skipped=row["skipped"],
+        rewritten_prompt=row["rewritten_prompt"], corrected=row["corrected"], rewriter_ms=ms(row["rewriter_ms"]),
+        aligner_ms=ms(row["aligner_ms"]), rewriter_skipped=row["rewriter_skipped"],
+        aligner_skipped=row["aligner_skipped"],
+    )
+
+
 async def _fetch(
     conn: AsyncConnection, selection: Selection, bodies: bool, latest_by_default: bool
 ) -> tuple[tuple[ExperimentInfo, ...], str | None, list[dict[str, Any]], list[dict[str, Any]]]:
@@ -300,17 +352,20 @@ async def read_store(
     bodies: bool = False,
     latest_by_default: bool = False,
     timeout_s: float = 5.0,
+    shadow: bool = False,
 ) -> Snapshot:
     """The requests matching ``selection`` and their feedback (see the module docstring).
 
     ``bodies``: also read the text columns (messages, rewritten prompt, answers). ``latest_by_default``: with
     no experiment in ``selection``, read only the most recent experiment (the one of the latest request).
+    ``shadow``: also read the selected requests' ``shadow_runs`` rows.
     Raises :class:`StoreError` (:class:`UnknownExperiment` for an experiment the store does not have).
     """
     engine = _engine(url, timeout_s)
     try:
         async with engine.connect() as conn:
             experiments, experiment, rows, feedback_rows = await _fetch(conn, selection, bodies, latest_by_default)
+            shadow_rows = await _fetch_shadow(conn, _where(selection, experiment)) if shadow else []
     except StoreError as exc:
         raise StoreError(f"cannot read the store {safe_url(url)!r}: {exc}") from None
     except Exception as exc:  # the database, its driver or the network: tell the user, no traceback
@@ -328,7 +383,8 @@ async def read_store(
         records = [rec for rec in records if not rec.arm_forced]
     kept = {rec.id for rec in records}
     feedback = {rid: s for rid, s in _summaries(feedback_rows).items() if rid in kept}
-    return Snapshot(safe_url(url), experiment, experiments, tuple(records), feedback, forced)
+    shadow_runs = {str(row["id"]): _shadow_record(row) for row in shadow_rows if str(row["id"]) in kept}
+    return Snapshot(safe_url(url), experiment, experiments, tuple(records), feedback, forced, shadow_runs)
 
 
 def read(
@@ -338,8 +394,10 @@ def read(
     bodies: bool = False,
     latest_by_default: bool = False,
     timeout_s: float = 5.0,
+    shadow: bool = False,
 ) -> Snapshot:
     """:func:`read_store` from synchronous code (the CLI)."""
     return asyncio.run(
-        read_store(url, selection, bodies=bodies, latest_by_default=latest_by_default, timeout_s=timeout_s)
+        read_store(url, selection, bodies=bodies, latest_by_default=latest_by_default, timeout_s=timeout_s,
+                   shadow=shadow)
     )

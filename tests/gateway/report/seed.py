@@ -1,6 +1,6 @@
 """Seeded trace stores for the report and export tests: a real SQLite file whose schema the real ``Store``
-created (so it is whatever the gateway writes today), filled with direct inserts of ``requests`` and
-``feedback`` rows through the schema's own tables."""
+created (so it is whatever the gateway writes today), filled with direct inserts of ``requests``, ``feedback``
+and ``shadow_runs`` rows through the schema's own tables."""
 
 from __future__ import annotations
 
@@ -50,7 +50,19 @@ def fb(rid: str, t: float, rating: int, correction: str | None = None, comment: 
             "correction": correction}
 
 
-def insert(url: str, requests: list[dict[str, Any]], feedback: list[dict[str, Any]] | None = None) -> None:
+def shadow_run(rid: str, t: float, arm: str = "align", **columns: Any) -> dict[str, Any]:
+    """A ``shadow_runs`` row of request ``rid`` (a run that happened, with nothing made unless given)."""
+    row: dict[str, Any] = {
+        "id": rid, "time": t, "experiment": "exp", "arm": arm, "skipped": None, "rewritten_prompt": None,
+        "corrected": None, "rewriter_ms": None, "aligner_ms": None, "rewriter_skipped": None,
+        "aligner_skipped": None,
+    }
+    row.update(columns)
+    return row
+
+
+def insert(url: str, requests: list[dict[str, Any]], feedback: list[dict[str, Any]] | None = None,
+           shadow_runs: list[dict[str, Any]] | None = None) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -58,6 +70,8 @@ def insert(url: str, requests: list[dict[str, Any]], feedback: list[dict[str, An
                 conn.execute(schema.requests.insert(), requests)
             if feedback:
                 conn.execute(schema.feedback.insert(), feedback)
+            if shadow_runs:
+                conn.execute(schema.shadow_runs.insert(), shadow_runs)
     finally:
         engine.dispose()
 

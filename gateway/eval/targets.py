@@ -1,0 +1,378 @@
+"""What answers the prompts: a running gateway, an in-process gateway, or two models.
+
+Every target is driven the same way, through the gateway's own HTTP API: ``POST /v1/chat/completions`` with the
+arm forced (``X-Aligngate-Arm``) and the trace on (``X-Aligngate-Trace: 1``), so the answer comes back with the
+rewrite, the raw answer, the helpers' milliseconds and skip reasons.
+
+* :class:`UrlTarget` — a running gateway (``target.url``), over the network; its API key from ``api_key_env``.
+* :class:`InProcessTarget` — ``gateway.app.create_app(settings)`` driven through ``httpx.ASGITransport`` with its
+  lifespan entered: the same pipeline code, no server. Settings: a gateway config file, or the embedded default;
+  the trace store, shadow mode and API keys are turned off (an evaluation must not write into a production
+  store), and arms may be forced.
+* :func:`models_target` — two models (``candidate``, ``baseline``), each a remote endpoint or a local model,
+  as the two backends of one in-process gateway; the arms are the two backends' names, both run on ``control``.
+
+``identity`` (part of every answer's cache key) names what makes answers differ: the URL and model of a running
+gateway; the backends and helpers of an in-process one (model names, URLs, templates, token limits, and the
+size and modification time of local model and adapter files, so a retrained adapter invalidates its answers);
+timeouts, retries and the store do not count.
+
+Errors: :class:`TargetError` (unreachable, a refused key, an unknown model, an arm the gateway refuses): the
+evaluation cannot go on. :class:`AnswerFailed` (a 5xx or a timeout after two retries): that answer is counted as
+failed, not cached, and retried by the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.eval.config import MODEL_ARMS, GenerationSpec, ModelSpec, TargetSpec
+from gateway.eval.records import Prompt, digest
+
+__all__ = [
+    "AnswerFailed",
+    "Generated",
+    "InProcessTarget",
+    "Target",
+    "TargetError",
+    "UrlTarget",
+    "build_target",
+    "fingerprint",
+    "models_target",
+]
+
+logger = logging.getLogger(__name__)
+
+RETRIES = 2
+RETRY_PAUSE_S = 0.5
+
+
+class TargetError(Exception):
+    """The target cannot be used (unreachable, refuses the key, the model or an arm): the run stops."""
+
+
+class AnswerFailed(Exception):
+    """One answer failed (a server error or a timeout, retried): counted, not cached."""
+
+
+@dataclass(frozen=True, slots=True)
+class Generated:
+    text: str
+    latency_ms: float
+    raw: str | None = None
+    rewritten_prompt: str | None = None
+    rewriter_skipped: str | None = None
+    aligner_skipped: str | None = None
+    rewriter_ms: float | None = None
+    aligner_ms: float | None = None
+    finish_reason: str | None = None
+
+
+def fingerprint(path: str | None) -> object:
+    """What identifies a local model file or folder for caching: size and mtime of it (or of its files)."""
+    if path is None or path.startswith("builtin:"):
+        return path
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            return [path, sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in p.iterdir() if f.is_file())]
+        st = p.stat()
+        return [path, st.st_size, st.st_mtime_ns]
+    except OSError:
+        return path
+
+
+def settings_identity(settings: Settings) -> str:
+    backends = [
+        {
+            "name": b.name,
+            "urls": b.urls,
+            "upstream_model": b.upstream_model,
+            "local": None if b.local is None else [fingerprint(b.local.model), fingerprint(b.local.adapter)],
+        }
+        for b in settings.backends
+    ]
+    helpers: dict[str, object] = {}
+    for name in ("rewriter", "aligner"):
+        h = getattr(settings.helpers, name)
+        if h is not None:
+            helpers[name] = {
+                "url": h.url,
+                "model": h.model,
+                "template": h.template,
+                "max_tokens": h.max_tokens,
+                "max_prompt_words": h.max_prompt_words,
+                "local": None if h.local is None else [fingerprint(h.local.model), fingerprint(h.local.adapter)],
+            }
+    return digest({"kind": "gateway", "backends": backends, "helpers": helpers})
+
+
+def _error_message(resp: httpx.Response) -> str:
+    try:
+        body = resp.json()
+        message = body["error"]["message"]
+        if isinstance(message, str):
+            return " ".join(message.split())
+    except Exception:  # not the OpenAI error shape
+        pass
+    return " ".join(resp.text.split())[:200] or resp.reason_phrase
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _ms(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+class Target:
+    """A chat endpoint with arms. ``arms`` maps each arm this target answers to (model, ``X-Aligngate-Arm``)."""
+
+    description: str
+    identity: str
+
+    def __init__(self, timeout_s: float) -> None:
+        self.timeout_s = timeout_s
+        self.routes: dict[str, tuple[str, str]] = {}
+        self._client: httpx.AsyncClient | None = None
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return tuple(self.routes)
+
+    async def __aenter__(self) -> Target:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.close()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+    def _headers(self, arm: str) -> dict[str, str]:
+        return {"X-Aligngate-Arm": arm, "X-Aligngate-Trace": "1"}
+
+    async def generate(self, arm: str, prompt: Prompt, generation: GenerationSpec) -> Generated:
+        """``prompt``'s answer on ``arm``; :class:`TargetError` or :class:`AnswerFailed` when there is none."""
+        assert self._client is not None, "start() first"
+        model, header_arm = self.routes[arm]
+        body: dict[str, Any] = {
+            "model": model,
+            "messages": prompt.wire(),
+            "temperature": generation.temperature,
+            "max_tokens": generation.max_tokens,
+            "stream": False,
+        }
+        if generation.seed is not None:
+            body["seed"] = generation.seed
+        last = ""
+        for attempt in range(RETRIES + 1):
+            if attempt:
+                await asyncio.sleep(RETRY_PAUSE_S * attempt)
+            started = time.perf_counter()
+            try:
+                resp = await self._client.post("/chat/completions", json=body, headers=self._headers(header_arm))
+            except httpx.TimeoutException:
+                last = f"no answer within {self.timeout_s:g} s"
+                continue
+            except httpx.TransportError as exc:
+                raise TargetError(f"cannot reach {self.description}: {exc or type(exc).__name__}") from None
+            latency_ms = (time.perf_counter() - started) * 1000.0
+            if resp.status_code == 200:
+                return self._parse(resp, latency_ms)
+            if resp.status_code in (429,) or resp.status_code >= 500:
+                last = f"status {resp.status_code}: {_error_message(resp)}"
+                continue
+            raise TargetError(
+                f"{self.description} refused the {arm!r} arm (status {resp.status_code}): {_error_message(resp)}"
+            )
+        raise AnswerFailed(last)
+
+    def _parse(self, resp: httpx.Response, latency_ms: float) -> Generated:
+        try:
+            body = resp.json()
+            choice = body["choices"][0]
+            text = choice["message"]["content"]
+        except Exception:
+            raise AnswerFailed(f"not a chat completion: {resp.text[:200]!r}") from None
+        if not isinstance(text, str):
+            raise AnswerFailed("the answer has no text content")
+        found = body.get("aligngate")
+        trace: dict[str, Any] = found if isinstance(found, dict) else {}
+        ms = trace.get("helper_ms")
+        helper_ms: dict[str, Any] = ms if isinstance(ms, dict) else {}
+        return Generated(
+            text=text,
+            latency_ms=latency_ms,
+            raw=_text(trace.get("original_content")),
+            rewritten_prompt=_text(trace.get("rewritten_prompt")),
+            rewriter_skipped=_text(trace.get("rewriter_skipped")),
+            aligner_skipped=_text(trace.get("aligner_skipped")),
+            rewriter_ms=_ms(helper_ms.get("rewriter")),
+            aligner_ms=_ms(helper_ms.get("aligner")),
+            finish_reason=_text(choice.get("finish_reason")),
+        )
+
+
+def _v1(url: str) -> str:
+    url = url.rstrip("/")
+    return url if url.endswith("/v1") else f"{url}/v1"
+
+
+class UrlTarget(Target):
+    """A running gateway at ``spec.url``."""
+
+    def __init__(self, spec: TargetSpec, arms: tuple[str, ...]) -> None:
+        super().__init__(spec.timeout_s)
+        assert spec.url is not None
+        self.base = _v1(spec.url)
+        self.model = spec.model
+        self.api_key_env = spec.api_key_env
+        self._arms = arms
+        self.description = f"the gateway at {self.base}"
+        self.identity = ""
+
+    async def start(self) -> None:
+        headers: dict[str, str] = {}
+        if self.api_key_env:
+            key = os.environ.get(self.api_key_env)
+            if not key:
+                raise TargetError(f"target.api_key_env names {self.api_key_env}, which is not set")
+            headers["Authorization"] = f"Bearer {key}"
+        self._client = httpx.AsyncClient(base_url=self.base, headers=headers, timeout=self.timeout_s)
+        try:
+            resp = await self._client.get("/models", timeout=min(self.timeout_s, 10.0))
+        except httpx.HTTPError as exc:
+            await self.close()
+            raise TargetError(f"cannot reach {self.description}: {exc or type(exc).__name__}") from None
+        if resp.status_code != 200:
+            await self.close()
+            raise TargetError(
+                f"{self.description} answered GET /v1/models with {resp.status_code}: {_error_message(resp)}"
+            )
+        if self.model is None:
+            try:
+                self.model = str(resp.json()["data"][0]["id"])
+            except Exception:
+                await self.close()
+                raise TargetError(f"{self.description} lists no models; set target.model") from None
+        self.routes = {arm: (self.model, arm) for arm in self._arms}
+        self.identity = digest({"kind": "url", "url": self.base, "model": self.model})
+
+
+class InProcessTarget(Target):
+    """``create_app(settings)`` in this process, through ``httpx.ASGITransport`` (lifespan entered)."""
+
+    def __init__(
+        self, settings: Settings, routes: Mapping[str, tuple[str, str]], description: str, timeout_s: float
+    ) -> None:
+        super().__init__(timeout_s)
+        self.settings = settings
+        self.routes = dict(routes)
+        self.description = description
+        self.identity = settings_identity(settings)
+        self._lifespan: AbstractAsyncContextManager[Any] | None = None
+
+    async def start(self) -> None:
+        from gateway.app import create_app
+
+        try:
+            app = create_app(self.settings)
+        except ConfigError as exc:
+            raise TargetError(f"{self.description}: {' '.join(str(exc).split())}") from None
+        self._lifespan = app.lifespan()
+        try:
+            await self._lifespan.__aenter__()
+        except ConfigError as exc:
+            self._lifespan = None
+            raise TargetError(f"{self.description}: {' '.join(str(exc).split())}") from None
+        except Exception as exc:
+            self._lifespan = None
+            raise TargetError(f"{self.description} did not start: {type(exc).__name__}: {exc}") from None
+        self._client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://aligngate.in-process/v1", timeout=self.timeout_s
+        )
+
+    async def close(self) -> None:
+        await super().close()
+        if self._lifespan is not None:
+            lifespan, self._lifespan = self._lifespan, None
+            with contextlib.suppress(Exception):
+                await lifespan.__aexit__(None, None, None)
+
+
+#: What an in-process evaluation turns off in the gateway's settings (see the module docstring).
+EVAL_OVERRIDES: dict[str, Any] = {
+    "store": {"enabled": False},
+    "experiment": {"allow_override": True, "shadow": {"share": 0.0}},
+    "server": {"api_keys": []},
+}
+
+
+def in_process_target(spec: TargetSpec, arms: tuple[str, ...]) -> InProcessTarget:
+    path = spec.gateway_config or None
+    try:
+        settings = load_settings(path, EVAL_OVERRIDES, embedded_default=path is None)
+    except ConfigError as exc:
+        raise TargetError(" ".join(str(exc).split())) from None
+    if not settings.backends:
+        raise TargetError(f"the gateway config {path} has no backends")
+    model = spec.model or settings.backends[0].name
+    if settings.backend(model) is None:
+        raise TargetError(f"target.model {model!r} is not a backend of {path or 'the embedded default'}")
+    what = f"the in-process gateway ({path or 'embedded default'})"
+    return InProcessTarget(settings, {arm: (model, arm) for arm in arms}, what, spec.timeout_s)
+
+
+def _backend(name: str, spec: ModelSpec) -> dict[str, Any]:
+    if spec.local is not None:
+        return {"name": name, "local": {"model": spec.local.model, "adapter": spec.local.adapter}}
+    assert spec.url is not None
+    return {"name": name, "urls": [_v1(spec.url)], "upstream_model": spec.model, "api_key_env": spec.api_key_env}
+
+
+def models_target(spec: TargetSpec) -> InProcessTarget:
+    """``candidate`` and ``baseline`` as the two backends of one in-process gateway (no helpers)."""
+    assert spec.candidate is not None and spec.baseline is not None
+    data = {
+        "backends": [_backend("candidate", spec.candidate), _backend("baseline", spec.baseline)],
+        "experiment": {"name": "eval", "arms": {"control": 1}, "allow_override": True},
+        "store": {"enabled": False},
+    }
+    try:
+        settings = Settings.model_validate(data)
+    except ValueError as exc:
+        raise TargetError(f"target.candidate / target.baseline: {' '.join(str(exc).split())}") from None
+    routes = {arm: (arm, "control") for arm in MODEL_ARMS}
+    return InProcessTarget(settings, routes, "the two-model target", spec.timeout_s)
+
+
+def build_target(spec: TargetSpec, arms: tuple[str, ...]) -> Target:
+    """The target ``spec`` names (see :func:`gateway.eval.config.target_kind`)."""
+    if spec.url is not None:
+        return UrlTarget(spec, arms)
+    if spec.candidate is not None or spec.baseline is not None:
+        return models_target(spec)
+    return in_process_target(spec, arms)
