@@ -15,7 +15,7 @@ Failures are engine exceptions: a read timeout or a 504 is ``EngineTimeout``; 42
 with the server's own error message when it sent one. The API key only ever goes into the
 ``Authorization: Bearer`` header: it is redacted from every error message, and so are credentials in the URL.
 
-Usage counts and finish reasons are read as :mod:`models.openai_wire` describes (``n`` > 1: shared-out
+Usage counts and finish reasons are read as :mod:`models.wire.read` describes (``n`` > 1: shared-out
 completion tokens; a stream's last ``Delta`` carries the usage). Closing a stream early
 (``aclose()``) drops its connection, which makes vLLM abort the generation. ``ping()`` checks reachability
 (``GET /models``) for readiness probes.
@@ -34,7 +34,7 @@ import aiohttp
 import orjson
 
 from models.engine import ChatTurn, Completion, Delta, EngineError, EngineOverloaded, EngineTimeout, SamplingParams
-from models.openai_wire import (
+from models.wire.read import (
     StreamDecoder,
     chat_messages,
     completions_from_body,

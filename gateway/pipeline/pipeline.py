@@ -33,10 +33,10 @@ from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
 from gateway.pipeline.arms import Arm
 from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.trace import Trace
-from gateway.sse import DONE, encode_event
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
 from models.templates import content_text
+from models.wire.sse import DONE, encode_event
 
 logger = logging.getLogger(__name__)
 

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from gateway.context import Capture, RequestContext
-from gateway.sse import iter_events
 from models.templates import content_text
+from models.wire.sse import iter_events
 
 
 def _ms(seconds: float | None) -> float | None:

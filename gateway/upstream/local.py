@@ -57,7 +57,6 @@ from gateway.errors import (
     UpstreamTimeout,
 )
 from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
-from gateway.sse import DONE
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
     ChatTurn,
@@ -69,6 +68,7 @@ from models.engine import (
     EngineTimeout,
     SamplingParams,
 )
+from models.wire.sse import DONE
 
 __all__ = ["LocalBackend", "LocalStream"]
 

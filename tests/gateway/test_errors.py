@@ -26,7 +26,7 @@ from gateway.errors import (
     install_handlers,
     internal_error_body,
 )
-from gateway.sse import iter_events
+from models.wire.sse import iter_events
 
 
 @pytest.mark.parametrize(

@@ -15,8 +15,8 @@ from prometheus_client import REGISTRY
 
 from gateway.errors import UpstreamBroken, error_frame
 from gateway.inference.relay import normalize_error_body, relay_result
-from gateway.sse import DONE
 from gateway.upstream.backend import UpstreamResult
+from models.wire.sse import DONE
 
 CHAT_OK = (
     b'{"id":"chatcmpl-1", "object":"chat.completion","model":"served",'

@@ -24,7 +24,6 @@ from gateway.inference.router import router as inference_router
 from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
 from gateway.ops.router import router as ops_router
-from gateway.sse import iter_events
 from gateway.upstream.local import LocalBackend, LocalStream
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
@@ -37,6 +36,7 @@ from models.engine import (
     FinishReason,
     SamplingParams,
 )
+from models.wire.sse import iter_events
 
 #: Multi-byte text: accents, a CJK character and an emoji (4 bytes in UTF-8).
 PIECES = ["Hé", "llo ", "wörld ", "世", "🌍", "!"]

@@ -1,4 +1,4 @@
-"""gateway/sse.py: the event aligner re-cuts any byte split on event boundaries; decode and encode helpers."""
+"""models/wire/sse.py: the event aligner re-cuts any byte split on event boundaries; decode and encode helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import orjson
 import pytest
 
-from gateway.sse import DONE, EventAligner, contains_done, encode_event, iter_events
+from models.wire.sse import DONE, EventAligner, contains_done, encode_event, iter_events
 
 EVENTS_LF = [
     'data: {"choices":[{"delta":{"content":"日本語 🌍"}}]}\n\n'.encode(),
