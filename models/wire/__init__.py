@@ -3,9 +3,10 @@
 One module per concern, each with its contract on top:
 
 * :mod:`models.wire.sse`: server-sent events: encoding (``encode_event``, ``DONE``), re-cutting a relayed byte
-  stream on event boundaries (``EventAligner``, ``contains_done``, ``insert_before_done``) and decoding;
-* :mod:`models.wire.read`: reading answers: whole bodies and streams as ``Completion``/``Delta`` objects, a
-  server's error message.
+  stream on event boundaries (``EventAligner``, ``contains_done``, ``insert_before_done``) and the one
+  decoder (``EventDecoder``, ``iter_events``);
+* :mod:`models.wire.read`: reading answers: a choice's text, the ``usage`` counts, whole bodies and streams
+  as ``Completion``/``Delta`` objects, a server's error message.
 
 Only ``models.engine`` and ``core`` are imported from this house; never ``gateway`` or ``train``.
 """
