@@ -27,7 +27,7 @@ from typing import Any
 
 from starlette.responses import Response, StreamingResponse
 
-from gateway.context import Capture, RequestContext
+from gateway.context import RequestContext
 from gateway.errors import GatewayError, error_frame
 from gateway.inference.relay import SSE_HEADERS, relay_result, relay_stream
 from gateway.pipeline.arms import Arm
@@ -35,7 +35,7 @@ from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.trace import Trace
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
-from models.templates import content_text
+from models.wire.read import choice_text, set_choice_text, usage_counts
 from models.wire.sse import DONE, encode_event
 
 logger = logging.getLogger(__name__)
@@ -89,14 +89,14 @@ class Pipeline:
         except ValueError:
             return relay_result(result)
         if capture is not None:
-            _capture_usage(capture, answer)
+            capture.prompt_tokens, capture.completion_tokens = usage_counts(answer)
         if stream:
             return await self._stream_corrected(req, trace, question, answer, include_usage)
         await self._align_all(req, trace, question, answer)
         if capture is not None:
             capture.raw_answer = _first_choice(trace.original_content)
             choices = answer.get("choices") or []
-            capture.final_answer = _answer_text(choices[0], req.chat) if choices else None
+            capture.final_answer = choice_text(choices[0], req.chat) if choices else None
         if req.trace_on:
             answer["aligngate"] = trace.as_json()
         return Response(_dumps(answer), media_type="application/json")
@@ -181,7 +181,7 @@ class Pipeline:
 
     async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
         choices = answer.get("choices") or []
-        slots = [_answer_text(c, req.chat) for c in choices]
+        slots = [choice_text(c, req.chat) for c in choices]
         tasks = [asyncio.ensure_future(self.helpers.correct(question, text)) for text in slots if text is not None]
         t = time.perf_counter()
         try:
@@ -204,7 +204,7 @@ class Pipeline:
             originals.append(text)
             skipped.append(outcome.skipped)
             if outcome.corrected:
-                _set_answer_text(choice, req.chat, outcome.text)
+                set_choice_text(choice, req.chat, outcome.text)
         trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
         trace.original_content = originals[0] if len(originals) == 1 else originals
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
@@ -214,7 +214,7 @@ class Pipeline:
     ) -> Response:
         """Stream the correction of a whole backend answer, choice after choice."""
         choices = answer.get("choices") or []
-        texts = [_answer_text(c, req.chat) for c in choices]
+        texts = [choice_text(c, req.chat) for c in choices]
         trace.original_content = texts[0] if len(texts) == 1 else texts
         if req.ctx.capture is not None:
             req.ctx.capture.raw_answer = texts[0] if texts else None
@@ -304,34 +304,6 @@ class Pipeline:
 
 def _first_choice(value: str | list[str | None] | None) -> str | None:
     return value[0] if isinstance(value, list) else value
-
-
-def _capture_usage(capture: Capture, answer: dict[str, Any]) -> None:
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        capture.prompt_tokens = p if isinstance(p, int) else None
-        capture.completion_tokens = c if isinstance(c, int) else None
-
-
-def _answer_text(choice: dict[str, Any], chat: bool) -> str | None:
-    """The text of a choice the aligner can correct; None for tool-call answers and non-text content."""
-    if not chat:
-        text = choice.get("text")
-        return text if isinstance(text, str) else None
-    message = choice.get("message") or {}
-    if message.get("tool_calls") or message.get("function_call"):
-        return None
-    content = message.get("content")
-    return content_text(content) if isinstance(content, (str, list)) else None
-
-
-def _set_answer_text(choice: dict[str, Any], chat: bool, text: str) -> None:
-    if chat:
-        choice["message"]["content"] = text
-    else:
-        choice["text"] = text
-    choice["logprobs"] = None  # they described the uncorrected tokens
 
 
 class _ChunkMaker:
