@@ -35,6 +35,7 @@ from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.trace import Trace
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
+from models.wire.chunks import ChunkWriter
 from models.wire.read import choice_text, set_choice_text, usage_counts
 from models.wire.sse import DONE, encode_event
 
@@ -232,7 +233,7 @@ class Pipeline:
                 raise
             first_waited = first_stream.waited_s
             req.ctx.upstream_s += first_waited
-        chunks = _ChunkMaker(answer, req.chat, include_usage)
+        chunks = ChunkWriter.for_answer(answer, req.chat, include_usage)
         first = (first_stream, first_delta, first_waited)
         return StreamingResponse(
             self._correction_events(req, trace, question, choices, texts, chunks, first),
@@ -246,7 +247,7 @@ class Pipeline:
         question: str,
         choices: list[dict[str, Any]],
         texts: list[str | None],
-        chunks: _ChunkMaker,
+        chunks: ChunkWriter,
         first: tuple[CorrectionStream | None, str, float],
     ) -> AsyncIterator[bytes]:
         """The stream's events; ``first`` is choice 0's correction stream, its first delta, and the time already
@@ -286,7 +287,7 @@ class Pipeline:
                 yield chunks.finish(index, choice.get("finish_reason"))
             trace.helper_ms.aligner = round(aligner_s * 1000, 3)
             trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
-            yield chunks.last(trace.as_json() if req.trace_on else None) + DONE
+            yield chunks.last({"aligngate": trace.as_json()} if req.trace_on else None) + DONE
         except GatewayError as exc:
             ctx.outcome = exc.code
             logger.warning("request %s: streamed correction failed: %s", ctx.request_id, exc.message)
@@ -304,66 +305,3 @@ class Pipeline:
 
 def _first_choice(value: str | list[str | None] | None) -> str | None:
     return value[0] if isinstance(value, list) else value
-
-
-class _ChunkMaker:
-    """SSE events in the backend's own streaming format, built from its whole (non-streamed) answer."""
-
-    def __init__(self, answer: dict[str, Any], chat: bool, include_usage: bool) -> None:
-        self.chat = chat
-        self.include_usage = include_usage
-        self.usage = answer.get("usage")
-        self.base: dict[str, Any] = {
-            "id": answer.get("id"),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": answer.get("created"),
-            "model": answer.get("model"),
-        }
-        if answer.get("system_fingerprint") is not None:
-            self.base["system_fingerprint"] = answer["system_fingerprint"]
-
-    def _event(self, choice: dict[str, Any]) -> dict[str, Any]:
-        event = {**self.base, "choices": [choice]}
-        if self.include_usage:
-            event["usage"] = None
-        return event
-
-    def role(self, index: int) -> bytes:
-        if not self.chat:
-            return b""
-        return encode_event(self._event(
-            {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        ))
-
-    def text(self, index: int, text: str) -> bytes:
-        if self.chat:
-            choice = {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-        else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": None}
-        return encode_event(self._event(choice))
-
-    def tool_calls(self, index: int, choice: dict[str, Any]) -> bytes:
-        message = choice.get("message") or {}
-        calls = [{**call, "index": k} for k, call in enumerate(message.get("tool_calls") or [])]
-        delta: dict[str, Any] = {"tool_calls": calls}
-        if message.get("content"):
-            delta["content"] = message["content"]
-        return encode_event(self._event({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
-
-    def finish(self, index: int, reason: Any) -> bytes:
-        if self.chat:
-            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
-        else:
-            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
-        return encode_event(self._event(choice))
-
-    def last(self, trace: dict[str, Any] | None) -> bytes:
-        """The usage chunk (``choices: []``) when asked for, carrying the trace; else a trace-only chunk."""
-        if not self.include_usage and trace is None:
-            return b""
-        event: dict[str, Any] = {**self.base, "choices": []}
-        if self.include_usage:
-            event["usage"] = self.usage
-        if trace is not None:
-            event["aligngate"] = trace
-        return encode_event(event)

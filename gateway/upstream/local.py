@@ -68,6 +68,7 @@ from models.engine import (
     EngineTimeout,
     SamplingParams,
 )
+from models.wire.chunks import ChunkWriter, usage_object
 from models.wire.sse import DONE
 
 __all__ = ["LocalBackend", "LocalStream"]
@@ -516,13 +517,13 @@ def _response_body(plan: _Plan, results: Sequence[Sequence[Completion]]) -> byte
         "created": int(time.time()),
         "model": plan.model,
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage_object(prompt_tokens, completion_tokens),
     })
 
 
 class LocalStream:
-    """An open stream from the local engine (``StreamHandle``): SSE events shaped like vLLM's, then ``[DONE]``.
+    """An open stream from the local engine (``StreamHandle``): SSE events shaped like vLLM's (written by
+    ``models.wire.chunks.ChunkWriter``), then ``[DONE]``.
 
     Chat: each choice starts with a ``{"role": "assistant", "content": ""}`` delta, then content deltas, then an
     empty delta with its ``finish_reason``. Completions: ``text`` deltas, then ``""`` with the finish reason.
@@ -545,28 +546,9 @@ class LocalStream:
         #: Seconds spent waiting for the engine's next delta inside ``chunks`` (the gateway-overhead measure).
         self.waited_s = 0.0
         chat = plan.route == "chat"
-        self._head = {
-            "id": _new_id(plan.route),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": plan.model,
-        }
-
-    def _event(self, choices: list[dict[str, Any]]) -> bytes:
-        chunk: dict[str, Any] = {**self._head, "choices": choices}
-        if self._plan.include_usage:
-            chunk["usage"] = None
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def _choice(self, index: int, text: str | None, finish: str | None, *, role: bool = False) -> dict[str, Any]:
-        if self._plan.route == "completions":
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        self._chunks = ChunkWriter(
+            chat, plan.include_usage, id=_new_id(plan.route), created=int(time.time()), model=plan.model
+        )
 
     async def _next(self) -> _Item:
         clock = time.perf_counter
@@ -586,8 +568,9 @@ class LocalStream:
         plan = self._plan
         n = plan.params.n
         out: list[bytes] = []
+        chunks = self._chunks
         if plan.route == "chat":
-            out.extend(self._event([self._choice(i, "", None, role=True)]) for i in range(n * plan.calls))
+            out.extend(chunks.role(i) for i in range(n * plan.calls))
         finished = [0] * plan.calls
         counted = [False] * plan.calls
         running = plan.calls
@@ -617,15 +600,14 @@ class LocalStream:
                 else:
                     index = call * n + payload.index
                     if payload.text:
-                        out.append(self._event([self._choice(index, payload.text, None)]))
+                        out.append(chunks.text(index, payload.text))
                     if payload.finish_reason is not None:
                         finished[call] += 1
                         completion_tokens += payload.completion_tokens or 0
                         if not counted[call] and payload.prompt_tokens is not None:
                             counted[call] = True
                             prompt_tokens += payload.prompt_tokens
-                        empty = "" if plan.route == "completions" else None
-                        out.append(self._event([self._choice(index, empty, payload.finish_reason)]))
+                        out.append(chunks.finish(index, payload.finish_reason))
                 if running and not self._queue.empty():
                     item = self._queue.get_nowait()
             if failure is not None:
@@ -634,9 +616,8 @@ class LocalStream:
                     yield b"".join(out)
                 raise failure
             if plan.include_usage:
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                         "total_tokens": prompt_tokens + completion_tokens}
-                out.append(b"data: " + orjson.dumps({**self._head, "choices": [], "usage": usage}) + b"\n\n")
+                chunks.usage = usage_object(prompt_tokens, completion_tokens)
+                out.append(chunks.last())
             out.append(DONE)
             yield b"".join(out)
         finally:

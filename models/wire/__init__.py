@@ -5,6 +5,8 @@ One module per concern, each with its contract on top:
 * :mod:`models.wire.sse`: server-sent events: encoding (``encode_event``, ``DONE``), re-cutting a relayed byte
   stream on event boundaries (``EventAligner``, ``contains_done``, ``insert_before_done``) and the one
   decoder (``EventDecoder``, ``iter_events``);
+* :mod:`models.wire.chunks`: the one writer of streamed ``chat.completion.chunk`` / ``text_completion``
+  events (``ChunkWriter``);
 * :mod:`models.wire.read`: reading answers: a choice's text, the ``usage`` counts, whole bodies and streams
   as ``Completion``/``Delta`` objects, a server's error message.
 
