@@ -1,8 +1,9 @@
 """The one mapping from exceptions to the OpenAI error shape ``{"error": {message, type, param, code}}``.
 
-Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), request
-validation, unknown routes, and anything unexpected (the request middleware logs its traceback and
-answers ``internal_error_body`` without one). Streams use ``error_frame`` for failures after the first byte.
+Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), engine failures
+(``engine_error``, after the table in ``models.wire.errors``), request validation, unknown routes, and anything
+unexpected (the request middleware logs its traceback and answers ``internal_error_body`` without one). Streams
+use ``error_frame`` for failures after the first byte.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+
+from models.wire.errors import FAILED, OVERLOADED, TIMED_OUT, Failure, engine_failure
+from models.wire.sse import encode_event
 
 
 class GatewayError(Exception):
@@ -81,25 +85,39 @@ class UpstreamUnavailable(GatewayError):
 
 
 class UpstreamTimeout(GatewayError):
-    status = 504
-    type = "upstream_error"
-    code = "upstream_timeout"
+    """The upstream (a replica, or an in-process engine) did not answer in time (504)."""
+
+    status = TIMED_OUT.status
+    type = TIMED_OUT.type
+    code = TIMED_OUT.code
 
 
 class EngineOverloadedError(GatewayError):
     """An in-process engine's queue is full (503, as an overloaded OpenAI-compatible server answers)."""
 
-    status = 503
-    type = "overloaded_error"
-    code = "engine_overloaded"
+    status = OVERLOADED.status
+    type = OVERLOADED.type
+    code = OVERLOADED.code
 
 
 class EngineFailed(GatewayError):
     """An in-process engine failed to answer (502)."""
 
-    status = 502
-    type = "upstream_error"
-    code = "engine_error"
+    status = FAILED.status
+    type = FAILED.type
+    code = FAILED.code
+
+
+_ENGINE_ERRORS: dict[Failure, type[GatewayError]] = {
+    OVERLOADED: EngineOverloadedError,
+    TIMED_OUT: UpstreamTimeout,
+    FAILED: EngineFailed,
+}
+
+
+def engine_error(exc: BaseException, message: str) -> GatewayError:
+    """The error answered for an engine call that failed with ``exc`` (``models.wire.errors``' table)."""
+    return _ENGINE_ERRORS[engine_failure(exc)](message)
 
 
 class UpstreamBroken(GatewayError):
@@ -137,7 +155,7 @@ def internal_error_body() -> bytes:
 
 def error_frame(exc: GatewayError) -> bytes:
     """An SSE event carrying the error, as vLLM and OpenAI send it mid-stream."""
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    return encode_event(exc.body())
 
 
 _UNSET: Any = object()

@@ -11,8 +11,9 @@ backoff. The engine uses a shared ``aiohttp.ClientSession`` when given one (the 
 or opens its own in ``start()`` (closed in ``close()``).
 
 Failures are engine exceptions: a read timeout or a 504 is ``EngineTimeout``; 429 and 503 are
-``EngineOverloaded``; unreachable servers, other error statuses and malformed answers are ``EngineError``,
-with the server's own error message when it sent one. The API key only ever goes into the
+``EngineOverloaded``; unreachable servers, other error statuses and malformed answers are ``EngineError``
+(statuses as ``models.wire.errors.error_for_status`` maps them), with the server's own error message when it
+sent one. The API key only ever goes into the
 ``Authorization: Bearer`` header: it is redacted from every error message, and so are credentials in the URL.
 
 Usage counts and finish reasons are read as :mod:`models.wire.read` describes (``n`` > 1: shared-out
@@ -33,7 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from models.engine import ChatTurn, Completion, Delta, EngineError, EngineOverloaded, EngineTimeout, SamplingParams
+from models.engine import ChatTurn, Completion, Delta, EngineError, EngineTimeout, SamplingParams
+from models.wire.errors import error_for_status
 from models.wire.read import (
     StreamDecoder,
     chat_messages,
@@ -46,7 +48,6 @@ from models.wire.read import (
 __all__ = ["RemoteEngine"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-OVERLOAD_STATUSES = frozenset({429, 503})
 BACKOFF_BASE_S = 0.05
 #: Longest wait for the end of a stream's body after ``[DONE]`` (after that, the connection is dropped).
 DRAIN_S = 0.05
@@ -276,12 +277,7 @@ class RemoteEngine:
         text = f"{self._what()} answered HTTP {status}" + (f": {detail}" if detail else "")
         if status in (401, 403):
             text += " (check the API key configured for it)"
-        text = self._redact(text)
-        if status in OVERLOAD_STATUSES:
-            return EngineOverloaded(text)
-        if status == 504:
-            return EngineTimeout(text)
-        return EngineError(text)
+        return error_for_status(status, self._redact(text))
 
 
 def _describe(exc: BaseException) -> str:

@@ -22,9 +22,9 @@ Request mapping (bodies are validated again with the gateway's schemas, defensiv
   unknown field (vLLM extras such as ``top_k`` or ``repetition_penalty``), and ``stream`` in ``fetch``
   (a whole JSON answer is always returned there).
 
-Errors: engine failures become OpenAI-shaped error results: ``EngineOverloaded`` 503
-(``overloaded_error``/``engine_overloaded``), ``EngineTimeout`` or ``timeout_s`` passing 504
-(``upstream_error``/``upstream_timeout``), any other ``EngineError`` 502 (``upstream_error``/``engine_error``);
+Errors: engine failures become OpenAI-shaped error results, after the table in ``models.wire.errors``:
+``EngineOverloaded`` 503 (``overloaded_error``/``engine_overloaded``), ``EngineTimeout`` or ``timeout_s`` passing
+504 (``upstream_error``/``upstream_timeout``), any other ``EngineError`` 502 (``upstream_error``/``engine_error``);
 an unexpected exception is logged with its traceback and answered 502 without it. In a stream, a failure
 before the first delta is answered the same way (``open_stream`` waits for the first delta); a failure after
 it raises ``UpstreamTimeout``/``UpstreamBroken`` from ``chunks()``.
@@ -47,15 +47,7 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
-from gateway.errors import (
-    BadRequest,
-    EngineFailed,
-    EngineOverloadedError,
-    GatewayError,
-    NotFound,
-    UpstreamBroken,
-    UpstreamTimeout,
-)
+from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamBroken, engine_error
 from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
@@ -69,6 +61,7 @@ from models.engine import (
     SamplingParams,
 )
 from models.wire.chunks import ChunkWriter, usage_object
+from models.wire.errors import TIMED_OUT, engine_failure
 from models.wire.sse import DONE
 
 __all__ = ["LocalBackend", "LocalStream"]
@@ -435,35 +428,36 @@ class LocalBackend:
 
     def _failure(self, exc: BaseException) -> GatewayError:
         """The error result for an engine call that failed before any response was sent."""
-        err: GatewayError
+        what = f"The local engine of '{self.name}'"
         if isinstance(exc, EngineOverloaded):
-            err = EngineOverloadedError(
-                f"The local engine of '{self.name}' is overloaded ({_describe(exc)}); retry later."
-            )
+            message = f"{what} is overloaded ({_describe(exc)}); retry later."
         elif isinstance(exc, EngineTimeout):
-            err = UpstreamTimeout(f"The local engine of '{self.name}' timed out: {_describe(exc)}.")
+            message = f"{what} timed out: {_describe(exc)}."
         elif isinstance(exc, TimeoutError):
-            err = UpstreamTimeout(f"The local engine of '{self.name}' did not answer within {self.timeout_s:g}s.")
+            message = f"{what} did not answer within {self.timeout_s:g}s."
         elif isinstance(exc, EngineError):
-            err = EngineFailed(f"The local engine of '{self.name}' failed: {_describe(exc)}.")
+            message = f"{what} failed: {_describe(exc)}."
         else:
             logger.error("backend %s: the local engine raised unexpectedly", self.name, exc_info=exc)
-            err = EngineFailed(f"The local engine of '{self.name}' failed unexpectedly; see the gateway's logs.")
+            message = f"{what} failed unexpectedly; see the gateway's logs."
+        err = engine_error(exc, message)
         self.on_error(self.name, str(err.status))
         return err
 
     def _broken(self, exc: BaseException) -> GatewayError:
-        """The error raised from ``chunks()`` for a failure after the stream started."""
-        if isinstance(exc, EngineTimeout | TimeoutError):
+        """The error raised from ``chunks()`` for a failure after the stream started: a timeout as before it
+        started, any other failure ``UpstreamBroken``."""
+        what = f"The local engine of '{self.name}'"
+        if engine_failure(exc) is TIMED_OUT:
             self.on_error(self.name, "timeout")
             if isinstance(exc, EngineTimeout):
-                return UpstreamTimeout(f"The local engine of '{self.name}' timed out mid-stream: {_describe(exc)}.")
-            return UpstreamTimeout(f"The local engine of '{self.name}' sent nothing for {self.timeout_s:g}s.")
+                return engine_error(exc, f"{what} timed out mid-stream: {_describe(exc)}.")
+            return engine_error(exc, f"{what} sent nothing for {self.timeout_s:g}s.")
         self.on_error(self.name, "stream_broken")
         if isinstance(exc, EngineError):
-            return UpstreamBroken(f"The local engine of '{self.name}' failed mid-stream: {_describe(exc)}.")
+            return UpstreamBroken(f"{what} failed mid-stream: {_describe(exc)}.")
         logger.error("backend %s: the local engine raised unexpectedly mid-stream", self.name, exc_info=exc)
-        return UpstreamBroken(f"The local engine of '{self.name}' failed mid-stream; see the gateway's logs.")
+        return UpstreamBroken(f"{what} failed mid-stream; see the gateway's logs.")
 
 
 async def _awaited(aw: Awaitable[list[Completion]]) -> list[Completion]:

@@ -8,7 +8,9 @@ One module per concern, each with its contract on top:
 * :mod:`models.wire.chunks`: the one writer of streamed ``chat.completion.chunk`` / ``text_completion``
   events (``ChunkWriter``);
 * :mod:`models.wire.read`: reading answers: a choice's text, the ``usage`` counts, whole bodies and streams
-  as ``Completion``/``Delta`` objects, a server's error message.
+  as ``Completion``/``Delta`` objects, a server's error message;
+* :mod:`models.wire.errors`: the one table between engine exceptions and HTTP answers (status, OpenAI error
+  ``type``/``code``, metrics reason), both ways.
 
 Only ``models.engine`` and ``core`` are imported from this house; never ``gateway`` or ``train``.
 """

@@ -10,6 +10,8 @@ from pydantic import BaseModel, ValidationError
 
 from gateway.errors import (
     BadRequest,
+    EngineFailed,
+    EngineOverloadedError,
     GatewayError,
     ModelNotFound,
     NotFound,
@@ -19,6 +21,7 @@ from gateway.errors import (
     UpstreamBroken,
     UpstreamTimeout,
     UpstreamUnavailable,
+    engine_error,
     error_body,
     error_frame,
     error_response,
@@ -26,6 +29,8 @@ from gateway.errors import (
     install_handlers,
     internal_error_body,
 )
+from models.engine import EngineError, EngineOverloaded, EngineTimeout
+from models.wire.errors import engine_failure
 from models.wire.sse import iter_events
 
 
@@ -42,6 +47,8 @@ from models.wire.sse import iter_events
         (UpstreamUnavailable, 502, "upstream_error", "upstream_unavailable"),
         (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),
         (UpstreamBroken, 502, "upstream_error", "upstream_stream_broken"),
+        (EngineOverloadedError, 503, "overloaded_error", "engine_overloaded"),
+        (EngineFailed, 502, "upstream_error", "engine_error"),
     ],
 )
 def test_error_classes(cls: type[GatewayError], status: int, type_: str, code: str | None) -> None:
@@ -53,6 +60,23 @@ def test_error_classes(cls: type[GatewayError], status: int, type_: str, code: s
     assert exc.code == code
     assert exc.body() == {"error": {"message": "it failed", "type": type_, "param": "messages", "code": code}}
     assert list(exc.body()["error"]) == ["message", "type", "param", "code"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls"),
+    [
+        (EngineOverloaded("full"), EngineOverloadedError),
+        (EngineTimeout("slow"), UpstreamTimeout),
+        (TimeoutError(), UpstreamTimeout),
+        (EngineError("boom"), EngineFailed),
+        (RuntimeError("bug"), EngineFailed),
+    ],
+)
+def test_engine_error_follows_the_wire_table(exc: BaseException, cls: type[GatewayError]) -> None:
+    err = engine_error(exc, "the message")
+    assert type(err) is cls
+    failure = engine_failure(exc)
+    assert (err.status, err.type, err.code, err.message) == (failure.status, failure.type, failure.code, "the message")
 
 
 def test_instance_overrides_do_not_touch_the_class() -> None:
