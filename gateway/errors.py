@@ -1,19 +1,20 @@
 """The one mapping from exceptions to the OpenAI error shape ``{"error": {message, type, param, code}}``.
 
 Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), engine failures
-(``engine_error``, after the table in ``models.wire.errors``), request validation, unknown routes, and anything
+(``engine_error``, after the table in ``models.wire.errors``), request validation (``parse_request`` checks a
+body against its ``models.wire.schemas`` model; ``from_validation_error``), unknown routes, and anything
 unexpected (the request middleware logs its traceback and answers ``internal_error_body`` without one). Streams
 use ``error_frame`` for failures after the first byte.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
@@ -216,6 +217,23 @@ def from_validation_error(exc: ValidationError | RequestValidationError, data: A
         more = len(by_path) - 1
         message += f" ({more} more invalid field{'s' if more > 1 else ''})"
     return BadRequest(message, param=param or None, code="invalid_value")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_request(raw: bytes, schema: type[R]) -> R:
+    """Validate a request body against ``schema``; every failure is a 400 naming the offending field."""
+    if not raw:
+        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None
 
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -36,14 +36,8 @@ import orjson
 
 from models.engine import ChatTurn, Completion, Delta, EngineError, EngineTimeout, SamplingParams
 from models.wire.errors import error_for_status
-from models.wire.read import (
-    StreamDecoder,
-    chat_messages,
-    completions_from_body,
-    deltas_from_body,
-    error_message,
-    snippet,
-)
+from models.wire.read import StreamDecoder, completions_from_body, deltas_from_body, error_message, snippet
+from models.wire.schemas import chat_messages
 
 __all__ = ["RemoteEngine"]
 

@@ -5,7 +5,7 @@
 response bytes (whole JSON, or an SSE stream shaped like vLLM's) come out, and the inference service cannot
 tell the difference.
 
-Request mapping (bodies are validated again with the gateway's schemas, defensively):
+Request mapping (bodies are validated again with the request schemas, ``models.wire.schemas``, defensively):
 
 - ``max_tokens`` (chat: ``max_completion_tokens`` wins) defaults to ``default_max_tokens``; ``temperature``
   to 1.0 and ``top_p`` to 1.0 (OpenAI's defaults); ``top_p: 0`` means greedy. ``stop`` (a string or a list),
@@ -47,8 +47,7 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
-from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamBroken, engine_error
-from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
+from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamBroken, engine_error, parse_request
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
     ChatTurn,
@@ -62,6 +61,7 @@ from models.engine import (
 )
 from models.wire.chunks import ChunkWriter, usage_object
 from models.wire.errors import TIMED_OUT, engine_failure
+from models.wire.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
 from models.wire.sse import DONE
 
 __all__ = ["LocalBackend", "LocalStream"]

@@ -10,7 +10,9 @@ One module per concern, each with its contract on top:
 * :mod:`models.wire.read`: reading answers: a choice's text, the ``usage`` counts, whole bodies and streams
   as ``Completion``/``Delta`` objects, a server's error message;
 * :mod:`models.wire.errors`: the one table between engine exceptions and HTTP answers (status, OpenAI error
-  ``type``/``code``, metrics reason), both ways.
+  ``type``/``code``, metrics reason), both ways;
+* :mod:`models.wire.schemas`: the request models (``ChatCompletionRequest``, ``CompletionRequest``, ...), the
+  model list, and engine chat turns written as a request's ``messages``.
 
 Only ``models.engine`` and ``core`` are imported from this house; never ``gateway`` or ``train``.
 """

@@ -33,13 +33,12 @@ from typing import Any
 
 import orjson
 
-from models.engine import ChatTurn, Completion, Delta, EngineError, FinishReason
+from models.engine import Completion, Delta, EngineError, FinishReason
 from models.wire.sse import Event, EventDecoder
 
 __all__ = [
     "MAX_MESSAGE",
     "StreamDecoder",
-    "chat_messages",
     "choice_text",
     "completions_from_body",
     "content_text",
@@ -104,11 +103,6 @@ def usage_counts(obj: object) -> tuple[int | None, int | None]:
         return None, None
     p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
     return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
-
-
-def chat_messages(turns: Sequence[ChatTurn]) -> list[dict[str, str]]:
-    """Chat turns as the ``messages`` of a request body."""
-    return [{"role": t.role, "content": t.content} for t in turns]
 
 
 def _finish(value: object) -> FinishReason:

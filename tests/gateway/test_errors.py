@@ -28,9 +28,11 @@ from gateway.errors import (
     from_validation_error,
     install_handlers,
     internal_error_body,
+    parse_request,
 )
 from models.engine import EngineError, EngineOverloaded, EngineTimeout
 from models.wire.errors import engine_failure
+from models.wire.schemas import ChatCompletionRequest
 from models.wire.sse import iter_events
 
 
@@ -294,3 +296,41 @@ async def test_pydantic_validation_error_raised_in_a_route(tiny: httpx.AsyncClie
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
     assert r.json()["error"]["code"] == "missing_required_parameter"
+
+
+# ---------------------------------------------------------------- parse_request (the 400 a client sees)
+
+
+def test_parse_request_ok() -> None:
+    req = parse_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', ChatCompletionRequest)
+    assert isinstance(req, ChatCompletionRequest)
+
+
+def test_parse_request_empty_body() -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(b"", ChatCompletionRequest)
+    assert info.value.code == "invalid_json"
+    assert info.value.message == "Request body is empty; expected a JSON object."
+
+
+def test_parse_request_names_the_nested_field() -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(b'{"model": "m", "messages": [{"role": ["user"]}]}', ChatCompletionRequest)
+    assert info.value.param == "messages.0.role"
+    assert info.value.code == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "m", "messages": [{"role": "user"}], "temperature": "hot"}', "temperature"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "stop": 5}', "stop"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+    ],
+    ids=["temperature", "stop", "content"],
+)
+def test_parse_request_union_field_param_is_the_field_path(raw: bytes, param: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(raw, ChatCompletionRequest)
+    assert info.value.param == param
+    assert "more error" not in info.value.message
