@@ -5,7 +5,7 @@ A :class:`Template` renders the helper's input from named text fields (``prompt`
 
 * ``"completion"`` templates render one prompt string for ``Engine.complete`` (an OpenAI-compatible
   ``/v1/completions`` server such as vLLM serving the published checkpoint). ``bpo``, ``aligner-v1`` and
-  ``aligner-v2`` are the exact strings of DESIGN.md (:data:`BPO_TEMPLATE`, :data:`ALIGNER_V1_TEMPLATE`,
+  ``aligner-v2`` are the published strings exactly (:data:`BPO_TEMPLATE`, :data:`ALIGNER_V1_TEMPLATE`,
   :data:`ALIGNER_V2_TEMPLATE`).
 * ``"chat"`` templates render a system + user message pair for ``Engine.chat``, so a helper built on a chat
   model (the embedded default) sees the same instruction through its own chat template: ``bpo-chat``
