@@ -1,18 +1,23 @@
 """The one mapping from exceptions to the OpenAI error shape ``{"error": {message, type, param, code}}``.
 
-Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses) and request
-validation (:func:`response_for`, which every endpoint calls), unknown routes and methods (:func:`route_error`,
-from the router), and anything unexpected (the request middleware logs its traceback and answers
-``internal_error_body`` without one). Streams use ``error_frame`` for failures after the first byte.
+Every error a client sees goes through here: the gateway's own (``GatewayError`` subclasses), engine failures
+(``engine_error``, after the table in ``models.wire.errors``), request validation (``parse_request`` checks a
+body against its ``models.wire.schemas`` model; ``from_validation_error``), unknown routes and methods
+(:func:`route_error`, from the router), and anything unexpected (the request middleware logs its traceback and
+answers ``internal_error_body`` without one). Every endpoint answers an exception through :func:`response_for`.
+Streams use ``error_frame`` for failures after the first byte.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
+
+from models.wire.errors import FAILED, OVERLOADED, TIMED_OUT, Failure, engine_failure
+from models.wire.sse import encode_event
 
 
 class GatewayError(Exception):
@@ -79,25 +84,39 @@ class UpstreamUnavailable(GatewayError):
 
 
 class UpstreamTimeout(GatewayError):
-    status = 504
-    type = "upstream_error"
-    code = "upstream_timeout"
+    """The upstream (a replica, or an in-process engine) did not answer in time (504)."""
+
+    status = TIMED_OUT.status
+    type = TIMED_OUT.type
+    code = TIMED_OUT.code
 
 
 class EngineOverloadedError(GatewayError):
     """An in-process engine's queue is full (503, as an overloaded OpenAI-compatible server answers)."""
 
-    status = 503
-    type = "overloaded_error"
-    code = "engine_overloaded"
+    status = OVERLOADED.status
+    type = OVERLOADED.type
+    code = OVERLOADED.code
 
 
 class EngineFailed(GatewayError):
     """An in-process engine failed to answer (502)."""
 
-    status = 502
-    type = "upstream_error"
-    code = "engine_error"
+    status = FAILED.status
+    type = FAILED.type
+    code = FAILED.code
+
+
+_ENGINE_ERRORS: dict[Failure, type[GatewayError]] = {
+    OVERLOADED: EngineOverloadedError,
+    TIMED_OUT: UpstreamTimeout,
+    FAILED: EngineFailed,
+}
+
+
+def engine_error(exc: BaseException, message: str) -> GatewayError:
+    """The error answered for an engine call that failed with ``exc`` (``models.wire.errors``' table)."""
+    return _ENGINE_ERRORS[engine_failure(exc)](message)
 
 
 class UpstreamBroken(GatewayError):
@@ -135,7 +154,7 @@ def internal_error_body() -> bytes:
 
 def error_frame(exc: GatewayError) -> bytes:
     """An SSE event carrying the error, as vLLM and OpenAI send it mid-stream."""
-    return b"data: " + orjson.dumps(exc.body()) + b"\n\n"
+    return encode_event(exc.body())
 
 
 _UNSET: Any = object()
@@ -196,6 +215,23 @@ def from_validation_error(exc: ValidationError, data: Any = _UNSET) -> BadReques
         more = len(by_path) - 1
         message += f" ({more} more invalid field{'s' if more > 1 else ''})"
     return BadRequest(message, param=param or None, code="invalid_value")
+
+
+R = TypeVar("R", bound=BaseModel)
+
+
+def parse_request(raw: bytes, schema: type[R]) -> R:
+    """Validate a request body against ``schema``; every failure is a 400 naming the offending field."""
+    if not raw:
+        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        return schema.model_validate_json(raw)
+    except ValidationError as exc:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise from_validation_error(exc) from None
+        raise from_validation_error(exc, data) from None
 
 
 _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error",

@@ -27,8 +27,8 @@ from starlette.types import Receive, Scope, Send
 
 from gateway.context import RequestContext
 from gateway.errors import ClientDisconnected, GatewayError, UpstreamBroken, error_body, error_frame
-from gateway.sse import DONE, EventAligner, contains_done, insert_before_done
 from gateway.upstream.protocol import RawHeaders, StreamHandle, UpstreamResult
+from models.wire.sse import DONE, EventAligner, contains_done, insert_before_done
 
 logger = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.engine import Engine, EngineTimeout, SamplingParams
-from models.templates import Rendered, Template, content_text, generate, get_template, stream
+from models.templates import Rendered, Template, generate, get_template, stream
+from models.wire.read import content_text
 
 __all__ = ["AlignResult", "AlignSkipReason", "AlignStream", "Aligner", "question_from_messages"]
 

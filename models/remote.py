@@ -11,11 +11,12 @@ backoff. The engine uses a shared ``aiohttp.ClientSession`` when given one (the 
 or opens its own in ``start()`` (closed in ``close()``).
 
 Failures are engine exceptions: a read timeout or a 504 is ``EngineTimeout``; 429 and 503 are
-``EngineOverloaded``; unreachable servers, other error statuses and malformed answers are ``EngineError``,
-with the server's own error message when it sent one. The API key only ever goes into the
+``EngineOverloaded``; unreachable servers, other error statuses and malformed answers are ``EngineError``
+(statuses as ``models.wire.errors.error_for_status`` maps them), with the server's own error message when it
+sent one. The API key only ever goes into the
 ``Authorization: Bearer`` header: it is redacted from every error message, and so are credentials in the URL.
 
-Usage counts and finish reasons are read as :mod:`models.openai_wire` describes (``n`` > 1: shared-out
+Usage counts and finish reasons are read as :mod:`models.wire.read` describes (``n`` > 1: shared-out
 completion tokens; a stream's last ``Delta`` carries the usage). Closing a stream early
 (``aclose()``) drops its connection, which makes vLLM abort the generation. ``ping()`` checks reachability
 (``GET /models``) for readiness probes.
@@ -33,20 +34,14 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import orjson
 
-from models.engine import ChatTurn, Completion, Delta, EngineError, EngineOverloaded, EngineTimeout, SamplingParams
-from models.openai_wire import (
-    StreamDecoder,
-    chat_messages,
-    completions_from_body,
-    deltas_from_body,
-    error_message,
-    snippet,
-)
+from models.engine import ChatTurn, Completion, Delta, EngineError, EngineTimeout, SamplingParams
+from models.wire.errors import error_for_status
+from models.wire.read import StreamDecoder, completions_from_body, deltas_from_body, error_message, snippet
+from models.wire.schemas import chat_messages
 
 __all__ = ["RemoteEngine"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
-OVERLOAD_STATUSES = frozenset({429, 503})
 BACKOFF_BASE_S = 0.05
 #: Longest wait for the end of a stream's body after ``[DONE]`` (after that, the connection is dropped).
 DRAIN_S = 0.05
@@ -276,12 +271,7 @@ class RemoteEngine:
         text = f"{self._what()} answered HTTP {status}" + (f": {detail}" if detail else "")
         if status in (401, 403):
             text += " (check the API key configured for it)"
-        text = self._redact(text)
-        if status in OVERLOAD_STATUSES:
-            return EngineOverloaded(text)
-        if status == 504:
-            return EngineTimeout(text)
-        return EngineError(text)
+        return error_for_status(status, self._redact(text))
 
 
 def _describe(exc: BaseException) -> str:

@@ -43,7 +43,8 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.engine import Engine, EngineTimeout, FinishReason, SamplingParams
-from models.templates import Template, content_text, generate, get_template
+from models.templates import Template, generate, get_template
+from models.wire.read import content_text
 
 __all__ = ["BPO_SAMPLING", "RewriteResult", "Rewriter", "SkipReason", "clean_rewrite"]
 

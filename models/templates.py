@@ -17,8 +17,8 @@ at import, and a render only concatenates, so braces such as ``{}`` or ``{prompt
 answer come out literally. :func:`get_template` looks a template up by its config name (``helpers.*.template``)
 and raises :class:`TemplateError` listing the valid names.
 
-The module also holds the small pieces both helpers share: :func:`content_text` (the text of an OpenAI
-message ``content``) and :func:`generate` / :func:`stream` (run a rendered prompt on an ``Engine``).
+The module also holds the small pieces both helpers share: :func:`generate` / :func:`stream` (run a rendered
+prompt on an ``Engine``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,6 @@ __all__ = [
     "Template",
     "TemplateError",
     "TemplateKind",
-    "content_text",
     "generate",
     "get_template",
     "stream",
@@ -187,21 +186,6 @@ def get_template(name: str, helper: HelperKind | None = None) -> Template:
 
 
 # ------------------------------------------------------------------------------------ shared by helpers
-
-
-def content_text(content: object) -> str:
-    """The text of an OpenAI message ``content``: the string itself, or the ``text`` parts of a content list
-    joined with newlines (images and other parts are left out); anything else gives ``""``."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        ]
-        return "\n".join(texts)
-    return ""
 
 
 async def generate(engine: Engine, rendered: Rendered, params: SamplingParams) -> Completion:

@@ -16,10 +16,9 @@ from starlette.requests import Request
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
-from gateway.errors import GatewayError, NotFound
+from gateway.errors import GatewayError, NotFound, parse_request
 from gateway.feedback.schemas import FeedbackRequest, FeedbackResponse
 from gateway.inference.receive import read_body
-from gateway.inference.schemas import parse_request
 from gateway.store.store import Store, StoreUnavailable
 
 #: Largest feedback body (a correction can be a long answer).

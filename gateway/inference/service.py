@@ -20,15 +20,15 @@ from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import Arm, ExperimentSettings, HelpersSettings
 from gateway.context import Capture, RecordSink, RequestContext
-from gateway.errors import BadRequest, ModelNotFound
+from gateway.errors import BadRequest, ModelNotFound, parse_request
 from gateway.inference.receive import RequestHeaders, read_body
-from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, parse_request
 from gateway.pipeline.arms import ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import CHAT_PATH, Pipeline, PipelineRequest
 from gateway.pipeline.shadow import ShadowRunner
 from gateway.respond import until_disconnect
 from gateway.upstream.protocol import Backend
+from models.wire.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
 
 logger = logging.getLogger(__name__)
 

@@ -16,8 +16,9 @@ from typing import Any, Literal
 from gateway import metrics
 from gateway.errors import GatewayError
 from models.aligner import Aligner, AlignStream
-from models.engine import EngineError, EngineOverloaded, EngineTimeout
+from models.engine import EngineError
 from models.rewriter import Rewriter
+from models.wire.errors import engine_failure
 
 logger = logging.getLogger(__name__)
 
@@ -28,14 +29,6 @@ class HelperFailed(GatewayError):
     status = 502
     type = "upstream_error"
     code = "helper_failed"
-
-
-def failure_reason(exc: EngineError) -> str:
-    if isinstance(exc, EngineTimeout):
-        return "timeout"
-    if isinstance(exc, EngineOverloaded):
-        return "overloaded"
-    return "error"
 
 
 @dataclass(slots=True)
@@ -71,7 +64,7 @@ class Helpers:
         self.aligner_on_error = aligner_on_error
 
     def _failed(self, helper: str, policy: OnError, exc: EngineError) -> str:
-        reason = failure_reason(exc)
+        reason = engine_failure(exc).reason
         metrics.HELPER_FAILURES.labels(helper, reason).inc()
         logger.warning("%s failed (%s): %s", helper, reason, exc)
         if policy == "fail":
@@ -156,8 +149,9 @@ class CorrectionStream:
                     self.waited_s += time.perf_counter() - t
                 yield delta
         except EngineError as exc:
-            metrics.HELPER_FAILURES.labels("aligner", failure_reason(exc)).inc()
-            raise HelperFailed(f"The aligner failed mid-stream ({failure_reason(exc)}): {exc}") from exc
+            reason = engine_failure(exc).reason
+            metrics.HELPER_FAILURES.labels("aligner", reason).inc()
+            raise HelperFailed(f"The aligner failed mid-stream ({reason}): {exc}") from exc
         result = self._stream.result
         metrics.HELPER_DURATION.labels("aligner").observe(time.perf_counter() - self._start)
         if result is not None and result.skipped_reason is not None:

@@ -29,15 +29,16 @@ from typing import Any
 from starlette.types import ASGIApp
 
 from gateway.config import Arm
-from gateway.context import Capture, RequestContext
+from gateway.context import RequestContext
 from gateway.errors import GatewayError, error_frame
 from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.trace import Trace
 from gateway.respond import EventStream, relay_result, relay_stream, upstream_headers
-from gateway.sse import DONE, encode_event
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
-from models.templates import content_text
+from models.wire.chunks import ChunkWriter
+from models.wire.read import choice_text, set_choice_text, usage_counts
+from models.wire.sse import DONE, encode_event
 
 logger = logging.getLogger(__name__)
 
@@ -193,21 +194,21 @@ class Pipeline:
         except ValueError:
             return relay_result(result)
         if capture is not None:
-            _capture_usage(capture, answer)
+            capture.prompt_tokens, capture.completion_tokens = usage_counts(answer)
         if req.stream:
             return await self._stream_corrected(req, trace, question, answer, include_usage, result)
         await self._align_all(req, trace, question, answer)
         if capture is not None:
             capture.raw_answer = _first_choice(trace.original_content)
             choices = answer.get("choices") or []
-            capture.final_answer = _answer_text(choices[0], req.chat) if choices else None
+            capture.final_answer = choice_text(choices[0], req.chat) if choices else None
         if req.trace_on:
             answer["aligngate"] = trace.as_json()
         return relay_result(result, _dumps(answer))
 
     async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
         choices = answer.get("choices") or []
-        slots = [_answer_text(c, req.chat) for c in choices]
+        slots = [choice_text(c, req.chat) for c in choices]
         tasks = [asyncio.ensure_future(self.helpers.correct(question, text)) for text in slots if text is not None]
         try:
             outcomes = await req.ctx.waited(asyncio.gather(*tasks))
@@ -227,7 +228,7 @@ class Pipeline:
             originals.append(text)
             skipped.append(outcome.skipped)
             if outcome.corrected:
-                _set_answer_text(choice, req.chat, outcome.text)
+                set_choice_text(choice, req.chat, outcome.text)
         trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
         trace.original_content = originals[0] if len(originals) == 1 else originals
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
@@ -239,7 +240,7 @@ class Pipeline:
         """Stream the correction of a whole backend answer, choice after choice."""
         ctx = req.ctx
         choices = answer.get("choices") or []
-        texts = [_answer_text(c, req.chat) for c in choices]
+        texts = [choice_text(c, req.chat) for c in choices]
         trace.original_content = texts[0] if len(texts) == 1 else texts
         if ctx.capture is not None:
             ctx.capture.raw_answer = texts[0] if texts else None
@@ -253,7 +254,7 @@ class Pipeline:
             except BaseException:
                 await stream.aclose()
                 raise
-        chunks = _ChunkMaker(answer, req.chat, include_usage)
+        chunks = ChunkWriter.for_answer(answer, req.chat, include_usage)
         events = self._correction_events(req, trace, question, choices, texts, chunks, first)
         return EventStream(ctx, events, upstream_headers(result.headers))
 
@@ -264,7 +265,7 @@ class Pipeline:
         question: str,
         choices: list[dict[str, Any]],
         texts: list[str | None],
-        chunks: _ChunkMaker,
+        chunks: ChunkWriter,
         first: tuple[CorrectionStream, str] | None,
     ) -> AsyncGenerator[bytes, None]:
         """The stream's events; ``first`` is choice 0's correction stream and its first delta."""
@@ -302,7 +303,7 @@ class Pipeline:
                 yield chunks.finish(index, choice.get("finish_reason"))
             trace.helper_ms.aligner = round(aligner_s * 1000, 3)
             trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
-            yield chunks.last(trace.as_json() if req.trace_on else None) + DONE
+            yield chunks.last({"aligngate": trace.as_json()} if req.trace_on else None) + DONE
         except GatewayError as exc:
             ctx.outcome = exc.code
             logger.warning("request %s: streamed correction failed: %s", ctx.request_id, exc.message)
@@ -316,94 +317,3 @@ class Pipeline:
 
 def _first_choice(value: str | list[str | None] | None) -> str | None:
     return value[0] if isinstance(value, list) else value
-
-
-def _capture_usage(capture: Capture, answer: dict[str, Any]) -> None:
-    usage = answer.get("usage")
-    if isinstance(usage, dict):
-        p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-        capture.prompt_tokens = p if isinstance(p, int) else None
-        capture.completion_tokens = c if isinstance(c, int) else None
-
-
-def _answer_text(choice: dict[str, Any], chat: bool) -> str | None:
-    """The text of a choice the aligner can correct; None for tool-call answers and non-text content."""
-    if not chat:
-        text = choice.get("text")
-        return text if isinstance(text, str) else None
-    message = choice.get("message") or {}
-    if message.get("tool_calls") or message.get("function_call"):
-        return None
-    content = message.get("content")
-    return content_text(content) if isinstance(content, (str, list)) else None
-
-
-def _set_answer_text(choice: dict[str, Any], chat: bool, text: str) -> None:
-    if chat:
-        choice["message"]["content"] = text
-    else:
-        choice["text"] = text
-    choice["logprobs"] = None  # they described the uncorrected tokens
-
-
-class _ChunkMaker:
-    """SSE events in the backend's own streaming format, built from its whole (non-streamed) answer."""
-
-    def __init__(self, answer: dict[str, Any], chat: bool, include_usage: bool) -> None:
-        self.chat = chat
-        self.include_usage = include_usage
-        self.usage = answer.get("usage")
-        self.base: dict[str, Any] = {
-            "id": answer.get("id"),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": answer.get("created"),
-            "model": answer.get("model"),
-        }
-        if answer.get("system_fingerprint") is not None:
-            self.base["system_fingerprint"] = answer["system_fingerprint"]
-
-    def _event(self, choice: dict[str, Any]) -> dict[str, Any]:
-        event = {**self.base, "choices": [choice]}
-        if self.include_usage:
-            event["usage"] = None
-        return event
-
-    def role(self, index: int) -> bytes:
-        if not self.chat:
-            return b""
-        return encode_event(self._event(
-            {"index": index, "delta": {"role": "assistant", "content": ""}, "logprobs": None, "finish_reason": None}
-        ))
-
-    def text(self, index: int, text: str) -> bytes:
-        if self.chat:
-            choice = {"index": index, "delta": {"content": text}, "logprobs": None, "finish_reason": None}
-        else:
-            choice = {"index": index, "text": text, "logprobs": None, "finish_reason": None}
-        return encode_event(self._event(choice))
-
-    def tool_calls(self, index: int, choice: dict[str, Any]) -> bytes:
-        message = choice.get("message") or {}
-        calls = [{**call, "index": k} for k, call in enumerate(message.get("tool_calls") or [])]
-        delta: dict[str, Any] = {"tool_calls": calls}
-        if message.get("content"):
-            delta["content"] = message["content"]
-        return encode_event(self._event({"index": index, "delta": delta, "logprobs": None, "finish_reason": None}))
-
-    def finish(self, index: int, reason: Any) -> bytes:
-        if self.chat:
-            choice = {"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}
-        else:
-            choice = {"index": index, "text": "", "logprobs": None, "finish_reason": reason}
-        return encode_event(self._event(choice))
-
-    def last(self, trace: dict[str, Any] | None) -> bytes:
-        """The usage chunk (``choices: []``) when asked for, carrying the trace; else a trace-only chunk."""
-        if not self.include_usage and trace is None:
-            return b""
-        event: dict[str, Any] = {**self.base, "choices": []}
-        if self.include_usage:
-            event["usage"] = self.usage
-        if trace is not None:
-            event["aligngate"] = trace
-        return encode_event(event)

@@ -48,11 +48,12 @@ from typing import Any, Protocol, TypeVar
 from gateway import metrics
 from gateway.config import ShadowSettings
 from gateway.context import Capture, RequestContext
-from gateway.pipeline.helpers import Helpers, failure_reason
+from gateway.pipeline.helpers import Helpers
 from gateway.store.records import relayed_answer, request_data, shadow_row
 from models.aligner import AlignResult, question_from_messages
 from models.engine import EngineError
 from models.rewriter import RewriteResult
+from models.wire.errors import engine_failure
 
 logger = logging.getLogger(__name__)
 
@@ -281,7 +282,7 @@ class ShadowRunner:
         try:
             result = await call
         except EngineError as exc:
-            reason = failure_reason(exc)
+            reason = engine_failure(exc).reason
             logger.warning("shadow %s failed (%s): %s", helper, reason, exc)
         except Exception:  # anything else an engine raises: still never the client's problem
             reason = "error"

@@ -59,7 +59,7 @@ from gateway.config import ARMS, Arm
 from gateway.report import EXPORT_KINDS
 from gateway.report.source import FeedbackSummary, RequestRecord, Selection, read
 from models.aligner import question_from_messages
-from models.templates import content_text
+from models.wire.read import content_text
 
 __all__ = [
     "EXPORT_KINDS",

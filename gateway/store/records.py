@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from gateway.context import Capture, RequestContext
-from gateway.sse import iter_events
-from models.templates import content_text
+from models.wire.read import choice_text, usage_counts
+from models.wire.sse import iter_events
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -38,27 +38,6 @@ def _loads(raw: bytes | None) -> Any:
         return None
 
 
-def _choice_text(choice: Any, chat: bool) -> str | None:
-    if not isinstance(choice, dict):
-        return None
-    if not chat:
-        text = choice.get("text")
-        return text if isinstance(text, str) else None
-    message = choice.get("message")
-    if not isinstance(message, dict):
-        return None
-    content = message.get("content")
-    return content_text(content) if isinstance(content, (str, list)) else None
-
-
-def _usage(data: Any) -> tuple[int | None, int | None]:
-    usage = data.get("usage") if isinstance(data, dict) else None
-    if not isinstance(usage, dict):
-        return None, None
-    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
-
-
 def _whole_answer(raw: bytes | None, chat: bool, want_text: bool) -> tuple[str | None, int | None, int | None]:
     data = _loads(raw)
     if not isinstance(data, dict):
@@ -67,9 +46,8 @@ def _whole_answer(raw: bytes | None, chat: bool, want_text: bool) -> tuple[str |
     if want_text:
         choices = data.get("choices")
         if isinstance(choices, list):
-            text = next((_choice_text(c, chat) for c in choices if isinstance(c, dict) and c.get("index", 0) == 0),
-                        None)
-    return (text, *_usage(data))
+            text = next((choice_text(c, chat) for c in choices if isinstance(c, dict) and c.get("index", 0) == 0), None)
+    return (text, *usage_counts(data))
 
 
 def _streamed_answer(chunks: list[bytes], chat: bool, want_text: bool) -> tuple[str | None, int | None, int | None]:
@@ -86,7 +64,7 @@ def _streamed_answer(chunks: list[bytes], chat: bool, want_text: bool) -> tuple[
         event = _loads(data.encode())
         if not isinstance(event, dict):
             continue
-        p, c = _usage(event)
+        p, c = usage_counts(event)
         if p is not None or c is not None:
             prompt_tokens, completion_tokens = p, c
         if not want_text:
@@ -94,12 +72,8 @@ def _streamed_answer(chunks: list[bytes], chat: bool, want_text: bool) -> tuple[
         for choice in event.get("choices") or ():
             if not isinstance(choice, dict) or choice.get("index", 0) != 0:
                 continue
-            if chat:
-                delta = choice.get("delta")
-                piece = delta.get("content") if isinstance(delta, dict) else None
-            else:
-                piece = choice.get("text")
-            if isinstance(piece, str):
+            piece = choice_text(choice, chat, streamed=True)
+            if piece is not None:
                 parts.append(piece)
     return ("".join(parts) if want_text and parts else None), prompt_tokens, completion_tokens
 

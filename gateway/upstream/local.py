@@ -5,7 +5,7 @@
 response bytes (whole JSON, or an SSE stream shaped like vLLM's) come out, and the inference service cannot
 tell the difference.
 
-Request mapping (bodies are validated again with the gateway's schemas, defensively):
+Request mapping (bodies are validated again with the request schemas, ``models.wire.schemas``, defensively):
 
 - ``max_tokens`` (chat: ``max_completion_tokens`` wins) defaults to ``default_max_tokens``; ``temperature``
   to 1.0 and ``top_p`` to 1.0 (OpenAI's defaults); ``top_p: 0`` means greedy. ``stop`` (a string or a list),
@@ -22,9 +22,9 @@ Request mapping (bodies are validated again with the gateway's schemas, defensiv
   unknown field (vLLM extras such as ``top_k`` or ``repetition_penalty``), and ``stream`` in ``fetch``
   (a whole JSON answer is always returned there).
 
-Errors: engine failures become OpenAI-shaped error results: ``EngineOverloaded`` 503
-(``overloaded_error``/``engine_overloaded``), ``EngineTimeout`` or ``timeout_s`` passing 504
-(``upstream_error``/``upstream_timeout``), any other ``EngineError`` 502 (``upstream_error``/``engine_error``);
+Errors: engine failures become OpenAI-shaped error results, after the table in ``models.wire.errors``:
+``EngineOverloaded`` 503 (``overloaded_error``/``engine_overloaded``), ``EngineTimeout`` or ``timeout_s`` passing
+504 (``upstream_error``/``upstream_timeout``), any other ``EngineError`` 502 (``upstream_error``/``engine_error``);
 an unexpected exception is logged with its traceback and answered 502 without it. In a stream, a failure
 before the first delta is answered the same way (``open_stream`` waits for the first delta); a failure after
 it raises ``UpstreamTimeout``/``UpstreamBroken`` from ``chunks()``.
@@ -47,17 +47,7 @@ from typing import Any, Literal, TypeAlias
 
 import orjson
 
-from gateway.errors import (
-    BadRequest,
-    EngineFailed,
-    EngineOverloadedError,
-    GatewayError,
-    NotFound,
-    UpstreamBroken,
-    UpstreamTimeout,
-)
-from gateway.inference.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest, parse_request
-from gateway.sse import DONE
+from gateway.errors import BadRequest, GatewayError, NotFound, UpstreamBroken, engine_error, parse_request
 from gateway.upstream.protocol import RawHeaders, UpstreamResult
 from models.engine import (
     ChatTurn,
@@ -69,6 +59,10 @@ from models.engine import (
     EngineTimeout,
     SamplingParams,
 )
+from models.wire.chunks import ChunkWriter, usage_object
+from models.wire.errors import TIMED_OUT, engine_failure
+from models.wire.schemas import ChatCompletionRequest, ChatMessage, CompletionRequest
+from models.wire.sse import DONE
 
 __all__ = ["LocalBackend", "LocalStream"]
 
@@ -434,35 +428,36 @@ class LocalBackend:
 
     def _failure(self, exc: BaseException) -> GatewayError:
         """The error result for an engine call that failed before any response was sent."""
-        err: GatewayError
+        what = f"The local engine of '{self.name}'"
         if isinstance(exc, EngineOverloaded):
-            err = EngineOverloadedError(
-                f"The local engine of '{self.name}' is overloaded ({_describe(exc)}); retry later."
-            )
+            message = f"{what} is overloaded ({_describe(exc)}); retry later."
         elif isinstance(exc, EngineTimeout):
-            err = UpstreamTimeout(f"The local engine of '{self.name}' timed out: {_describe(exc)}.")
+            message = f"{what} timed out: {_describe(exc)}."
         elif isinstance(exc, TimeoutError):
-            err = UpstreamTimeout(f"The local engine of '{self.name}' did not answer within {self.timeout_s:g}s.")
+            message = f"{what} did not answer within {self.timeout_s:g}s."
         elif isinstance(exc, EngineError):
-            err = EngineFailed(f"The local engine of '{self.name}' failed: {_describe(exc)}.")
+            message = f"{what} failed: {_describe(exc)}."
         else:
             logger.error("backend %s: the local engine raised unexpectedly", self.name, exc_info=exc)
-            err = EngineFailed(f"The local engine of '{self.name}' failed unexpectedly; see the gateway's logs.")
+            message = f"{what} failed unexpectedly; see the gateway's logs."
+        err = engine_error(exc, message)
         self.on_error(self.name, str(err.status))
         return err
 
     def _broken(self, exc: BaseException) -> GatewayError:
-        """The error raised from ``chunks()`` for a failure after the stream started."""
-        if isinstance(exc, EngineTimeout | TimeoutError):
+        """The error raised from ``chunks()`` for a failure after the stream started: a timeout as before it
+        started, any other failure ``UpstreamBroken``."""
+        what = f"The local engine of '{self.name}'"
+        if engine_failure(exc) is TIMED_OUT:
             self.on_error(self.name, "timeout")
             if isinstance(exc, EngineTimeout):
-                return UpstreamTimeout(f"The local engine of '{self.name}' timed out mid-stream: {_describe(exc)}.")
-            return UpstreamTimeout(f"The local engine of '{self.name}' sent nothing for {self.timeout_s:g}s.")
+                return engine_error(exc, f"{what} timed out mid-stream: {_describe(exc)}.")
+            return engine_error(exc, f"{what} sent nothing for {self.timeout_s:g}s.")
         self.on_error(self.name, "stream_broken")
         if isinstance(exc, EngineError):
-            return UpstreamBroken(f"The local engine of '{self.name}' failed mid-stream: {_describe(exc)}.")
+            return UpstreamBroken(f"{what} failed mid-stream: {_describe(exc)}.")
         logger.error("backend %s: the local engine raised unexpectedly mid-stream", self.name, exc_info=exc)
-        return UpstreamBroken(f"The local engine of '{self.name}' failed mid-stream; see the gateway's logs.")
+        return UpstreamBroken(f"{what} failed mid-stream; see the gateway's logs.")
 
 
 async def _awaited(aw: Awaitable[list[Completion]]) -> list[Completion]:
@@ -516,13 +511,13 @@ def _response_body(plan: _Plan, results: Sequence[Sequence[Completion]]) -> byte
         "created": int(time.time()),
         "model": plan.model,
         "choices": choices,
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
+        "usage": usage_object(prompt_tokens, completion_tokens),
     })
 
 
 class LocalStream:
-    """An open stream from the local engine (``StreamHandle``): SSE events shaped like vLLM's, then ``[DONE]``.
+    """An open stream from the local engine (``StreamHandle``): SSE events shaped like vLLM's (written by
+    ``models.wire.chunks.ChunkWriter``), then ``[DONE]``.
 
     Chat: each choice starts with a ``{"role": "assistant", "content": ""}`` delta, then content deltas, then an
     empty delta with its ``finish_reason``. Completions: ``text`` deltas, then ``""`` with the finish reason.
@@ -546,28 +541,9 @@ class LocalStream:
         #: Seconds spent waiting for the engine's next delta inside ``chunks`` (the gateway-overhead measure).
         self.waited_s = 0.0
         chat = plan.route == "chat"
-        self._head = {
-            "id": _new_id(plan.route),
-            "object": "chat.completion.chunk" if chat else "text_completion",
-            "created": int(time.time()),
-            "model": plan.model,
-        }
-
-    def _event(self, choices: list[dict[str, Any]]) -> bytes:
-        chunk: dict[str, Any] = {**self._head, "choices": choices}
-        if self._plan.include_usage:
-            chunk["usage"] = None
-        return b"data: " + orjson.dumps(chunk) + b"\n\n"
-
-    def _choice(self, index: int, text: str | None, finish: str | None, *, role: bool = False) -> dict[str, Any]:
-        if self._plan.route == "completions":
-            return {"index": index, "text": text or "", "logprobs": None, "finish_reason": finish}
-        delta: dict[str, Any] = {}
-        if role:
-            delta["role"] = "assistant"
-        if text is not None:
-            delta["content"] = text
-        return {"index": index, "delta": delta, "logprobs": None, "finish_reason": finish}
+        self._chunks = ChunkWriter(
+            chat, plan.include_usage, id=_new_id(plan.route), created=int(time.time()), model=plan.model
+        )
 
     async def _next(self) -> _Item:
         clock = time.perf_counter
@@ -587,8 +563,9 @@ class LocalStream:
         plan = self._plan
         n = plan.params.n
         out: list[bytes] = []
+        chunks = self._chunks
         if plan.route == "chat":
-            out.extend(self._event([self._choice(i, "", None, role=True)]) for i in range(n * plan.calls))
+            out.extend(chunks.role(i) for i in range(n * plan.calls))
         finished = [0] * plan.calls
         counted = [False] * plan.calls
         running = plan.calls
@@ -618,15 +595,14 @@ class LocalStream:
                 else:
                     index = call * n + payload.index
                     if payload.text:
-                        out.append(self._event([self._choice(index, payload.text, None)]))
+                        out.append(chunks.text(index, payload.text))
                     if payload.finish_reason is not None:
                         finished[call] += 1
                         completion_tokens += payload.completion_tokens or 0
                         if not counted[call] and payload.prompt_tokens is not None:
                             counted[call] = True
                             prompt_tokens += payload.prompt_tokens
-                        empty = "" if plan.route == "completions" else None
-                        out.append(self._event([self._choice(index, empty, payload.finish_reason)]))
+                        out.append(chunks.finish(index, payload.finish_reason))
                 if running and not self._queue.empty():
                     item = self._queue.get_nowait()
             if failure is not None:
@@ -635,9 +611,8 @@ class LocalStream:
                     yield b"".join(out)
                 raise failure
             if plan.include_usage:
-                usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                         "total_tokens": prompt_tokens + completion_tokens}
-                out.append(b"data: " + orjson.dumps({**self._head, "choices": [], "usage": usage}) + b"\n\n")
+                chunks.usage = usage_object(prompt_tokens, completion_tokens)
+                out.append(chunks.last())
             out.append(DONE)
             yield b"".join(out)
         finally:

@@ -62,6 +62,8 @@ import orjson
 from aiohttp import web
 from multidict import CIMultiDict
 
+from models.wire.read import content_text
+
 try:
     import uvloop
 
@@ -124,20 +126,6 @@ def truncate(pieces: list[str], max_tokens: int | None) -> tuple[list[str], str]
     if kept:
         kept[-1] = kept[-1].rstrip()
     return kept, "length"
-
-
-def content_text(content: Any) -> str:
-    """Text of a chat message ``content`` (a string or a list of content parts)."""
-    if isinstance(content, str):
-        return content
-    if isinstance(content, list):
-        texts = [
-            part["text"]
-            for part in content
-            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
-        ]
-        return " ".join(texts)
-    return ""
 
 
 def _opt_int(body: JSONObj, key: str) -> int | None:

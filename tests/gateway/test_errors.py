@@ -12,6 +12,8 @@ from starlette.responses import Response
 
 from gateway.errors import (
     BadRequest,
+    EngineFailed,
+    EngineOverloadedError,
     GatewayError,
     ModelNotFound,
     NotFound,
@@ -21,15 +23,19 @@ from gateway.errors import (
     UpstreamBroken,
     UpstreamTimeout,
     UpstreamUnavailable,
+    engine_error,
     error_body,
     error_frame,
     error_response,
     from_validation_error,
     internal_error_body,
+    parse_request,
 )
-from gateway.inference.schemas import parse_request
 from gateway.routing import Router, endpoint
-from gateway.sse import iter_events
+from models.engine import EngineError, EngineOverloaded, EngineTimeout
+from models.wire.errors import engine_failure
+from models.wire.schemas import ChatCompletionRequest
+from models.wire.sse import iter_events
 
 
 @pytest.mark.parametrize(
@@ -45,6 +51,8 @@ from gateway.sse import iter_events
         (UpstreamUnavailable, 502, "upstream_error", "upstream_unavailable"),
         (UpstreamTimeout, 504, "upstream_error", "upstream_timeout"),
         (UpstreamBroken, 502, "upstream_error", "upstream_stream_broken"),
+        (EngineOverloadedError, 503, "overloaded_error", "engine_overloaded"),
+        (EngineFailed, 502, "upstream_error", "engine_error"),
     ],
 )
 def test_error_classes(cls: type[GatewayError], status: int, type_: str, code: str | None) -> None:
@@ -56,6 +64,23 @@ def test_error_classes(cls: type[GatewayError], status: int, type_: str, code: s
     assert exc.code == code
     assert exc.body() == {"error": {"message": "it failed", "type": type_, "param": "messages", "code": code}}
     assert list(exc.body()["error"]) == ["message", "type", "param", "code"]
+
+
+@pytest.mark.parametrize(
+    ("exc", "cls"),
+    [
+        (EngineOverloaded("full"), EngineOverloadedError),
+        (EngineTimeout("slow"), UpstreamTimeout),
+        (TimeoutError(), UpstreamTimeout),
+        (EngineError("boom"), EngineFailed),
+        (RuntimeError("bug"), EngineFailed),
+    ],
+)
+def test_engine_error_follows_the_wire_table(exc: BaseException, cls: type[GatewayError]) -> None:
+    err = engine_error(exc, "the message")
+    assert type(err) is cls
+    failure = engine_failure(exc)
+    assert (err.status, err.type, err.code, err.message) == (failure.status, failure.type, failure.code, "the message")
 
 
 def test_instance_overrides_do_not_touch_the_class() -> None:
@@ -273,3 +298,41 @@ async def test_pydantic_validation_error_raised_in_a_route(tiny: httpx.AsyncClie
     assert r.status_code == 400
     assert r.json()["error"]["param"] == "messages"
     assert r.json()["error"]["code"] == "missing_required_parameter"
+
+
+# ---------------------------------------------------------------- parse_request (the 400 a client sees)
+
+
+def test_parse_request_ok() -> None:
+    req = parse_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', ChatCompletionRequest)
+    assert isinstance(req, ChatCompletionRequest)
+
+
+def test_parse_request_empty_body() -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(b"", ChatCompletionRequest)
+    assert info.value.code == "invalid_json"
+    assert info.value.message == "Request body is empty; expected a JSON object."
+
+
+def test_parse_request_names_the_nested_field() -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(b'{"model": "m", "messages": [{"role": ["user"]}]}', ChatCompletionRequest)
+    assert info.value.param == "messages.0.role"
+    assert info.value.code == "invalid_value"
+
+
+@pytest.mark.parametrize(
+    ("raw", "param"),
+    [
+        (b'{"model": "m", "messages": [{"role": "user"}], "temperature": "hot"}', "temperature"),
+        (b'{"model": "m", "messages": [{"role": "user"}], "stop": 5}', "stop"),
+        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
+    ],
+    ids=["temperature", "stop", "content"],
+)
+def test_parse_request_union_field_param_is_the_field_path(raw: bytes, param: str) -> None:
+    with pytest.raises(BadRequest) as info:
+        parse_request(raw, ChatCompletionRequest)
+    assert info.value.param == param
+    assert "more error" not in info.value.message

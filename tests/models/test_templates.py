@@ -7,7 +7,7 @@ import pytest
 
 from models import templates
 from models.engine import ChatTurn
-from models.templates import TemplateError, content_text, get_template, template_names
+from models.templates import TemplateError, get_template, template_names
 
 # The published strings, written out literally (not built from the module's constants).
 BPO = (
@@ -113,18 +113,6 @@ def test_unknown_template_lists_valid_names() -> None:
 def test_missing_field_is_a_clear_error() -> None:
     with pytest.raises(TemplateError, match="needs text for answer"):
         get_template("aligner-v1").render({"question": "q"})
-
-
-def test_content_text() -> None:
-    assert content_text("hi {x}") == "hi {x}"
-    parts = [
-        {"type": "text", "text": "look"},
-        {"type": "image_url", "image_url": {"url": "data:"}},
-        {"type": "text", "text": "here"},
-    ]
-    assert content_text(parts) == "look\nhere"
-    assert content_text(None) == ""
-    assert content_text([{"type": "image_url"}]) == ""
 
 
 def test_the_readme_shows_the_published_strings() -> None:

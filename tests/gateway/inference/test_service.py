@@ -14,7 +14,7 @@ from aiohttp import web
 from prometheus_client import REGISTRY
 
 from gateway.errors import UpstreamBroken, error_frame
-from gateway.sse import DONE
+from models.wire.sse import DONE
 
 CHAT_OK = (
     b'{"id":"chatcmpl-1", "object":"chat.completion","model":"served",'

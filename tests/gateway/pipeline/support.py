@@ -33,12 +33,12 @@ from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers, OnError
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
-from gateway.sse import iter_events
 from gateway.store.store import Store
 from gateway.upstream.protocol import UpstreamResult
 from models.aligner import Aligner
 from models.engine import ChatTurn, Completion, Delta, FinishReason, SamplingParams
 from models.rewriter import Rewriter
+from models.wire.sse import iter_events
 
 #: The rewriter engine's fixed answer (10 words: passes the word-ratio guards for 2..20-word prompts).
 REWRITTEN = "Please explain step by step how to bake bread at home"

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from prometheus_client import REGISTRY
 
-from gateway.pipeline.helpers import CorrectionStream, HelperFailed, Helpers, OnError, failure_reason
+from gateway.pipeline.helpers import CorrectionStream, HelperFailed, Helpers, OnError
 from models.aligner import Aligner
 from models.engine import EngineError, EngineOverloaded, EngineTimeout
 from models.rewriter import Rewriter
@@ -79,11 +79,6 @@ def helpers(
         Aligner(al, "aligner-v1") if al is not None else None,
         rewriter_on_error=on_error, aligner_on_error=on_error,
     )
-
-
-def test_failure_reason() -> None:
-    for exc, reason in ERRORS:
-        assert failure_reason(exc) == reason
 
 
 # ---------------------------------------------------------------- rewriter

@@ -21,7 +21,6 @@ from gateway.app import GatewayApp
 from gateway.auth import ApiKeyAuth
 from gateway.errors import UpstreamBroken, UpstreamTimeout
 from gateway.inference.service import InferenceService
-from gateway.sse import iter_events
 from gateway.upstream.local import LocalBackend, LocalStream
 from gateway.upstream.protocol import UpstreamResult
 from models.engine import (
@@ -34,6 +33,7 @@ from models.engine import (
     FinishReason,
     SamplingParams,
 )
+from models.wire.sse import iter_events
 
 #: Multi-byte text: accents, a CJK character and an emoji (4 bytes in UTF-8).
 PIECES = ["Hé", "llo ", "wörld ", "世", "🌍", "!"]

@@ -1,4 +1,4 @@
-"""gateway/sse.py: the event aligner re-cuts any byte split on event boundaries; decode and encode helpers."""
+"""models/wire/sse.py: the event aligner re-cuts any byte split on event boundaries; decode and encode helpers."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 import orjson
 import pytest
 
-from gateway.sse import DONE, EventAligner, contains_done, encode_event, iter_events
+from models.wire.sse import DONE, Event, EventAligner, EventDecoder, contains_done, encode_event, iter_events
 
 EVENTS_LF = [
     'data: {"choices":[{"delta":{"content":"日本語 🌍"}}]}\n\n'.encode(),
@@ -52,7 +52,8 @@ def _check(chunks: list[bytes], events: list[bytes], tail: bytes, terminator: by
 
 
 @pytest.mark.parametrize(
-    ("events", "tail", "terminator"), [(EVENTS_LF, TAIL_LF, b"\n\n"), (EVENTS_CRLF, TAIL_CRLF, b"\r\n\r\n")],
+    ("events", "tail", "terminator"),
+    [(EVENTS_LF, TAIL_LF, b"\n\n"), (EVENTS_CRLF, TAIL_CRLF, b"\r\n\r\n")],
     ids=["lf", "crlf"],
 )
 def test_every_single_split_point(events: list[bytes], tail: bytes, terminator: bytes) -> None:
@@ -165,6 +166,64 @@ def test_iter_events_field_details() -> None:
 def test_iter_events_empty_input() -> None:
     assert list(iter_events(b"")) == []
     assert list(iter_events(b"\n\n\n")) == []
+
+
+def _decode_in_pieces(chunks: list[bytes], errors: str = "strict") -> list[Event]:
+    decoder = EventDecoder(errors)
+    events = [e for c in chunks for e in decoder.feed(c)]
+    return events + decoder.finish()
+
+
+@pytest.mark.parametrize(
+    "events", [EVENTS_LF, EVENTS_CRLF, [e.replace(b"\n", b"\r") for e in EVENTS_LF]], ids=["lf", "crlf", "cr"]
+)
+def test_decoder_gives_the_same_events_at_every_split_point(events: list[bytes]) -> None:
+    stream = b"".join(events)
+    whole = list(iter_events(stream))
+    assert [e.type for e in whole] == ["message", "note", "message", "message"]
+    for i in range(len(stream) + 1):
+        for j in range(i, len(stream) + 1, 7):
+            assert _decode_in_pieces([stream[:i], stream[i:j], stream[j:]]) == whole
+
+
+def test_decoder_byte_by_byte_never_decodes_half_a_character() -> None:
+    stream = b"".join(EVENTS_CRLF)
+    decoder = EventDecoder()  # strict: half a character would raise
+    got = [e for i in range(len(stream)) for e in decoder.feed(stream[i : i + 1])]
+    assert got == list(iter_events(stream))
+    assert decoder.finish() == []
+
+
+def test_decoder_releases_an_event_at_its_blank_line() -> None:
+    decoder = EventDecoder()
+    assert decoder.feed(b"data: a\n") == []
+    assert decoder.feed(b"data: b\r") == []
+    assert decoder.feed(b"\n") == []  # "\r" then "\n" is one line end, not two
+    assert decoder.feed(b"\r\n: comment\n") == [Event("message", "a\nb")]
+    assert decoder.feed(b"event: x\ndata: [DONE]\n\n") == [Event("x", "[DONE]")]
+    assert decoder.finish() == []
+
+
+def test_decoder_finish_dispatches_an_unterminated_event() -> None:
+    for tail in (b"data: last", b"data: last\n", b"data: last\r", b"data: last\r\n"):
+        decoder = EventDecoder()
+        assert decoder.feed(b"data: first\n\n" + tail) == [Event("message", "first")]
+        assert decoder.finish() == [Event("message", "last")]
+
+
+def test_event_done() -> None:
+    assert Event("message", "[DONE]").done
+    assert Event("message", " [DONE] ").done
+    assert not Event("message", '{"a": "[DONE]"}').done
+
+
+def test_invalid_utf8_is_strict_by_default_and_replaced_when_asked() -> None:
+    raw = b"data: caf\xe9\n\n"
+    with pytest.raises(UnicodeDecodeError):
+        list(iter_events(raw))
+    with pytest.raises(UnicodeDecodeError):
+        list(iter_events(b": caf\xe9\n\ndata: x\n\n"))  # a comment's bytes are checked too
+    assert _decode_in_pieces([raw], errors="replace") == [Event("message", "caf\ufffd")]
 
 
 # ---------------------------------------------------------------- encode / done

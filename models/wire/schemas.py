@@ -1,27 +1,31 @@
-"""Request and response schemas of the OpenAI inference routes.
+"""The OpenAI wire format, requests: the schemas of the inference routes' bodies, and the model list.
 
 Requests are validated for the fields the gateway reads or that OpenAI types strictly; every other field
 (vLLM extras such as ``top_k`` or ``structured_outputs``) is tolerated and forwarded untouched, because the
-proxy forwards the client's own bytes, not a re-serialisation of these models.
+proxy forwards the client's own bytes, not a re-serialisation of these models. A body that does not validate
+raises pydantic's ``ValidationError``; the gateway turns it into the 400 a client sees (``parse_request`` in its
+error mapping). :func:`chat_messages` writes engine chat turns as a request's ``messages``.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, TypeVar
+from collections.abc import Sequence
+from typing import Annotated, Any, Literal
 
-import orjson
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictFloat,
-    StrictInt,
-    StrictStr,
-    ValidationError,
-)
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
-from gateway.errors import BadRequest, from_validation_error
+from models.engine import ChatTurn
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "CompletionRequest",
+    "ContentPart",
+    "ModelCard",
+    "ModelList",
+    "StreamOptions",
+    "chat_messages",
+]
 
 Number = StrictInt | StrictFloat
 
@@ -96,18 +100,6 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
-R = TypeVar("R", bound=BaseModel)
-
-
-def parse_request(raw: bytes, schema: type[R]) -> R:
-    """Validate a request body against ``schema``; every failure is a 400 naming the offending field."""
-    if not raw:
-        raise BadRequest("Request body is empty; expected a JSON object.", code="invalid_json")
-    try:
-        return schema.model_validate_json(raw)
-    except ValidationError as exc:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            raise from_validation_error(exc) from None
-        raise from_validation_error(exc, data) from None
+def chat_messages(turns: Sequence[ChatTurn]) -> list[dict[str, str]]:
+    """Chat turns as the ``messages`` of a request body."""
+    return [{"role": t.role, "content": t.content} for t in turns]

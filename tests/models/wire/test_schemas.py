@@ -1,4 +1,4 @@
-"""gateway/inference/schemas.py: what the routes validate strictly, and what they tolerate and forward."""
+"""models/wire/schemas.py: what the routes validate strictly, and what they tolerate and forward."""
 
 from __future__ import annotations
 
@@ -6,9 +6,8 @@ import orjson
 import pytest
 from pydantic import ValidationError
 
-from gateway.errors import BadRequest
-from gateway.inference.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
-from gateway.inference.service import parse_request
+from models.engine import ChatTurn
+from models.wire.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList, chat_messages
 
 MSG = [{"role": "user", "content": "hi"}]
 
@@ -29,7 +28,9 @@ def test_minimal_chat_request() -> None:
 def test_unknown_fields_are_tolerated() -> None:
     req = _chat(top_k=5, structured_outputs={"json": {"type": "object"}}, chat_template_kwargs={"x": 1})
     assert req.model_extra == {
-        "top_k": 5, "structured_outputs": {"json": {"type": "object"}}, "chat_template_kwargs": {"x": 1}
+        "top_k": 5,
+        "structured_outputs": {"json": {"type": "object"}},
+        "chat_template_kwargs": {"x": 1},
     }
 
 
@@ -52,11 +53,22 @@ def test_message_shapes() -> None:
 @pytest.mark.parametrize(
     "fields",
     [
-        {"temperature": 1}, {"temperature": 0.5}, {"n": 2}, {"max_tokens": 0}, {"stop": "x"}, {"stop": ["a", "b"]},
-        {"stream": True, "stream_options": {"include_usage": True}}, {"logit_bias": {"50256": -100}},
-        {"tool_choice": "auto"}, {"tool_choice": {"type": "function", "function": {"name": "f"}}},
-        {"response_format": {"type": "json_object"}}, {"logprobs": True, "top_logprobs": 3}, {"seed": -1},
-        {"max_completion_tokens": 5}, {"user": "u1"}, {"stream": None},
+        {"temperature": 1},
+        {"temperature": 0.5},
+        {"n": 2},
+        {"max_tokens": 0},
+        {"stop": "x"},
+        {"stop": ["a", "b"]},
+        {"stream": True, "stream_options": {"include_usage": True}},
+        {"logit_bias": {"50256": -100}},
+        {"tool_choice": "auto"},
+        {"tool_choice": {"type": "function", "function": {"name": "f"}}},
+        {"response_format": {"type": "json_object"}},
+        {"logprobs": True, "top_logprobs": 3},
+        {"seed": -1},
+        {"max_completion_tokens": 5},
+        {"user": "u1"},
+        {"stream": None},
     ],
 )
 def test_valid_chat_fields(fields: dict[str, object]) -> None:
@@ -130,39 +142,10 @@ def test_model_list_shape() -> None:
     }
 
 
-# ---------------------------------------------------------------- parse_request (the 400 a client sees)
-
-
-def test_parse_request_ok() -> None:
-    req = parse_request(b'{"model": "m", "messages": [{"role": "user", "content": "x"}]}', ChatCompletionRequest)
-    assert isinstance(req, ChatCompletionRequest)
-
-
-def test_parse_request_empty_body() -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_request(b"", ChatCompletionRequest)
-    assert info.value.code == "invalid_json"
-    assert info.value.message == "Request body is empty; expected a JSON object."
-
-
-def test_parse_request_names_the_nested_field() -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_request(b'{"model": "m", "messages": [{"role": ["user"]}]}', ChatCompletionRequest)
-    assert info.value.param == "messages.0.role"
-    assert info.value.code == "invalid_value"
-
-
-@pytest.mark.parametrize(
-    ("raw", "param"),
-    [
-        (b'{"model": "m", "messages": [{"role": "user"}], "temperature": "hot"}', "temperature"),
-        (b'{"model": "m", "messages": [{"role": "user"}], "stop": 5}', "stop"),
-        (b'{"model": "m", "messages": [{"role": "user", "content": 5}]}', "messages.0.content"),
-    ],
-    ids=["temperature", "stop", "content"],
-)
-def test_parse_request_union_field_param_is_the_field_path(raw: bytes, param: str) -> None:
-    with pytest.raises(BadRequest) as info:
-        parse_request(raw, ChatCompletionRequest)
-    assert info.value.param == param
-    assert "more error" not in info.value.message
+def test_chat_messages_writes_turns_as_request_messages() -> None:
+    turns = [ChatTurn("system", "Be brief."), ChatTurn("user", "hi")]
+    assert chat_messages(turns) == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]
+    assert (
+        ChatCompletionRequest.model_validate({"model": "m", "messages": chat_messages(turns)}).messages[1].content
+        == "hi"
+    )

@@ -1,10 +1,23 @@
-"""The OpenAI wire format, read: response bodies and SSE streams into ``Completion`` and ``Delta`` objects.
+"""The OpenAI wire format, read: a choice's text, the usage counts, whole answers and streams, error bodies.
 
-Used by :mod:`models.remote`. :func:`completions_from_body` reads a whole ``/v1/completions`` or
-``/v1/chat/completions`` answer; :class:`StreamDecoder` turns the bytes of a streamed answer into deltas
-incrementally (``data:`` lines, multi-line events, CRLF, comments, ``[DONE]``, mid-stream ``error`` events);
-:func:`error_message` extracts the server's message from an error body. Malformed input raises
-``EngineError`` naming ``where`` (the server, credentials already removed).
+The one reader of each, for the gateway (pipeline, trace store) and the engines (``models.remote``):
+
+* :func:`content_text`: the text of a message ``content`` (a string, or a list's ``text`` parts joined with
+  ``"\n"``; images and other parts are left out; anything else is ``""``).
+* :func:`choice_text`: the text of one choice. Completions: its ``text``. Chat: its ``message.content`` (or a
+  streamed choice's ``delta.content``) read by :func:`content_text`; ``None`` for an answer that calls tools
+  (``tool_calls`` or ``function_call`` in the message; a streamed delta is read whatever it carries), for
+  content that is neither a string nor a list, and for anything malformed. :func:`set_choice_text` replaces
+  it (and drops the choice's ``logprobs``, which described the replaced tokens).
+* :func:`usage_counts`: ``(prompt_tokens, completion_tokens)`` of a body or chunk's ``usage``, each ``None``
+  unless it is an integer (junk, a missing or non-object ``usage``, a non-object body: ``(None, None)``).
+* :func:`completions_from_body` reads a whole ``/v1/completions`` or ``/v1/chat/completions`` answer into
+  ``Completion`` objects (a chat answer without text content, such as only tool calls, is ``""``);
+  :class:`StreamDecoder` turns the bytes of a streamed answer into deltas incrementally (the SSE layer is
+  ``models.wire.sse.EventDecoder``, lenient about invalid UTF-8; ``[DONE]`` ends the stream, and whatever
+  follows it is ignored; a mid-stream ``error`` event raises ``EngineError``); :func:`error_message`
+  extracts the server's message from an error body. Malformed input raises ``EngineError`` naming ``where``
+  (the server, credentials already removed).
 
 Usage accounting: with ``n`` > 1 servers report totals only, so each choice gets the shared ``prompt_tokens`` and
 a share of ``completion_tokens`` proportional to its text length (the shares sum to the total). A streamed
@@ -15,15 +28,26 @@ raw usage object in ``extra["usage"]``. Finish reasons other than ``"length"`` a
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 
-from models.engine import ChatTurn, Completion, Delta, EngineError, FinishReason
+from models.engine import Completion, Delta, EngineError, FinishReason
+from models.wire.sse import Event, EventDecoder
 
-__all__ = ["MAX_MESSAGE", "StreamDecoder", "chat_messages", "completions_from_body", "deltas_from_body",
-           "error_message", "snippet"]
+__all__ = [
+    "MAX_MESSAGE",
+    "StreamDecoder",
+    "choice_text",
+    "completions_from_body",
+    "content_text",
+    "deltas_from_body",
+    "error_message",
+    "set_choice_text",
+    "snippet",
+    "usage_counts",
+]
 
 #: Longest server text quoted in an error message.
 MAX_MESSAGE = 300
@@ -31,37 +55,76 @@ MAX_MESSAGE = 300
 JSONObj = dict[str, Any]
 
 
-def chat_messages(turns: Sequence[ChatTurn]) -> list[dict[str, str]]:
-    """Chat turns as the ``messages`` of a request body."""
-    return [{"role": t.role, "content": t.content} for t in turns]
+def content_text(content: object) -> str:
+    """The text of an OpenAI message ``content``: the string itself, or the ``text`` parts of a content list
+    joined with newlines (images and other parts are left out); anything else gives ``""``."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [
+            part["text"]
+            for part in content
+            if isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)
+        ]
+        return "\n".join(texts)
+    return ""
+
+
+def choice_text(choice: object, chat: bool, *, streamed: bool = False) -> str | None:
+    """The text of one choice of an answer (``streamed``: of a stream's chunk); ``None`` when it has none: a
+    chat answer that calls tools, content that is not text, a malformed choice."""
+    if not isinstance(choice, dict):
+        return None
+    if not chat:
+        text = choice.get("text")
+        return text if isinstance(text, str) else None
+    message = choice.get("delta" if streamed else "message")
+    if not isinstance(message, dict):
+        return None
+    if not streamed and (message.get("tool_calls") or message.get("function_call")):
+        return None
+    content = message.get("content")
+    return content_text(content) if isinstance(content, (str, list)) else None
+
+
+def set_choice_text(choice: dict[str, Any], chat: bool, text: str) -> None:
+    """Replace the text of a choice whose :func:`choice_text` is not ``None``; its ``logprobs`` become null."""
+    if chat:
+        choice["message"]["content"] = text
+    else:
+        choice["text"] = text
+    choice["logprobs"] = None  # they described the replaced tokens
+
+
+def usage_counts(obj: object) -> tuple[int | None, int | None]:
+    """``(prompt_tokens, completion_tokens)`` of ``obj["usage"]``; each ``None`` unless an integer."""
+    usage = obj.get("usage") if isinstance(obj, dict) else None
+    if not isinstance(usage, dict):
+        return None, None
+    p, c = usage.get("prompt_tokens"), usage.get("completion_tokens")
+    return (p if isinstance(p, int) else None), (c if isinstance(c, int) else None)
 
 
 def _finish(value: object) -> FinishReason:
     return "length" if value == "length" else "stop"
 
 
-def _choice_text(choice: Mapping[str, Any], *, chat: bool, streamed: bool) -> str | None:
-    """The text of one choice (``None`` when the field is absent or not text)."""
-    if not chat:
-        text = choice.get("text")
-    else:
-        holder = choice.get("delta" if streamed else "message")
-        if not isinstance(holder, dict):
-            return None
-        text = holder.get("content")
-        if text is None:  # e.g. an answer that is only tool calls, or a role-only delta
+def _engine_text(choice: JSONObj, chat: bool) -> str | None:
+    """A whole answer's choice as an engine reports it: :func:`choice_text`, but ``""`` for a chat message
+    without text content (only tool calls, or a null ``content``); ``None`` when malformed."""
+    text = choice_text(choice, chat)
+    if text is None and chat:
+        message = choice.get("message")
+        if isinstance(message, dict) and (
+            message.get("content") is None or message.get("tool_calls") or message.get("function_call")
+        ):
             return ""
-    return text if isinstance(text, str) else None
+    return text
 
 
-def _usage(obj: Mapping[str, Any]) -> tuple[int, int] | None:
-    usage = obj.get("usage")
-    if not isinstance(usage, dict):
-        return None
-    prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
-    if isinstance(prompt, int) and isinstance(completion, int):
-        return prompt, completion
-    return None
+def _both_counts(obj: object) -> tuple[int, int] | None:
+    p, c = usage_counts(obj)
+    return (p, c) if p is not None and c is not None else None
 
 
 def _split_tokens(total: int, texts: Sequence[str]) -> list[int]:
@@ -87,14 +150,14 @@ def completions_from_body(obj: JSONObj, *, chat: bool, where: str) -> list[Compl
     for position, choice in enumerate(choices):
         if not isinstance(choice, dict):
             raise EngineError(f"malformed answer from {where}: a choice is not an object")
-        text = _choice_text(choice, chat=chat, streamed=False)
+        text = _engine_text(choice, chat)
         if text is None:
             field = "message.content" if chat else "text"
             raise EngineError(f"malformed answer from {where}: a choice has no '{field}' text")
         index = choice.get("index")
         parsed.append((index if isinstance(index, int) else position, text, _finish(choice.get("finish_reason"))))
     parsed.sort(key=lambda p: p[0])
-    prompt_tokens, completion_tokens = _usage(obj) or (0, 0)
+    prompt_tokens, completion_tokens = _both_counts(obj) or (0, 0)
     shares = _split_tokens(completion_tokens, [p[1] for p in parsed])
     return [
         Completion(text=text, finish_reason=finish, prompt_tokens=prompt_tokens, completion_tokens=share, index=index)
@@ -105,9 +168,7 @@ def completions_from_body(obj: JSONObj, *, chat: bool, where: str) -> list[Compl
 def deltas_from_body(obj: JSONObj, *, chat: bool, where: str) -> list[Delta]:
     """A whole answer as finished deltas (for a server that ignores ``"stream": true``)."""
     completions = completions_from_body(obj, chat=chat, where=where)
-    deltas = [
-        Delta(c.text, c.index, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in completions
-    ]
+    deltas = [Delta(c.text, c.index, c.finish_reason, c.prompt_tokens, c.completion_tokens) for c in completions]
     if isinstance(obj.get("usage"), dict):
         deltas[-1].extra["usage"] = obj["usage"]
     return deltas
@@ -124,30 +185,18 @@ class StreamDecoder:
         self.chat = chat
         self.where = where
         self.done = False
-        self._buf = b""
-        self._data: list[str] = []
+        self._events = EventDecoder(errors="replace")
         self._finished: dict[int, Delta] = {}
         self._seen: set[int] = set()
         self._usage: JSONObj | None = None
 
     def feed(self, chunk: bytes) -> list[Delta]:
         """Add the next bytes of the body; return the deltas they complete (``done`` turns true at ``[DONE]``)."""
-        out: list[Delta] = []
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-        for raw in lines:
-            self._line(raw.rstrip(b"\r"), out)
-            if self.done:
-                break
-        return out
+        return self._read(self._events.feed(chunk))
 
     def finish(self) -> list[Delta]:
         """The held-back deltas, once the stream has ended (``[DONE]`` or the end of the body)."""
-        out: list[Delta] = []
-        if not self.done:
-            if self._buf:
-                self._line(self._buf.rstrip(b"\r"), out)
-            self._line(b"", out)  # dispatch an event the body ended without a blank line after
+        out = [] if self.done else self._read(self._events.finish())
         unfinished = self._seen - self._finished.keys()
         if not self.done and (unfinished or not self._seen):
             raise EngineError(f"the stream from {self.where} ended before it finished")
@@ -155,7 +204,7 @@ class StreamDecoder:
             self._finished[index] = Delta("", index, "stop")
         held = [self._finished[i] for i in sorted(self._finished)]
         if self._usage is not None and held:
-            counts = _usage({"usage": self._usage})
+            counts = _both_counts({"usage": self._usage})
             if counts is not None:
                 for delta in held:
                     delta.prompt_tokens = counts[0]
@@ -164,24 +213,18 @@ class StreamDecoder:
             held[-1].extra["usage"] = self._usage
         return out + held
 
-    def _line(self, line: bytes, out: list[Delta]) -> None:
-        if not line:
-            if self._data:
-                payload = "\n".join(self._data)
-                self._data = []
-                self._event(payload, out)
-            return
-        if line.startswith(b":"):
-            return
-        field, _, value = line.partition(b":")
-        if field == b"data":
-            text = value.decode("utf-8", "replace")
-            self._data.append(text[1:] if text.startswith(" ") else text)
+    def _read(self, events: list[Event]) -> list[Delta]:
+        out: list[Delta] = []
+        for event in events:
+            if self.done:  # what follows [DONE] is ignored
+                break
+            if event.done:
+                self.done = True
+            else:
+                self._event(event.data, out)
+        return out
 
     def _event(self, payload: str, out: list[Delta]) -> None:
-        if payload.strip() == "[DONE]":
-            self.done = True
-            return
         try:
             obj = orjson.loads(payload)
         except orjson.JSONDecodeError:
@@ -204,7 +247,7 @@ class StreamDecoder:
             index = choice.get("index", 0)
             if not isinstance(index, int):
                 raise EngineError(f"malformed stream event from {self.where}: a choice has no index")
-            text = _choice_text(choice, chat=self.chat, streamed=True) or ""
+            text = choice_text(choice, self.chat, streamed=True) or ""
             self._seen.add(index)
             reason = choice.get("finish_reason")
             if reason is not None:
