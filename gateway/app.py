@@ -131,6 +131,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 arms=ArmChooser(settings.experiment, settings.helpers),
                 pipeline=Pipeline(helpers),
                 store=store, log_bodies=settings.store.log_bodies, shadow=shadow,
+                limits=settings.server.limits,
             )
             app.state.feedback = FeedbackService(store, auth)
             app.state.store = store

@@ -64,6 +64,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class LimitsSettings(_Section):
+    """Bounds on an inference request, checked before anything goes upstream (a 400 naming the field); 0: no bound."""
+
+    #: Most choices a request may ask for (``n``, and ``best_of`` of a completion).
+    max_n: int = Field(128, ge=0)
+    #: Largest ``max_tokens`` / ``max_completion_tokens``.
+    max_tokens: int = Field(131_072, ge=0)
+    #: Most ``messages`` of a chat request, and most prompts of a completions batch.
+    max_messages: int = Field(2048, ge=0)
+    #: Deepest nesting of the JSON body (the top-level object is level 1).
+    max_body_depth: int = Field(64, ge=0, le=512)
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -74,6 +87,7 @@ class ServerSettings(_Section):
     #: Seconds a shutdown waits for in-flight requests (streams included) before cancelling them.
     graceful_timeout_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
 
     @field_validator("api_keys")
     @classmethod

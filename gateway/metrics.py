@@ -103,6 +103,23 @@ STORE_RECORDS = Counter(
     ["outcome"],
 )
 
+REJECTED = Counter(
+    "aligngate_rejected",
+    "Requests and connections refused by the gateway's own checks before any upstream saw them, by reason: "
+    "non_finite_number, body_too_deep, n, max_tokens, messages (server.limits), body_timeout, header_timeout, "
+    "header_too_large, concurrency (server.max_concurrent_requests).",
+    ["reason"],
+)
+_rejected: dict[str, Counter] = {}
+
+
+def rejected(reason: str) -> None:
+    """Count a refusal of the gateway's own checks (``reason``: one of the fixed names above)."""
+    child = _rejected.get(reason)
+    if child is None:
+        child = _rejected[reason] = REJECTED.labels(reason)
+    child.inc()
+
 
 def count_upstream_error(model: str, status: str) -> None:
     UPSTREAM_ERRORS.labels(model, status).inc()

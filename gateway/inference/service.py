@@ -18,9 +18,10 @@ from starlette.types import ASGIApp, Receive
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
-from gateway.config import Arm, ExperimentSettings, HelpersSettings
+from gateway.config import Arm, ExperimentSettings, HelpersSettings, LimitsSettings
 from gateway.context import Capture, RecordSink, RequestContext
-from gateway.errors import BadRequest, ModelNotFound, parse_request
+from gateway.errors import BadRequest, ModelNotFound
+from gateway.inference.checks import checked_request
 from gateway.inference.receive import RequestHeaders, read_body
 from gateway.pipeline.arms import ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
@@ -48,6 +49,7 @@ class InferenceService:
         store: RecordSink | None = None,
         log_bodies: bool = True,
         shadow: ShadowRunner | None = None,
+        limits: LimitsSettings | None = None,
     ) -> None:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
@@ -61,6 +63,8 @@ class InferenceService:
         self.log_bodies = log_bodies
         #: Shadow mode (None: off, ``experiment.shadow.share`` 0); it records through the store, so needs one.
         self.shadow = shadow if store is not None else None
+        #: Bounds checked before anything goes upstream (``server.limits``).
+        self.limits = limits or LimitsSettings()
 
     def models(self, authorization: str | None) -> ModelList:
         self.auth.check(authorization)
@@ -71,7 +75,10 @@ class InferenceService:
         send, an ASGI app. Raises ``GatewayError`` (the OpenAI error to answer) and ``ClientDisconnected``."""
         self.auth.check(headers.authorization)
         raw = await read_body(receive, headers.content_length, self.max_body_bytes)
-        req = parse_request(raw, ChatCompletionRequest) if path == CHAT_PATH else parse_request(raw, CompletionRequest)
+        req: ChatCompletionRequest | CompletionRequest = (
+            checked_request(raw, ChatCompletionRequest, self.limits) if path == CHAT_PATH
+            else checked_request(raw, CompletionRequest, self.limits)
+        )
         if self.log_request_bodies:
             logger.debug("request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace"))
         if isinstance(req, CompletionRequest) and not req.has_prompt():
