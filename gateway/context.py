@@ -11,14 +11,31 @@ time minus those waits and the time blocked writing to the client.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from starlette.requests import Request
 
 T = TypeVar("T")
+
+#: The id of the request being served (set by the request middleware for the request's task and what it starts).
+REQUEST_ID: ContextVar[str | None] = ContextVar("aligngate_request_id", default=None)
+
+
+class RequestIdFormatter(logging.Formatter):
+    """Appends `` rid=<request id>`` to every line logged while a request is served (what a failure's details
+    are found by: an upstream's address, a library's message), except the access log's, which names it already."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        text = super().formatMessage(record)
+        rid = REQUEST_ID.get()
+        if rid is None or record.name == "aligngate.access":
+            return text
+        return f"{text} rid={rid}"
 
 
 class Waiting(Protocol):

@@ -16,6 +16,7 @@ import orjson
 from pydantic import BaseModel, ValidationError
 from starlette.responses import Response
 
+from gateway.context import RequestContext
 from models.wire.errors import FAILED, OVERLOADED, TIMED_OUT, Failure, engine_failure
 from models.wire.sse import encode_event
 
@@ -139,6 +140,11 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | i
     return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
+def outcome_of(exc: GatewayError) -> str:
+    """The access log's and the trace store's ``outcome`` for a request answered with ``exc``: its code."""
+    return exc.code or exc.type
+
+
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
     return Response(
         orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=headers
@@ -239,15 +245,20 @@ _STATUS_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403:
                  429: "rate_limit_error"}
 
 
-def response_for(exc: Exception) -> Response:
+def response_for(exc: Exception, ctx: RequestContext | None = None) -> Response:
     """The response an endpoint answers for ``exc``: a ``GatewayError`` in the OpenAI shape with its status, a
     validation error as a 400 naming the field, and for a client that went away an empty 499 (recorded, never
-    sent). Anything else is re-raised: the request middleware logs it and answers a bare 500."""
-    if isinstance(exc, GatewayError):
-        return error_response(exc)
+    sent). Anything else is re-raised: the request middleware logs it and answers a bare 500. ``ctx``, when
+    given, gets the request's ``outcome``: the error's code, or ``client_disconnected``."""
     if isinstance(exc, ValidationError):
-        return error_response(from_validation_error(exc))
+        exc = from_validation_error(exc)
+    if isinstance(exc, GatewayError):
+        if ctx is not None:
+            ctx.outcome = outcome_of(exc)
+        return error_response(exc)
     if isinstance(exc, ClientDisconnected):
+        if ctx is not None:
+            ctx.outcome = "client_disconnected"
         return Response(status_code=CLIENT_CLOSED)
     raise exc
 

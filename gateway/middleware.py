@@ -16,7 +16,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
-from gateway.context import RequestContext
+from gateway.context import REQUEST_ID, RequestContext
 from gateway.errors import internal_error_body
 
 logger = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class RequestMiddleware:
         clock = time.perf_counter
         ctx = RequestContext(request_id=_request_id(scope), started=clock())
         scope.setdefault("state", {})["ctx"] = ctx
+        rid_token = REQUEST_ID.set(ctx.request_id)
         status = 0
         rid = ctx.request_id.encode("ascii")
 
@@ -92,12 +93,15 @@ class RequestMiddleware:
                 ctx.outcome = ctx.outcome or "internal_error"
         finally:
             self._finish(scope, ctx, status or 499)
+            REQUEST_ID.reset(rid_token)
 
     @staticmethod
     def _finish(scope: Scope, ctx: RequestContext, status: int) -> None:
         now = time.perf_counter()
         duration = now - ctx.started
         overhead = ctx.overhead_s(now)
+        if status >= 400 and ctx.outcome is None:  # an error status is never "ok"; endpoints set the error's code
+            ctx.outcome = f"http_{status}"
         path: str = scope["path"]
         if path.startswith(_METRIC_PREFIX):
             metrics.request_finished(ctx, status, duration, overhead)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import AsyncGenerator, Awaitable, Iterable
 from typing import TypeVar
 
@@ -87,6 +88,20 @@ def normalize_error_body(status: int, body: bytes) -> bytes:
                            data.get("code", status))
             )
     return orjson.dumps(error_body(f"Upstream answered HTTP {status}.", "upstream_error", None, status))
+
+
+#: What an upstream's error code must look like to become a request's ``outcome``.
+_CODE = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,63}")
+
+
+def relayed_outcome(body: bytes) -> str:
+    """The ``outcome`` of a request answered with an upstream's error body (in the OpenAI shape): the error's
+    ``code`` when it is a short identifier, else ``upstream_error``."""
+    try:
+        code = orjson.loads(body)["error"]["code"]
+    except (orjson.JSONDecodeError, KeyError, TypeError):
+        return "upstream_error"
+    return code if isinstance(code, str) and _CODE.fullmatch(code) else "upstream_error"
 
 
 def relay_result(result: UpstreamResult, body: bytes | None = None) -> Response:

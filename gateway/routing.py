@@ -28,7 +28,7 @@ def endpoint(handler: Handler) -> ASGIApp:
         try:
             response = await handler(Request(scope, receive))
         except Exception as exc:
-            response = response_for(exc)
+            response = response_for(exc, scope.get("state", {}).get("ctx"))
         await response(scope, receive, send)
 
     app.__name__ = app.__qualname__ = handler.__name__

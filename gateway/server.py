@@ -33,7 +33,10 @@ def log_config(level: str) -> dict[str, Any]:
         "version": 1,
         "disable_existing_loggers": False,
         "formatters": {
-            "plain": {"format": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s"},
+            "plain": {
+                "()": "gateway.context.RequestIdFormatter",
+                "fmt": "%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
+            },
         },
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "stream": "ext://sys.stderr"}},
         "loggers": {

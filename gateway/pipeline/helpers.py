@@ -67,8 +67,8 @@ class Helpers:
         reason = engine_failure(exc).reason
         metrics.HELPER_FAILURES.labels(helper, reason).inc()
         logger.warning("%s failed (%s): %s", helper, reason, exc)
-        if policy == "fail":
-            raise HelperFailed(f"The {helper} failed ({reason}): {exc}") from exc
+        if policy == "fail":  # the exception's text (a server's address, its message) stays in the log
+            raise HelperFailed(f"The {helper} failed ({reason}).") from exc
         return f"failed:{reason}"
 
     async def rewrite(self, messages: Sequence[Mapping[str, Any]]) -> RewriteOutcome:
@@ -151,7 +151,8 @@ class CorrectionStream:
         except EngineError as exc:
             reason = engine_failure(exc).reason
             metrics.HELPER_FAILURES.labels("aligner", reason).inc()
-            raise HelperFailed(f"The aligner failed mid-stream ({reason}): {exc}") from exc
+            logger.warning("aligner failed mid-stream (%s): %s", reason, exc)
+            raise HelperFailed(f"The aligner failed mid-stream ({reason}).") from exc
         result = self._stream.result
         metrics.HELPER_DURATION.labels("aligner").observe(time.perf_counter() - self._start)
         if result is not None and result.skipped_reason is not None:

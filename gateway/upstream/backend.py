@@ -75,8 +75,8 @@ class UpstreamStream:
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             self._backend.on_error(self._backend.name, "stream_broken")
-            logger.info("backend %s replica %d broke off a stream: %s", self._backend.name, self.replica.index,
-                        _describe(exc))
+            logger.warning("backend %s replica %d (%s) broke off a stream: %s", self._backend.name,
+                           self.replica.index, self.replica.url, _describe(exc))
             raise UpstreamBroken(f"Backend '{self._backend.name}' broke off the response mid-stream.") from exc
 
     def close(self, complete: bool = False) -> None:
@@ -218,7 +218,7 @@ class RemoteBackend:
             return result
         if last is not None:
             return last  # every attempt answered 502/503/504: relay the upstream's own answer
-        raise failure or UpstreamUnavailable(f"Backend '{self.name}' has no reachable replica.")
+        raise failure or UpstreamUnavailable(f"Backend '{self.name}' is unreachable.")
 
     async def _next_replica(self, tried: list[Replica], attempt: int) -> Replica | None:
         replica = self.pool.pick(exclude=tried)
@@ -235,8 +235,11 @@ class RemoteBackend:
         reason = "connect_error"
         self.on_error(self.name, reason)
         self.pool.record_failure(replica, f"{type(exc).__name__}")
-        logger.info("backend %s replica %d: %s", self.name, replica.index, _describe(exc))
-        return UpstreamUnavailable(f"Backend '{self.name}' is unreachable: {_describe(exc)}.")
+        # the replica's address and the client library's wording go to the log (with the request id), never
+        # to the client
+        logger.warning("backend %s replica %d (%s) unreachable: %s", self.name, replica.index, replica.url,
+                       _describe(exc))
+        return UpstreamUnavailable(f"Backend '{self.name}' is unreachable.")
 
     def _status_failed(self, replica: Replica, status: int) -> None:
         self.on_error(self.name, str(status))

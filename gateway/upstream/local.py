@@ -75,7 +75,7 @@ ErrorHook = Callable[[str, str], None]
 Route = Literal["chat", "completions"]
 _ROUTES: dict[str, Route] = {"/chat/completions": "chat", "/completions": "completions"}
 _CHAT_ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
-#: Longest engine message quoted to the client.
+#: Longest engine message quoted in the log.
 MAX_DETAIL = 300
 #: The range of ``seed`` values a 64-bit generator accepts.
 _SEED_MIN, _SEED_MAX = -(2**63), 2**64 - 1
@@ -427,19 +427,22 @@ class LocalBackend:
         queue.put_nowait((call, None))
 
     def _failure(self, exc: BaseException) -> GatewayError:
-        """The error result for an engine call that failed before any response was sent."""
+        """The error result for an engine call that failed before any response was sent. The engine's own text
+        goes to the log (with the request id), never to the client."""
         what = f"The local engine of '{self.name}'"
         if isinstance(exc, EngineOverloaded):
-            message = f"{what} is overloaded ({_describe(exc)}); retry later."
+            message = f"{what} is overloaded; retry later."
         elif isinstance(exc, EngineTimeout):
-            message = f"{what} timed out: {_describe(exc)}."
+            message = f"{what} timed out."
         elif isinstance(exc, TimeoutError):
             message = f"{what} did not answer within {self.timeout_s:g}s."
         elif isinstance(exc, EngineError):
-            message = f"{what} failed: {_describe(exc)}."
+            message = f"{what} failed."
         else:
             logger.error("backend %s: the local engine raised unexpectedly", self.name, exc_info=exc)
             message = f"{what} failed unexpectedly; see the gateway's logs."
+        if isinstance(exc, EngineError):
+            logger.warning("backend %s: the local engine failed: %s", self.name, _describe(exc))
         err = engine_error(exc, message)
         self.on_error(self.name, str(err.status))
         return err
@@ -448,14 +451,16 @@ class LocalBackend:
         """The error raised from ``chunks()`` for a failure after the stream started: a timeout as before it
         started, any other failure ``UpstreamBroken``."""
         what = f"The local engine of '{self.name}'"
+        if isinstance(exc, EngineError):
+            logger.warning("backend %s: the local engine failed mid-stream: %s", self.name, _describe(exc))
         if engine_failure(exc) is TIMED_OUT:
             self.on_error(self.name, "timeout")
             if isinstance(exc, EngineTimeout):
-                return engine_error(exc, f"{what} timed out mid-stream: {_describe(exc)}.")
+                return engine_error(exc, f"{what} timed out mid-stream.")
             return engine_error(exc, f"{what} sent nothing for {self.timeout_s:g}s.")
         self.on_error(self.name, "stream_broken")
         if isinstance(exc, EngineError):
-            return UpstreamBroken(f"{what} failed mid-stream: {_describe(exc)}.")
+            return UpstreamBroken(f"{what} failed mid-stream.")
         logger.error("backend %s: the local engine raised unexpectedly mid-stream", self.name, exc_info=exc)
         return UpstreamBroken(f"{what} failed mid-stream; see the gateway's logs.")
 

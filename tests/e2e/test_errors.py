@@ -145,10 +145,16 @@ def test_upstream_error_via_sdk(err_gw: Gateway) -> None:
 
 
 def test_every_replica_down_502(err_gw: Gateway, http: httpx.Client) -> None:
+    ports = [url.split(":")[2].split("/")[0] for url in err_gw.config["backends"][2]["urls"]]
     for stream in (False, True):
         resp = http.post("/chat/completions", json=_chat(model="down", stream=stream))
-        err = assert_openai_error(resp, 502, type_="upstream_error")
-        assert "down" in err["message"]
+        err = assert_openai_error(resp, 502, code="upstream_unavailable", type_="upstream_error")
+        assert err["message"] == "Backend 'down' is unreachable."  # no address, no client-library wording
+        assert not any(port in resp.text for port in ports)
+        rid = resp.headers["x-request-id"]
+        assert "outcome=upstream_unavailable" in err_gw.wait_access_line(rid)
+        # the details are in the log, on lines that carry the request id
+        assert any(port in line for port in ports for line in err_gw.log_lines(f"rid={rid}"))
     with err_gw.client() as client, pytest.raises(openai.APIStatusError) as info:
         client.completions.create(model="down", prompt="x")
     assert info.value.status_code == 502

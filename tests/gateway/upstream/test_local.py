@@ -19,7 +19,7 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
 from gateway.app import GatewayApp
 from gateway.auth import ApiKeyAuth
-from gateway.errors import UpstreamBroken, UpstreamTimeout
+from gateway.errors import GatewayError, UpstreamBroken, UpstreamTimeout
 from gateway.inference.service import InferenceService
 from gateway.upstream.local import LocalBackend, LocalStream
 from gateway.upstream.protocol import UpstreamResult
@@ -473,7 +473,7 @@ async def test_engine_errors_before_the_first_delta_are_error_results(
     assert result.status == status
     error = error_of(result)
     assert (error["type"], error["code"]) == (type_, code)
-    assert str(exc) in error["message"]
+    assert str(exc) not in error["message"] and "local-model" in error["message"]  # the text stays in the log
     assert reasons == [("local-model", str(status))]
 
 
@@ -527,8 +527,34 @@ async def test_one_failing_prompt_fails_the_request_and_cancels_the_others() -> 
     engine = HalfBroken(block=True)
     result = await backend(engine).fetch("/completions", completion_body(prompt=["good", "bad"]))
     assert result.status == 502
-    assert "cannot tokenize" in error_of(result)["message"]
+    assert "cannot tokenize" not in error_of(result)["message"]  # the engine's text stays in the log
     assert engine.cancelled == 1
+
+
+@pytest.mark.parametrize(
+    ("exc", "status", "message"),
+    [
+        (EngineError("weights at /srv/models/x.gguf are corrupt"), 502, "The local engine of 'local-model' failed."),
+        (EngineOverloaded("queue of /srv/models/x.gguf full: 64 waiting"), 503,
+         "The local engine of 'local-model' is overloaded; retry later."),
+        (EngineTimeout("stalled at /srv/models/x.gguf"), 504, "The local engine of 'local-model' timed out."),
+    ],
+)
+async def test_engine_failures_keep_their_text_in_the_log(
+    caplog: pytest.LogCaptureFixture, exc: Exception, status: int, message: str
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="gateway.upstream.local"):
+        result = await backend(FakeEngine(error=exc)).fetch("/chat/completions", chat_body())
+        stream = await backend(FakeEngine(error=exc, error_after_first=True)).open_stream(
+            "/chat/completions", chat_body(stream=True))
+        assert not isinstance(stream, UpstreamResult)
+        with pytest.raises(GatewayError) as info:
+            async for _ in stream.chunks():
+                pass
+    assert result.status == status
+    assert error_of(result)["message"] == message
+    assert "/srv/models" not in info.value.message
+    assert sum("/srv/models" in r.getMessage() for r in caplog.records) == 2
 
 
 async def test_timeout_s_bounds_a_whole_call() -> None:
@@ -839,7 +865,7 @@ async def test_sdk_stream_that_breaks_ends_with_an_error_frame() -> None:
     events = [data for _, data in iter_events(r.content)]
     assert events[-1] == "[DONE]"
     error = orjson.loads(events[-2])["error"]
-    assert error["code"] == "upstream_stream_broken" and "worker died" in error["message"]
+    assert error["code"] == "upstream_stream_broken" and "worker died" not in error["message"]
 
 
 # ---------------------------------------------------------------- the real engine
