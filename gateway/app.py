@@ -56,10 +56,13 @@ class GatewayApp:
     """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``store``,
     ``settings``); endpoints reach them as ``scope["app"].state``."""
 
-    def __init__(self, routes: Iterable[tuple[str, str, ASGIApp]] = ROUTES, lifespan: Lifespan | None = None) -> None:
+    def __init__(
+        self, routes: Iterable[tuple[str, str, ASGIApp]] = ROUTES, lifespan: Lifespan | None = None, *,
+        max_concurrent_requests: int = 0,
+    ) -> None:
         self.state = State()
         self.router = Router(routes)
-        self._http = RequestMiddleware(self.router)
+        self._http = RequestMiddleware(self.router, max_concurrent=max_concurrent_requests)
         self._lifespan = lifespan or _no_lifespan
 
     def lifespan(self) -> AbstractAsyncContextManager[None]:
@@ -131,9 +134,9 @@ def create_app(settings: Settings) -> GatewayApp:
                 arms=ArmChooser(settings.experiment, settings.helpers),
                 pipeline=Pipeline(helpers),
                 store=store, log_bodies=settings.store.log_bodies, shadow=shadow,
-                limits=settings.server.limits,
+                limits=settings.server.limits, body_timeout_s=settings.server.body_timeout_s,
             )
-            app.state.feedback = FeedbackService(store, auth)
+            app.state.feedback = FeedbackService(store, auth, body_timeout_s=settings.server.body_timeout_s)
             app.state.store = store
             yield
         finally:
@@ -146,7 +149,7 @@ def create_app(settings: Settings) -> GatewayApp:
             await engines.close()
             await session.close()
 
-    app = GatewayApp(ROUTES, lifespan)
+    app = GatewayApp(ROUTES, lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
     app.state.settings = settings
     return app
 

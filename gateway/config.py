@@ -88,6 +88,19 @@ class ServerSettings(_Section):
     graceful_timeout_s: float = Field(30.0, ge=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    #: Longest a client may take to send a request's body once its headers are in (408 and the connection closed).
+    body_timeout_s: float = Field(60.0, gt=0)
+    #: Longest a client may take to send a request's headers, from the connection's start or the request's first
+    #: byte (408, or a silent new connection closed).
+    header_timeout_s: float = Field(10.0, gt=0)
+    #: Largest request line plus headers (431 and the connection closed).
+    max_header_bytes: int = Field(65_536, ge=1024)
+    #: How long an idle keep-alive connection is kept open (uvicorn's ``timeout_keep_alive``).
+    keep_alive_timeout_s: int = Field(30, ge=1)
+    #: Most connections (and requests) a worker takes; beyond it uvicorn answers a plain 503. 0: no limit.
+    max_connections: int = Field(0, ge=0)
+    #: Most ``/v1/*`` requests a worker serves at once; beyond it a 503 with ``Retry-After``. 0: no limit.
+    max_concurrent_requests: int = Field(0, ge=0)
 
     @field_validator("api_keys")
     @classmethod

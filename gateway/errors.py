@@ -27,9 +27,12 @@ class GatewayError(Exception):
     status: int = 500
     type: str = "server_error"
     code: str | None = None
+    #: Response headers the answer carries (``Retry-After``, ``Connection: close``, rate-limit headers).
+    headers: dict[str, str] | None = None
 
     def __init__(
-        self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None
+        self, message: str, *, param: str | None = None, code: str | None = None, status: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -38,6 +41,8 @@ class GatewayError(Exception):
             self.code = code
         if status is not None:
             self.status = status
+        if headers is not None:
+            self.headers = headers
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, self.type, self.param, self.code)
@@ -68,6 +73,24 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     code = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    """The client did not send its request in time (``server.body_timeout_s``); the connection is closed."""
+
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+    headers = {"Connection": "close"}
+
+
+class GatewayBusy(GatewayError):
+    """The worker serves ``server.max_concurrent_requests`` requests already (503, retry after a second)."""
+
+    status = 503
+    type = "overloaded_error"
+    code = "gateway_overloaded"
+    headers = {"Retry-After": "1"}
 
 
 class RateLimited(GatewayError):
@@ -146,9 +169,21 @@ def outcome_of(exc: GatewayError) -> str:
 
 
 def error_response(exc: GatewayError, headers: dict[str, str] | None = None) -> Response:
+    if exc.headers:
+        headers = {**exc.headers, **headers} if headers else exc.headers
     return Response(
         orjson.dumps(exc.body()), status_code=exc.status, media_type="application/json", headers=headers
     )
+
+
+def raw_error_response(status: int, reason: str, exc: GatewayError) -> bytes:
+    """A whole HTTP/1.1 error response that closes the connection, for answering below ASGI (a request whose
+    headers never completed)."""
+    body = orjson.dumps(exc.body())
+    return (
+        b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
+        % (status, reason.encode("ascii"), len(body))
+    ) + body
 
 
 def internal_error_body() -> bytes:

@@ -1,5 +1,7 @@
 """The request middleware (pure ASGI, so it costs microseconds): request id, timing headers, metrics,
-the access-log line, and the last-resort 500 for an unexpected exception (logged, never shown).
+the access-log line, the cap on concurrent ``/v1/*`` requests (``server.max_concurrent_requests``: beyond it a
+503 ``gateway_overloaded`` with ``Retry-After``; health and metrics are never capped), and the last-resort 500 for
+an unexpected exception (logged, never shown).
 
 Adds ``X-Request-Id`` (the client's own when it sends a sane one), ``X-Aligngate-Overhead-Ms`` and, once
 an arm is known, ``X-Aligngate-Arm`` to every response. When a request has ended, its record (if the
@@ -17,7 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.context import REQUEST_ID, RequestContext
-from gateway.errors import internal_error_body
+from gateway.errors import GatewayBusy, internal_error_body, response_for
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("aligngate.access")
@@ -46,8 +48,11 @@ def new_request_id() -> str:
 
 
 class RequestMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, *, max_concurrent: int = 0) -> None:
         self.app = app
+        #: Most ``/v1/*`` requests served at once by this process (0: no limit), and how many are now.
+        self.max_concurrent = max_concurrent
+        self.active = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -78,7 +83,18 @@ class RequestMiddleware:
             await send(message)
             ctx.client_s += clock() - t
 
+        counted = False
         try:
+            if self.max_concurrent and scope["path"].startswith(_METRIC_PREFIX):
+                if self.active >= self.max_concurrent:
+                    metrics.rejected("concurrency")
+                    busy = GatewayBusy(
+                        f"The gateway is serving its limit of {self.max_concurrent} concurrent requests; retry shortly."
+                    )
+                    await response_for(busy, ctx)(scope, receive, send_wrapper)
+                    return
+                self.active += 1
+                counted = True
             await self.app(scope, receive, send_wrapper)
         except Exception:
             logger.exception("unhandled error on %s %s (request %s)", scope["method"], scope["path"], ctx.request_id)
@@ -92,6 +108,8 @@ class RequestMiddleware:
             else:
                 ctx.outcome = ctx.outcome or "internal_error"
         finally:
+            if counted:
+                self.active -= 1
             self._finish(scope, ctx, status or 499)
             REQUEST_ID.reset(rid_token)
 

@@ -22,6 +22,7 @@ from typing import Any
 import uvicorn
 
 from gateway.config import RESOLVED_ENV, Settings, dump_resolved
+from gateway.connections import PROTOCOL
 
 logger = logging.getLogger(__name__)
 
@@ -90,12 +91,13 @@ def run(settings: Settings) -> None:
             port=server.port,
             workers=server.workers,
             loop="uvloop",
-            http="httptools",
+            http=PROTOCOL,  # httptools, with a header deadline and a header size cap (gateway/connections.py)
             access_log=False,
             log_config=log_config(server.log_level),
             # Rounded up, never to None (which would wait for ever): uvicorn types this as a whole number.
             timeout_graceful_shutdown=math.ceil(server.graceful_timeout_s),
-            timeout_keep_alive=30,
+            timeout_keep_alive=server.keep_alive_timeout_s,
+            limit_concurrency=server.max_connections or None,
             server_header=False,
             date_header=False,
         )

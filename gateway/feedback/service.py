@@ -32,9 +32,14 @@ class FeedbackUnavailable(GatewayError):
 
 
 class FeedbackService:
-    def __init__(self, store: Store | None, auth: ApiKeyAuth, *, lookup_wait_s: float | None = None) -> None:
+    def __init__(
+        self, store: Store | None, auth: ApiKeyAuth, *, lookup_wait_s: float | None = None,
+        body_timeout_s: float | None = None,
+    ) -> None:
         self.store = store
         self.auth = auth
+        #: Longest wait for the whole request body (``server.body_timeout_s``).
+        self.body_timeout_s = body_timeout_s
         #: How long a request id unknown to the database is looked for again before the 404.
         self.lookup_wait_s = (
             lookup_wait_s if lookup_wait_s is not None
@@ -43,7 +48,7 @@ class FeedbackService:
 
     async def submit(self, request: Request) -> FeedbackResponse:
         self.auth.check(request.headers.get("authorization"))
-        raw = await read_body(request.receive, request.headers.get("content-length"), MAX_BODY)
+        raw = await read_body(request.receive, request.headers.get("content-length"), MAX_BODY, self.body_timeout_s)
         fb = parse_request(raw, FeedbackRequest)
         store = self.store
         if store is None:

@@ -1,6 +1,6 @@
 """The request side of an ASGI exchange, as the inference routes read it: the few headers they use and the body
-(refused beyond a size limit, 413). The client's disconnect while an answer is awaited is watched for by
-``gateway/respond.py`` (``until_disconnect``).
+(refused beyond a size limit, 413, or when it has not all arrived in time, 408). The client's disconnect while
+an answer is awaited is watched for by ``gateway/respond.py`` (``until_disconnect``).
 
 Raw ASGI rather than Starlette's ``Request``: one pass over the header list and no body iterator keep the
 hot path cheap. The values are what Starlette's ``Request.headers.get`` would give (the first occurrence of
@@ -9,12 +9,14 @@ a name, decoded as latin-1).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from starlette.types import Receive
 
-from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
+from gateway import metrics
+from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 
 
 @dataclass(slots=True)
@@ -51,9 +53,21 @@ class RequestHeaders:
         return h
 
 
-async def read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+async def read_body(receive: Receive, content_length: str | None, limit: int, timeout_s: float | None = None) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) without reading them all; a client that goes
-    away meanwhile raises ``ClientDisconnected``."""
+    away meanwhile raises ``ClientDisconnected``, one that has not sent it all within ``timeout_s`` seconds
+    ``RequestTimeout`` (408; the answer closes the connection)."""
+    if timeout_s is None:
+        return await _read_body(receive, content_length, limit)
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read_body(receive, content_length, limit)
+    except TimeoutError:
+        metrics.rejected("body_timeout")
+        raise RequestTimeout(f"The request body was not received within {timeout_s:g}s.") from None
+
+
+async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
     if content_length is not None:
         try:
             size = int(content_length)

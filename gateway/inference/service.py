@@ -50,6 +50,7 @@ class InferenceService:
         log_bodies: bool = True,
         shadow: ShadowRunner | None = None,
         limits: LimitsSettings | None = None,
+        body_timeout_s: float | None = None,
     ) -> None:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
@@ -65,6 +66,8 @@ class InferenceService:
         self.shadow = shadow if store is not None else None
         #: Bounds checked before anything goes upstream (``server.limits``).
         self.limits = limits or LimitsSettings()
+        #: Longest wait for the whole request body (``server.body_timeout_s``; None: no limit).
+        self.body_timeout_s = body_timeout_s
 
     def models(self, authorization: str | None) -> ModelList:
         self.auth.check(authorization)
@@ -74,7 +77,7 @@ class InferenceService:
         """Answer one inference request to ``path`` (``CHAT_PATH`` or ``COMPLETIONS_PATH``): the response to
         send, an ASGI app. Raises ``GatewayError`` (the OpenAI error to answer) and ``ClientDisconnected``."""
         self.auth.check(headers.authorization)
-        raw = await read_body(receive, headers.content_length, self.max_body_bytes)
+        raw = await read_body(receive, headers.content_length, self.max_body_bytes, self.body_timeout_s)
         req: ChatCompletionRequest | CompletionRequest = (
             checked_request(raw, ChatCompletionRequest, self.limits) if path == CHAT_PATH
             else checked_request(raw, CompletionRequest, self.limits)

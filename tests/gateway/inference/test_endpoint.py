@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 from starlette.requests import Request
 
-from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge
+from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 from gateway.inference.receive import RequestHeaders, read_body
 from tests.gateway.asgi import hang_up_after
 
@@ -251,3 +251,19 @@ async def test_read_body_joins_pieces_and_enforces_the_limit() -> None:
         await read_body(_receiver(), "five", 5)
     with pytest.raises(ClientDisconnected):
         await read_body(_receiver(pieces[0], {"type": "http.disconnect"}), None, 5)
+
+
+async def test_read_body_times_out_on_a_stalled_body() -> None:
+    async def stalls_after_the_first_piece() -> dict[str, Any]:
+        if not sent:
+            sent.append(True)
+            return {"type": "http.request", "body": b'{"a": ', "more_body": True}
+        await asyncio.sleep(60)
+        raise AssertionError("not reached")
+
+    sent: list[bool] = []
+    with pytest.raises(RequestTimeout) as info:
+        await read_body(stalls_after_the_first_piece, None, 100, timeout_s=0.05)
+    assert (info.value.status, info.value.code) == (408, "request_timeout")
+    assert info.value.headers == {"Connection": "close"}
+    assert await read_body(_receiver({"type": "http.request", "body": b"ok"}), None, 5, timeout_s=0.05) == b"ok"
