@@ -31,6 +31,7 @@ from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
+from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
@@ -135,6 +136,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 pipeline=Pipeline(helpers),
                 store=store, log_bodies=settings.store.log_bodies, shadow=shadow,
                 limits=settings.server.limits, body_timeout_s=settings.server.body_timeout_s,
+                rate_limits=RateLimiter(settings.server.rate_limits) if settings.server.rate_limits.enabled else None,
             )
             app.state.feedback = FeedbackService(store, auth, body_timeout_s=settings.server.body_timeout_s)
             app.state.store = store

@@ -77,6 +77,44 @@ class LimitsSettings(_Section):
     max_body_depth: int = Field(64, ge=0, le=512)
 
 
+class RateLimit(_Section):
+    """Token buckets of one scope: each limit refills its bucket continuously (``*_per_minute`` / 60 a second), and
+    ``burst_*`` is the bucket's size (default: one minute's worth). Unset or 0: no limit (in ``keys``, unset
+    inherits ``per_key``)."""
+
+    requests_per_minute: int | None = Field(None, ge=0)
+    tokens_per_minute: int | None = Field(None, ge=0)
+    burst_requests: int | None = Field(None, ge=1)
+    burst_tokens: int | None = Field(None, ge=1)
+
+
+class RateLimitSettings(_Section):
+    """Rate limits of the inference routes, enforced by each worker on its own (memory buckets)."""
+
+    #: Per API key (the presented Bearer token; requests without one share a bucket).
+    per_key: RateLimit = Field(default_factory=RateLimit)
+    #: Per ``X-Aligngate-User`` within a key, for requests that send the header.
+    per_user: RateLimit = Field(default_factory=RateLimit)
+    #: Per-key overrides of ``per_key``, by key (plain or ``sha256:<hex>``, as in ``api_keys``).
+    keys: dict[str, RateLimit] = Field(default_factory=dict)
+    #: Tokens reserved for the answer of a request that sets no ``max_tokens``/``max_completion_tokens``.
+    default_max_tokens: int = Field(1024, ge=0)
+    #: Most buckets a worker keeps; beyond it the least recently used is forgotten (it starts full again).
+    max_tracked: int = Field(100_000, ge=100)
+
+    @field_validator("keys")
+    @classmethod
+    def _valid_keys(cls, keys: dict[str, RateLimit]) -> dict[str, RateLimit]:
+        for key in keys:
+            parse_key(key)  # raises ValueError with the reason
+        return keys
+
+    @property
+    def enabled(self) -> bool:
+        limits = [self.per_key, self.per_user, *self.keys.values()]
+        return any(limit.requests_per_minute or limit.tokens_per_minute for limit in limits)
+
+
 class ServerSettings(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
@@ -101,6 +139,8 @@ class ServerSettings(_Section):
     max_connections: int = Field(0, ge=0)
     #: Most ``/v1/*`` requests a worker serves at once; beyond it a 503 with ``Retry-After``. 0: no limit.
     max_concurrent_requests: int = Field(0, ge=0)
+    #: Requests and tokens per minute per API key and per user (429 beyond them); per worker.
+    rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("api_keys")
     @classmethod

@@ -116,6 +116,8 @@ class RequestContext:
     in_flight_counted: bool = False
     #: What the trace store records (None: this request is not recorded).
     capture: Capture | None = None
+    #: Headers every answer to this request carries (the rate limits'), replacing any of the same name.
+    headers: list[tuple[bytes, bytes]] | None = None
 
     async def waited(self, aw: Awaitable[T]) -> T:
         """Await an upstream or helper call, counting its time (failures and cancellations included) as waiting."""

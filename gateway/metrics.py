@@ -111,6 +111,12 @@ REJECTED = Counter(
     ["reason"],
 )
 _rejected: dict[str, Counter] = {}
+RATE_LIMITED = Counter(
+    "aligngate_rate_limited",
+    "Requests answered 429 by server.rate_limits, by the scope whose bucket was short (key, user) and its "
+    "dimension (requests, tokens).",
+    ["scope", "reason"],
+)
 
 
 def rejected(reason: str) -> None:
@@ -119,6 +125,11 @@ def rejected(reason: str) -> None:
     if child is None:
         child = _rejected[reason] = REJECTED.labels(reason)
     child.inc()
+
+
+def rate_limited(scope: str, reason: str) -> None:
+    """Count a 429 of the rate limits (``scope``: key or user; ``reason``: requests or tokens)."""
+    RATE_LIMITED.labels(scope, reason).inc()
 
 
 def count_upstream_error(model: str, status: str) -> None:

@@ -74,6 +74,10 @@ class RequestMiddleware:
                 headers.append((b"x-aligngate-overhead-ms", b"%.3f" % (ctx.overhead_s() * 1000)))
                 if ctx.arm is not None:
                     headers.append((b"x-aligngate-arm", ctx.arm.encode("ascii")))
+                if ctx.headers:
+                    names = {name for name, _ in ctx.headers}
+                    headers = [h for h in headers if bytes(h[0]).lower() not in names]
+                    headers.extend(ctx.headers)
                 message = {**message, "headers": headers}
                 await send(message)
                 return

@@ -28,7 +28,7 @@ GATEWAY_LAYERS: tuple[tuple[str, ...], ...] = (
     # the base: settings, errors, the per-request context, metrics
     ("", "config", "auth", "errors", "context", "metrics", "runtime"),
     # what the request path stands on: backends, the trace store, helper engines, answering, routing
-    ("upstream.*", "store.*", "engines", "respond", "routing", "middleware"),
+    ("upstream.*", "store.*", "engines", "respond", "routing", "middleware", "ratelimit.*"),
     # the alignment pipeline
     ("pipeline.*",),
     # the services behind the routes, and the reports over the store

@@ -20,13 +20,14 @@ from gateway import metrics
 from gateway.auth import ApiKeyAuth
 from gateway.config import Arm, ExperimentSettings, HelpersSettings, LimitsSettings
 from gateway.context import Capture, RecordSink, RequestContext
-from gateway.errors import BadRequest, ModelNotFound
+from gateway.errors import BadRequest, GatewayError, ModelNotFound
 from gateway.inference.checks import checked_request
 from gateway.inference.receive import RequestHeaders, read_body
 from gateway.pipeline.arms import ArmChooser, user_key
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import CHAT_PATH, Pipeline, PipelineRequest
 from gateway.pipeline.shadow import ShadowRunner
+from gateway.ratelimit.limiter import RateLimiter, settling
 from gateway.respond import until_disconnect
 from gateway.upstream.protocol import Backend
 from models.wire.schemas import ChatCompletionRequest, CompletionRequest, ModelCard, ModelList
@@ -51,6 +52,7 @@ class InferenceService:
         shadow: ShadowRunner | None = None,
         limits: LimitsSettings | None = None,
         body_timeout_s: float | None = None,
+        rate_limits: RateLimiter | None = None,
     ) -> None:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
@@ -68,6 +70,8 @@ class InferenceService:
         self.limits = limits or LimitsSettings()
         #: Longest wait for the whole request body (``server.body_timeout_s``; None: no limit).
         self.body_timeout_s = body_timeout_s
+        #: ``server.rate_limits`` (None: off).
+        self.rate_limits = rate_limits
 
     def models(self, authorization: str | None) -> ModelList:
         self.auth.check(authorization)
@@ -98,6 +102,12 @@ class InferenceService:
                 f"The model '{req.model}' does not exist; GET /v1/models lists the served models.", param="model"
             )
         ctx.model = backend.name
+        limiter = self.rate_limits
+        admission = None
+        if limiter is not None:  # a 429 here reaches no upstream
+            admission = await limiter.admit(headers.authorization, headers.user, req, len(raw))
+            if admission is not None:
+                ctx.headers = admission.headers
         # The API key names a user only when keys are configured (without them every client's token is
         # whatever its SDK needed, often the same placeholder).
         key, source = user_key(headers.user, req.user, headers.authorization if self.auth.enabled else None)
@@ -119,4 +129,12 @@ class InferenceService:
         metrics.request_started(ctx)
         trace_on = headers.trace is not None and headers.trace.strip().lower() in ("1", "true")
         preq = PipelineRequest(ctx, backend, path, raw, arm, trace_on, ctx.stream)
-        return await until_disconnect(receive, self.pipeline.run(preq))
+        if admission is None or not admission.tokens:
+            return await until_disconnect(receive, self.pipeline.run(preq))
+        assert limiter is not None
+        try:
+            response = await until_disconnect(receive, self.pipeline.run(preq))
+        except GatewayError as exc:  # no answer: the reserved tokens go back
+            await limiter.settle(admission, exc.status, None)
+            raise
+        return settling(response, limiter, admission)
