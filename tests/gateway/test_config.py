@@ -6,6 +6,7 @@ import importlib.util
 import re
 from pathlib import Path
 
+import orjson
 import pytest
 
 from gateway.config import (
@@ -426,3 +427,21 @@ def test_check_servable_wants_the_store_for_shadow_mode(tmp_path: Path) -> None:
     assert check_servable(load_settings(_write(tmp_path, SHADOW_YAML), on)) is None
     with pytest.raises(ConfigError, match=r"trace store, which is disabled \(set store\.enabled to true"):
         check_servable(load_settings(_write(tmp_path, SHADOW_YAML), {**on, "store": {"enabled": False}}))
+
+
+def test_hardening_defaults_and_nested_env_overrides(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = load_settings()
+    assert (s.server.body_timeout_s, s.server.header_timeout_s, s.server.max_header_bytes) == (60.0, 10.0, 65536)
+    assert (s.server.keep_alive_timeout_s, s.server.max_connections, s.server.max_concurrent_requests) == (30, 0, 0)
+    assert s.server.limits.max_n == 128 and s.server.rate_limits.enabled is False
+    monkeypatch.setenv("ALIGNGATE_SERVER__LIMITS__MAX_N", "8")
+    monkeypatch.setenv("ALIGNGATE_SERVER__RATE_LIMITS__PER_KEY__REQUESTS_PER_MINUTE", "60")
+    monkeypatch.setenv("ALIGNGATE_SERVER__RATE_LIMITS__KEYS", '{"sk-big": {"requests_per_minute": 0}}')
+    s = load_settings()
+    assert s.server.limits.max_n == 8 and s.server.limits.max_tokens == 131072
+    assert s.server.rate_limits.per_key.requests_per_minute == 60
+    assert s.server.rate_limits.keys["sk-big"].requests_per_minute == 0
+    assert s.server.rate_limits.enabled
+    # the hand-over to workers keeps an override's unset fields unset (they inherit per_key)
+    again = Settings.model_validate(orjson.loads(dump_resolved(s)))
+    assert again.server.rate_limits.keys["sk-big"].tokens_per_minute is None
