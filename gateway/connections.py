@@ -14,6 +14,10 @@ protocol only). :class:`GuardedHttpToolsProtocol` adds both, below ASGI, where n
   ``request_header_fields_too_large`` and disconnected, at once — bytes are counted as they arrive, so a header
   that never ends is caught as well.
 
+Both cost a request well under a microsecond or two: the deadline is a coarse one (``gateway/deadlines.py``, no timer
+handle per request), and the size is counted per received chunk, the exact size of the parsed headers being
+worked out only for a request whose chunks exceed the limit.
+
 Each refusal is counted in ``aligngate_rejected_total{reason}`` (``header_timeout``, ``header_too_large``) and written
 to the access log. The limits are the settings ``aligngate serve`` hands its workers.
 """
@@ -31,6 +35,7 @@ from uvicorn.server import ServerState
 
 from gateway import metrics
 from gateway.config import ServerSettings, settings_from_env
+from gateway.deadlines import deadlines
 from gateway.errors import GatewayError, raw_error_response
 
 logger = logging.getLogger(__name__)
@@ -68,14 +73,17 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         server = _server_settings()
         self._header_timeout_s = server.header_timeout_s
         self._max_header_bytes = server.max_header_bytes
-        self._header_timer: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines(self.loop)
+        #: The pending header deadline's id (None: none pending).
+        self._deadline: int | None = None
         #: Between a request's first byte (or the connection's start) and the end of its headers.
         self._in_head = True
         #: Whether any byte of the current request arrived.
         self._head_started = False
-        #: Bytes of the current request's line and headers: as parsed, and as received while still incomplete.
-        self._head_parsed = 0
+        #: Bytes received since the current request began (whole chunks: an upper bound of its head's size), and
+        #: the size of the chunk being parsed.
         self._head_received = 0
+        self._chunk = 0
         self._too_large = False
         self._refused = False
 
@@ -92,13 +100,14 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
+        self._chunk = len(data)
+        if self._in_head:
+            self._head_received += self._chunk
         super().data_received(data)
         if self._refused or self.transport.is_closing():
             return
-        if self._in_head:
-            self._head_received += len(data)
-            if self._head_received > self._max_header_bytes:
-                self._too_large = True
+        if self._in_head and self._head_received > self._max_header_bytes:
+            self._too_large = True  # a head still incomplete, already too long
         if self._too_large:
             self._refuse(_HeaderTooLarge(
                 f"The request line and headers exceed the limit of {self._max_header_bytes} bytes.",
@@ -110,26 +119,22 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().on_message_begin()
         self._in_head = True
         self._head_started = True
-        self._head_parsed = self._head_received = 0
-        if self._header_timer is None:
+        self._head_received = self._chunk  # the chunk it began in, whole: an upper bound
+        if self._deadline is None:
             self._arm()
-
-    def on_url(self, url: bytes) -> None:
-        self._head_parsed += len(url)
-        super().on_url(url)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._head_parsed += len(name) + len(value) + 4  # ": " and CRLF
-        super().on_header(name, value)
 
     def on_headers_complete(self) -> None:
         self._in_head = False
         self._disarm()
-        if self._head_parsed > self._max_header_bytes:
+        if self._head_received > self._max_header_bytes and self._head_size() > self._max_header_bytes:
             self._too_large = True  # refused by data_received once the parser returns; the app never sees it
             return
         self._head_started = False
         super().on_headers_complete()
+
+    def _head_size(self) -> int:
+        """The parsed request line and headers, in bytes (as sent, give or take whitespace)."""
+        return len(self.url) + 12 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
     def on_body(self, body: bytes) -> None:
         if not self._too_large:
@@ -142,15 +147,15 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ refusals
 
     def _arm(self) -> None:
-        self._header_timer = self.loop.call_later(self._header_timeout_s, self._header_timeout)
+        self._deadline = self._deadlines.add(self._header_timeout_s, self._header_timeout)
 
     def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
+        if self._deadline is not None:
+            self._deadlines.discard(self._deadline)
+            self._deadline = None
 
     def _header_timeout(self) -> None:
-        self._header_timer = None
+        self._deadline = None
         if self._refused or self.transport.is_closing():
             return
         error = _HeaderTimeout(f"The request headers were not received within {self._header_timeout_s:g}s.")

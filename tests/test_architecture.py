@@ -26,7 +26,7 @@ PACKAGES = ("core", "models", "train", "gateway")
 #: The layers of gateway/, bottom first; a module (dotted, without ``gateway.``) or a sub-package (``name.*``).
 GATEWAY_LAYERS: tuple[tuple[str, ...], ...] = (
     # the base: settings, errors, the per-request context, metrics
-    ("", "config", "auth", "errors", "context", "metrics", "runtime"),
+    ("", "config", "auth", "errors", "context", "metrics", "runtime", "deadlines"),
     # what the request path stands on: backends, the trace store, helper engines, answering, routing
     ("upstream.*", "store.*", "engines", "respond", "routing", "middleware", "ratelimit.*"),
     # the alignment pipeline

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from starlette.types import Receive
 
 from gateway import metrics
+from gateway.deadlines import deadlines
 from gateway.errors import BadRequest, ClientDisconnected, PayloadTooLarge, RequestTimeout
 
 
@@ -55,16 +56,32 @@ class RequestHeaders:
 
 async def read_body(receive: Receive, content_length: str | None, limit: int, timeout_s: float | None = None) -> bytes:
     """The request body, refusing more than ``limit`` bytes (413) without reading them all; a client that goes
-    away meanwhile raises ``ClientDisconnected``, one that has not sent it all within ``timeout_s`` seconds
-    ``RequestTimeout`` (408; the answer closes the connection)."""
+    away meanwhile raises ``ClientDisconnected``, one that has not sent it all within ``timeout_s`` seconds (up to
+    ``gateway.deadlines.TICK_S`` more) ``RequestTimeout`` (408; the answer closes the connection)."""
     if timeout_s is None:
         return await _read_body(receive, content_length, limit)
+    # a coarse deadline (gateway/deadlines.py) rather than asyncio.timeout: no timer handle per request
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def expire() -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()
+
+    pending = deadlines()
+    key = pending.add(timeout_s, expire)
     try:
-        async with asyncio.timeout(timeout_s):
-            return await _read_body(receive, content_length, limit)
-    except TimeoutError:
+        return await _read_body(receive, content_length, limit)
+    except asyncio.CancelledError:
+        if not fired:
+            raise
+        task.uncancel()
         metrics.rejected("body_timeout")
         raise RequestTimeout(f"The request body was not received within {timeout_s:g}s.") from None
+    finally:
+        pending.discard(key)
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
