@@ -32,10 +32,10 @@ class RequestIdFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
-        rid = REQUEST_ID.get()
-        if rid is None or record.name == "aligngate.access":
+        if record.name == "aligngate.access":
             return text
-        return f"{text} rid={rid}"
+        rid = REQUEST_ID.get()
+        return text if rid is None else f"{text} rid={rid}"
 
 
 class Waiting(Protocol):
