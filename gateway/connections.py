@@ -74,8 +74,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._header_timeout_s = server.header_timeout_s
         self._max_header_bytes = server.max_header_bytes
         self._deadlines = deadlines(self.loop)
-        #: The pending header deadline's id (None: none pending).
-        self._deadline: int | None = None
+        #: Whether a header deadline is pending.
+        self._deadline = False
         #: Between a request's first byte (or the connection's start) and the end of its headers.
         self._in_head = True
         #: Whether any byte of the current request arrived.
@@ -120,7 +120,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._in_head = True
         self._head_started = True
         self._head_received = self._chunk  # the chunk it began in, whole: an upper bound
-        if self._deadline is None:
+        if not self._deadline:
             self._arm()
 
     def on_headers_complete(self) -> None:
@@ -147,15 +147,16 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
     # ------------------------------------------------------------------ refusals
 
     def _arm(self) -> None:
-        self._deadline = self._deadlines.add(self._header_timeout_s, self._header_timeout)
+        self._deadlines.add(self, self._header_timeout_s, self._header_timeout)
+        self._deadline = True
 
     def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadlines.discard(self._deadline)
-            self._deadline = None
+        if self._deadline:
+            self._deadlines.discard(self)
+            self._deadline = False
 
     def _header_timeout(self) -> None:
-        self._deadline = None
+        self._deadline = False
         if self._refused or self.transport.is_closing():
             return
         error = _HeaderTimeout(f"The request headers were not received within {self._header_timeout_s:g}s.")

@@ -11,9 +11,8 @@ while deadlines are pending, so an idle worker, and a stopped loop, have none.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 logger = logging.getLogger(__name__)
 
@@ -24,26 +23,23 @@ TICK_S = 0.25
 class Deadlines:
     """The pending deadlines of one event loop."""
 
-    __slots__ = ("_entries", "_ids", "_loop", "_task")
+    __slots__ = ("_entries", "_loop", "_task")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        #: id → (the loop time it expires at, what to call then)
-        self._entries: dict[int, tuple[float, Callable[[], None]]] = {}
-        self._ids = itertools.count()
+        #: owner → (the loop time it expires at, what to call then)
+        self._entries: dict[Hashable, tuple[float, Callable[[], None]]] = {}
         self._task: asyncio.Task[None] | None = None
 
-    def add(self, delay_s: float, fire: Callable[[], None]) -> int:
-        """Call ``fire`` once ``delay_s`` seconds have passed (up to ``TICK_S`` later), unless it is discarded first;
-        returns the id to discard it by."""
-        key = next(self._ids)
-        self._entries[key] = (self._loop.time() + delay_s, fire)
+    def add(self, owner: Hashable, delay_s: float, fire: Callable[[], None]) -> None:
+        """Call ``fire`` once ``delay_s`` seconds have passed (up to ``TICK_S`` later), unless ``owner`` (a
+        connection, a task: one deadline each) discards it first."""
+        self._entries[owner] = (self._loop.time() + delay_s, fire)
         if self._task is None:
             self._task = self._loop.create_task(self._run())
-        return key
 
-    def discard(self, key: int) -> None:
-        self._entries.pop(key, None)
+    def discard(self, owner: Hashable) -> None:
+        self._entries.pop(owner, None)
 
     def __len__(self) -> int:
         return len(self._entries)

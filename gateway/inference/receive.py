@@ -71,7 +71,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int, ti
         task.cancel()
 
     pending = deadlines()
-    key = pending.add(timeout_s, expire)
+    pending.add(task, timeout_s, expire)
     try:
         return await _read_body(receive, content_length, limit)
     except asyncio.CancelledError:
@@ -81,7 +81,7 @@ async def read_body(receive: Receive, content_length: str | None, limit: int, ti
         metrics.rejected("body_timeout")
         raise RequestTimeout(f"The request body was not received within {timeout_s:g}s.") from None
     finally:
-        pending.discard(key)
+        pending.discard(task)
 
 
 async def _read_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
