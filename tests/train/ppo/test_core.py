@@ -22,7 +22,7 @@ from train.ppo.core import (
     score_at_last_token,
     value_loss,
 )
-from train.ppo.trainer import response_mask_from
+from train.ppo.trainer import ended_with_eos, response_mask_from
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -194,3 +194,10 @@ def test_missing_eos_penalty_is_subtracted_from_cut_responses_only() -> None:
     close(apply_missing_eos_penalty(scores, ended, 0.0), scores)
     close(scores, t([0.5, -0.25, 2.0, 0.0])[0])  # a new tensor: the scores given are left as they were
 
+
+def test_ended_with_eos_whatever_the_padding() -> None:
+    eos, pad = 2, 0
+    # ended at t=1 then padded; cut (no EOS); ended on the last token; padded with EOS itself (pad == eos)
+    tokens = torch.tensor([[5, eos, pad, pad], [5, 6, 7, 8], [5, 6, 7, eos], [5, eos, eos, eos]])
+    assert ended_with_eos(tokens, eos).tolist() == [True, False, True, True]
+    assert ended_with_eos(tokens, None).tolist() == [False] * 4  # no EOS token: nothing can end
