@@ -4,7 +4,9 @@ off at ``max_new_tokens`` is scored as it stands, less ``missing_eos_penalty``."
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,6 +15,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassifi
 
 from core.recipe import RecipeError, load_recipe
 from tests.models.local.tiny import Script, build_scripted, build_tokenizer
+from tests.train.ppo.support import ppo_recipe
+from train.ppo import run as ppo_run
 from train.ppo.config import PPOConfig
 from train.ppo.trainer import PPOTrainer
 
@@ -170,3 +174,54 @@ def test_a_prompt_without_messages_is_scored_as_plain_text(setup: Setup) -> None
     # No chat messages to render: the prompt text, then the answer (no end-of-turn to add).
     assert batch.ended.tolist() == [True]
     assert batch.rm_scores.tolist() == pytest.approx([hand_score(setup, prompt + script.text)], abs=1e-5)
+
+
+def test_held_out_evaluation_reports_the_finished_turn_score_and_the_eos_rate(setup: Setup, tmp_path: Path) -> None:
+    from models.reward import completion_scores, scoring_item
+
+    trainer, script = setup.trainer, setup.script
+    prompts = list(setup.messages)
+    trainer.prompt_messages.clear()  # evaluate() hands the trainer the messages it is given
+    trainer.config.max_new_tokens = len(script.tokens) + 1
+    ended = ppo_run.evaluate(trainer, prompts, 2, tmp_path / "ended.jsonl", setup.messages, greedy=True)
+    trainer.config.max_new_tokens = 2
+    cut = ppo_run.evaluate(trainer, prompts, 1, tmp_path / "cut.jsonl", setup.messages, greedy=True)
+    rows = {
+        name: [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        for name in ("ended", "cut")
+    }
+    for stats, name, rate in ((ended, "ended", 1.0), (cut, "cut", 0.0)):
+        assert [r["prompt"] for r in rows[name]] == list(CHATS.values())
+        assert [r["ended"] for r in rows[name]] == [rate == 1.0] * 2 and stats["eval_eos_rate"] == rate
+        # `score`: the sample as the reward-model judge scores it (a finished turn), whether it ended or not.
+        items = [scoring_item(setup.rm_tokenizer, r["prompt"], r["response"]) for r in rows[name]]
+        judged = completion_scores(setup.rm, setup.rm_tokenizer, items)
+        assert [r["score"] for r in rows[name]] == pytest.approx(judged, abs=1e-6)
+        assert stats["eval_score_mean"] == pytest.approx(sum(judged) / 2, abs=1e-6)
+        # `reward`: what PPO maximises.
+        assert stats["eval_reward_mean"] == pytest.approx(sum(r["reward"] for r in rows[name]) / 2, abs=1e-6)
+    # An answer that ended: its reward is its finished-turn score. A cut one: its open turn's score less 1.0.
+    assert [r["reward"] for r in rows["ended"]] == pytest.approx([r["score"] for r in rows["ended"]], abs=1e-6)
+    answer = setup.tokenizer.decode(script.tokens[:2])
+    as_is = [hand_score(setup, f"<|user|>{c[0]['content']}<|end|><|assistant|>{answer}") for c in CHATS.values()]
+    assert [r["reward"] for r in rows["cut"]] == pytest.approx([s - 1.0 for s in as_is], abs=1e-5)
+
+
+def test_held_out_scores_are_the_reward_model_judges(
+    tiny_model: Path, reward_adapter: Path, prefs: Path, tmp_path: Path
+) -> None:
+    from gateway.eval.config import JudgeSpec
+    from gateway.eval.rm_judge import RMJudge
+
+    recipe = ppo_recipe(tiny_model, reward_adapter, prefs, tmp_path / "ppo")
+    trainer, tokenizer, _ = ppo_run.build_trainer(recipe)
+    _, held_out, messages = ppo_run.render_prompts(recipe, tokenizer)
+    stats = ppo_run.evaluate(trainer, held_out, 4, tmp_path / "samples.jsonl", messages, seed=0)
+    rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    judge = RMJudge("rm", JudgeSpec(reward_model=str(reward_adapter), device="cpu"))
+    judged = judge._score([(r["prompt"], r["response"]) for r in rows])
+    # The held-out score of each sample is the one `aligngate eval`'s reward-model judge gives its text.
+    assert [r["score"] for r in rows] == pytest.approx(judged, abs=1e-5)
+    assert stats["eval_score_mean"] == pytest.approx(sum(judged) / len(judged), abs=1e-5)
+    assert stats["eval_eos_rate"] == sum(r["ended"] for r in rows) / len(rows)
+    print(f"tiny random Llama, {recipe.max_new_tokens} new tokens: EOS rate {stats['eval_eos_rate']:.2f}")
