@@ -55,9 +55,10 @@ class PPOConfig(TrainConfig):
     max_new_tokens: int = 48
     #: Subtracted from the reward-model score of a response cut off without EOS (TRL's ``missing_eos_penalty``;
     #: null: no penalty). A response that ended is scored as a finished chat turn; a cut one is scored as it stands
-    #: minus this. The default, 1.0, is about one standard deviation of the rollout scores (0.8-1.0 with the
-    #: built-in model's reward model): a cut answer must please the reward model that much more than a finished
-    #: one to be preferred, a margin the policy can close by learning to end its answers.
+    #: minus this. The default, 1.0, is TRL's example value; with the built-in model's reward model it is 1.5-2
+    #: standard deviations of the scores (0.58 within a rollout batch, median; 0.64 over held-out answers) and four
+    #: times what PPO once gained by pleasing it with cut answers (+0.24): a cut answer must beat a finished one
+    #: by that much to be preferred. Among cut answers it is a constant, so it does not reorder them.
     missing_eos_penalty: float | None = 1.0
     temperature: float = 1.0
     #: Prompts longer than this (tokens, after the chat template) are dropped.

@@ -35,6 +35,11 @@ def test_missing_eos_penalty_recipe_key() -> None:
         load_recipe(PPOConfig, None, ["missing_eos_penalty=lots"])
     with pytest.raises(RecipeError, match="max_new_tokens"):
         load_recipe(PPOConfig, None, ["max_new_tokens=0"])
+    # Both PPO recipes set it; the CPU recipe leaves room for about half the base policy's answers to end.
+    for path in ("train/recipes/ppo.yaml", "train/recipes/ppo-7b.yaml"):
+        assert load_recipe(PPOConfig, path, []).missing_eos_penalty == 1.0
+        assert load_recipe(PPOConfig, path, ["missing_eos_penalty=null"]).missing_eos_penalty is None
+    assert load_recipe(PPOConfig, "train/recipes/ppo.yaml", []).max_new_tokens == 128
 
 
 # ---- the trainer: a scripted policy (greedy: the script, then EOS) and a tiny reward model of its own template
