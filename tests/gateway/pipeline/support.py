@@ -40,7 +40,7 @@ from gateway.pipeline.shadow import ShadowRunner
 from gateway.store.store import Store
 from gateway.upstream.protocol import UpstreamResult
 from models.aligner import Aligner
-from models.engine import ChatTurn, Completion, Delta, FinishReason, SamplingParams
+from models.engine import ChatTurn, Completion, Delta, Engine, FinishReason, SamplingParams
 from models.rewriter import Rewriter
 from models.wire.sse import iter_events
 
@@ -349,6 +349,7 @@ def make_rig(
     rewriter_template: str = "bpo",
     aligner_template: str = "aligner-v2",
     aligner_stream: StreamMode = "buffer",
+    aligner_engine: Engine | None = None,
     arms: dict[str, float] | None = None,
     allow_override: bool = True,
     rewriter_timeout_s: float = 30.0,
@@ -358,12 +359,13 @@ def make_rig(
     experiment: str = "default",
     shadow: ShadowSettings | None = None,
 ) -> Rig:
-    """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``)."""
+    """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``);
+    ``aligner_engine``: the aligner runs on that engine instead of the fake one."""
     rw = (rewriter or RewriterEngine()) if with_rewriter else None
     al = (aligner or AlignerEngine()) if with_aligner else None
     helpers = Helpers(
         Rewriter(rw, rewriter_template, timeout_s=rewriter_timeout_s) if rw is not None else None,
-        Aligner(al, aligner_template, timeout_s=aligner_timeout_s) if al is not None else None,
+        Aligner(aligner_engine or al, aligner_template, timeout_s=aligner_timeout_s) if al is not None else None,
         rewriter_on_error=rewriter_on_error, aligner_on_error=aligner_on_error, aligner_stream=aligner_stream,
     )
     remote = HelperSettings(url="http://helpers.invalid/v1", model="helper")
