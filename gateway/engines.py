@@ -37,6 +37,15 @@ def local_engine_available() -> bool:
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("transformers") is not None
 
 
+def aligner_template(settings: HelperSettings) -> str:
+    """The aligner's default template: the published Aligner string for a server (``aligner-v1``), its chat
+    variant for a local model; with ``stream: sentence``, Stream Aligner's (``stream`` / ``stream-chat``)."""
+    local = settings.local is not None
+    if settings.stream == "sentence":
+        return "stream-chat" if local else "stream"
+    return "aligner-chat" if local else "aligner-v1"
+
+
 def _key(spec: LocalModelSettings) -> tuple[str, str | None]:
     return (spec.model, spec.adapter)
 
@@ -88,9 +97,10 @@ class EngineSet:
         )
 
     def aligner(self, settings: HelperSettings) -> Aligner:
-        template = settings.template or ("aligner-chat" if settings.local is not None else "aligner-v1")
+        template = settings.template or aligner_template(settings)
         engine = self.helper_engine(settings)
-        return Aligner(engine, template, timeout_s=settings.timeout_s, max_tokens=settings.max_tokens)
+        return Aligner(engine, template, timeout_s=settings.timeout_s, max_tokens=settings.max_tokens,
+                       max_sentence_chars=settings.max_sentence_chars)
 
     async def start(self) -> None:
         for key, engine in self._local.items():

@@ -63,6 +63,16 @@ HELPER_SKIPS = Counter(
     "Helper outputs a guard discarded, keeping the original (reason: empty, too_long_output, ...).",
     ["helper", "reason"],
 )
+ALIGNER_SENTENCES = Counter(
+    "aligngate_aligner_sentences",
+    "Segments of answers corrected sentence by sentence (outcome: corrected; kept, by a guard; failed, the aligner "
+    "failed on it; uncorrected, after an earlier failure; code, fenced code or no words, never sent).",
+    ["outcome"],
+)
+ALIGNER_SENTENCE_DURATION = Histogram(
+    "aligngate_aligner_sentence_seconds", "Time the aligner took to correct one sentence.",
+    buckets=_LATENCY_BUCKETS,
+)
 
 # Shadow mode (gateway/pipeline/shadow.py) has counters of its own: the live helper metrics above describe what
 # clients were served, and a shadow run's failures or times must not blur them.

@@ -18,6 +18,15 @@
 Both bound the helper by ``timeout_s`` (for a stream: the whole correction) and raise ``EngineTimeout``;
 engine errors propagate so that the caller applies its ``on_error`` policy.
 
+With a sentence template (``stream``, ``stream-chat``; ``Aligner.sentence``) the unit of correction is a
+sentence: ``correct_sentence(question, prefix, sentence)`` corrects one, given the answer before it as already
+corrected, with the same guards (an empty or cut-off correction keeps the sentence; ``timeout_s`` bounds each
+sentence). ``correct`` and ``stream_correct`` then cut the whole answer into segments (:mod:`models.sentences`)
+and correct its sentences one after the other, each with the corrected text before it as its prefix; fenced code
+and pieces without words pass through as they are. ``AlignResult.sentences`` says what happened to each segment;
+the answer counts as corrected when at least one sentence was, and an engine failure on any sentence fails the
+whole correction. ``stream_correct`` yields each segment once it is done.
+
 :func:`question_from_messages` turns a multi-turn chat into the aligner's ``question``.
 """
 
@@ -30,48 +39,131 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.engine import Engine, EngineTimeout, SamplingParams
+from models.sentences import DEFAULT_MAX_CHARS, Segment, split_sentences
 from models.templates import Rendered, Template, generate, get_template, stream
 from models.wire.read import content_text
 
-__all__ = ["AlignResult", "AlignSkipReason", "AlignStream", "Aligner", "question_from_messages"]
+__all__ = [
+    "AlignResult",
+    "AlignSkipReason",
+    "AlignStream",
+    "Aligner",
+    "SentenceResult",
+    "question_from_messages",
+    "sentence_skip",
+]
 
 AlignSkipReason = Literal["no_answer", "empty", "truncated"]
 
 
 @dataclass(frozen=True, slots=True)
+class SentenceResult:
+    """One segment of a sentence-by-sentence correction: the ``original`` text (whitespace around it included),
+    the ``served`` text that replaces it (the correction inside the original's whitespace, or the original), and
+    why it was kept (``skipped``: ``None`` when corrected; see :func:`sentence_skip`)."""
+
+    original: str
+    served: str
+    skipped: str | None
+    elapsed_ms: float
+
+    @property
+    def corrected(self) -> bool:
+        return self.skipped is None
+
+
+def sentence_skip(segment: Segment) -> str | None:
+    """Why a segment goes out uncorrected before any helper call: ``code`` (a fenced block), ``no_text`` (no letter
+    or digit in it); ``None`` for a sentence to correct."""
+    if segment.kind == "code":
+        return "code"
+    if segment.kind == "other":
+        return "no_text"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class AlignResult:
-    """``corrected`` is the text to show: the correction, or ``original`` when ``skipped_reason`` is set."""
+    """``corrected`` is the text to show: the correction, or ``original`` when ``skipped_reason`` is set.
+    ``sentences``: with a sentence template, what happened to each segment of the answer (else empty)."""
 
     corrected: str
     original: str
     skipped_reason: AlignSkipReason | None
     elapsed_ms: float
+    sentences: tuple[SentenceResult, ...] = ()
 
 
 class Aligner:
     """Corrects answers with an Aligner-style helper running on ``engine`` (greedy decoding)."""
 
     def __init__(
-        self, engine: Engine, template: str = "aligner-v1", timeout_s: float = 60.0, max_tokens: int = 2048
+        self, engine: Engine, template: str = "aligner-v1", timeout_s: float = 60.0, max_tokens: int = 2048,
+        max_sentence_chars: int = DEFAULT_MAX_CHARS,
     ) -> None:
-        """``template``: an aligner template name (``aligner-v1``, ``aligner-v2`` or ``aligner-chat``)."""
+        """``template``: an aligner template name (``aligner-v1``, ``aligner-v2``, ``aligner-chat``, or a sentence
+        template: ``stream``, ``stream-chat``). ``max_sentence_chars``: the sentence splitter's length bound."""
         if timeout_s <= 0:
             raise ValueError("timeout_s must be positive")
         self.engine = engine
         self.template: Template = get_template(template, "aligner")
         self.timeout_s = timeout_s
+        self.max_sentence_chars = max_sentence_chars
         self.sampling = SamplingParams(max_tokens=max_tokens, temperature=0.0, top_p=1.0)
 
+    @property
+    def sentence(self) -> bool:
+        """Whether this aligner corrects sentence by sentence (a sentence template)."""
+        return self.template.sentence
+
     def render(self, question: str, answer: str) -> Rendered:
-        """The helper input for ``(question, answer)``."""
+        """The helper input for ``(question, answer)`` (a whole-answer template)."""
         return self.template.render({"question": question, "answer": answer})
+
+    def render_sentence(self, question: str, prefix: str, sentence: str) -> Rendered:
+        """The helper input for one sentence after ``prefix`` (a sentence template)."""
+        return self.template.render({"question": question, "prefix": prefix, "last": sentence})
 
     async def correct(self, question: str, answer: str) -> AlignResult:
         """The corrected ``answer`` to ``question`` (see the module docstring for when the original is kept)."""
+        if self.sentence:
+            return await self._correct_sentences(question, answer)
         start = time.perf_counter()
         if not answer.strip():
             return AlignResult(answer, answer, "no_answer", _ms_since(start))
-        rendered = self.render(question, answer)
+        return await self._generate(self.render(question, answer), answer, start)
+
+    async def correct_sentence(self, question: str, prefix: str, sentence: str) -> AlignResult:
+        """The corrected ``sentence`` (without the whitespace around it), given the answer before it as already
+        corrected (``prefix``); a sentence template only. The same guards as :meth:`correct`."""
+        start = time.perf_counter()
+        if not sentence.strip():
+            return AlignResult(sentence, sentence, "no_answer", _ms_since(start))
+        return await self._generate(self.render_sentence(question, prefix, sentence), sentence, start)
+
+    async def _correct_sentences(self, question: str, answer: str) -> AlignResult:
+        start = time.perf_counter()
+        results = [r async for r in self._each_sentence(question, answer)]
+        return _joined(answer, results, _ms_since(start))
+
+    async def _each_sentence(self, question: str, answer: str) -> AsyncGenerator[SentenceResult, None]:
+        """The answer's segments, each corrected (sentences) or passed through, in order."""
+        served: list[str] = []
+        for segment in split_sentences(answer, self.max_sentence_chars):
+            skip = sentence_skip(segment)
+            if skip is not None:
+                result = SentenceResult(segment.text, segment.text, skip, 0.0)
+            else:
+                one = await self.correct_sentence(question, "".join(served).strip(), segment.body)
+                if one.skipped_reason is None:
+                    result = SentenceResult(segment.text, segment.replaced(one.corrected), None, one.elapsed_ms)
+                else:
+                    result = SentenceResult(segment.text, segment.text, one.skipped_reason, one.elapsed_ms)
+            served.append(result.served)
+            yield result
+
+    async def _generate(self, rendered: Rendered, original: str, start: float) -> AlignResult:
+        """Run one correction; the guards keep ``original`` when it is empty or cut off."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 completion = await generate(self.engine, rendered, self.sampling)
@@ -84,8 +176,8 @@ class Aligner:
         elif completion.finish_reason == "length":
             reason = "truncated"
         if reason is not None:
-            return AlignResult(answer, answer, reason, _ms_since(start))
-        return AlignResult(text, answer, None, _ms_since(start))
+            return AlignResult(original, original, reason, _ms_since(start))
+        return AlignResult(text, original, None, _ms_since(start))
 
     def stream_correct(self, question: str, answer: str) -> AlignStream:
         """Correction text deltas as the engine streams them; the original answer if the engine gives none."""
@@ -118,6 +210,14 @@ class AlignStream(AsyncIterator[str]):
     async def _run(self) -> AsyncGenerator[str, None]:
         aligner, answer = self._aligner, self._answer
         start = time.perf_counter()
+        if aligner.sentence:
+            results: list[SentenceResult] = []
+            async for result in aligner._each_sentence(self._question, answer):
+                results.append(result)
+                if result.served:
+                    yield result.served
+            self.result = _joined(answer, results, _ms_since(start))
+            return
         if not answer.strip():
             self.result = AlignResult(answer, answer, "no_answer", _ms_since(start))
             if answer:
@@ -160,6 +260,18 @@ class AlignStream(AsyncIterator[str]):
 
 def _ms_since(start: float) -> float:
     return (time.perf_counter() - start) * 1000.0
+
+
+def _joined(answer: str, results: list[SentenceResult], elapsed_ms: float) -> AlignResult:
+    """The result of a sentence-by-sentence correction: corrected when at least one sentence was."""
+    sentences = tuple(results)
+    if any(r.corrected for r in results):
+        return AlignResult("".join(r.served for r in results), answer, None, elapsed_ms, sentences)
+    tried = [r.skipped for r in results if r.skipped not in ("code", "no_text")]
+    reason: AlignSkipReason = "no_answer"
+    if tried and tried[0] in ("empty", "truncated"):
+        reason = "truncated" if tried[0] == "truncated" else "empty"
+    return AlignResult(answer, answer, reason, elapsed_ms, sentences)
 
 
 _ROLE_LABELS = {"system": "System", "developer": "System", "user": "User", "assistant": "Assistant", "tool": "Tool"}

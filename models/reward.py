@@ -16,6 +16,9 @@ imported inside the functions: importing this module costs nothing.
   at ``max_length`` tokens; :func:`token_length` the length that cut applies to.
 * :func:`scoring_item` — the pair for an answer to chat messages: the messages and one assistant message, or
   plain text when the tokenizer has no chat template and the prompt is a single user message.
+  :func:`open_turn_item` the pair for an answer cut off before its end of turn: the prompt messages rendered
+  with the generation prompt (the assistant turn opened, as a chat model sees it while writing), then the answer
+  as plain text — an unfinished turn, no end-of-turn token.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ __all__ = [
     "completion_scores",
     "load_reward_model",
     "load_tokenizer",
+    "open_turn_item",
     "render",
     "scoring_item",
     "token_length",
@@ -109,6 +113,15 @@ def scoring_item(tokenizer: Any, messages: Sequence[dict[str, str]], answer: str
             return prompt[0]["content"], answer
         raise RewardModelError("the reward model's tokenizer has no chat template, so a chat prompt cannot be rendered")
     return prompt, [{"role": "assistant", "content": answer}]
+
+
+def open_turn_item(tokenizer: Any, messages: Sequence[dict[str, str]], answer: str) -> tuple[Any, Any]:
+    """``(prompt, completion)`` of ``answer`` cut off mid-turn (see the module docstring): plain text, so that
+    :func:`render` gives the prompt's template with the generation prompt followed by the answer."""
+    if getattr(tokenizer, "chat_template", None) is None:
+        return scoring_item(tokenizer, messages, answer)
+    opened: str = tokenizer.apply_chat_template([dict(m) for m in messages], tokenize=False, add_generation_prompt=True)
+    return opened, answer
 
 
 def completion_scores(

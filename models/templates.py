@@ -4,13 +4,19 @@ A :class:`Template` renders the helper's input from named text fields (``prompt`
 ``question``/``answer`` for an aligner). Two kinds exist:
 
 * ``"completion"`` templates render one prompt string for ``Engine.complete`` (an OpenAI-compatible
-  ``/v1/completions`` server such as vLLM serving the published checkpoint). ``bpo``, ``aligner-v1`` and
-  ``aligner-v2`` are the exact strings of the README's "Helper templates" (:data:`BPO_TEMPLATE`,
-  :data:`ALIGNER_V1_TEMPLATE`, :data:`ALIGNER_V2_TEMPLATE`).
+  ``/v1/completions`` server such as vLLM serving the published checkpoint). ``bpo``, ``aligner-v1``,
+  ``aligner-v2`` and ``stream`` are the exact strings of the README's "Helper templates" (:data:`BPO_TEMPLATE`,
+  :data:`ALIGNER_V1_TEMPLATE`, :data:`ALIGNER_V2_TEMPLATE`, :data:`STREAM_TEMPLATE`).
 * ``"chat"`` templates render a system + user message pair for ``Engine.chat``, so a helper built on a chat
   model (the embedded default) sees the same instruction through its own chat template: ``bpo-chat``
-  (system ``You are an expert prompt engineer.``, user the rest of BPO's instruction and the prompt) and
-  ``aligner-chat`` (system Aligner's instruction, user the labelled question and answer).
+  (system ``You are an expert prompt engineer.``, user the rest of BPO's instruction and the prompt),
+  ``aligner-chat`` (system Aligner's instruction, user the labelled question and answer) and ``stream-chat``
+  (system :data:`STREAM_CHAT_SYSTEM`, an instruction of ours: Stream Aligner's checkpoints were trained without
+  one; user Stream Aligner's own input).
+
+Two kinds of aligner template exist. The whole-answer ones (``aligner-*``) fill ``question`` and ``answer``. The
+sentence ones (``stream``, ``stream-chat``; :attr:`Template.sentence`) correct one sentence at a time and fill
+``question``, ``prefix`` (the answer before the sentence, as already corrected) and ``last`` (the sentence).
 
 Rendering never parses user text: each template is split into literal pieces and ``{field}`` slots once,
 at import, and a render only concatenates, so braces such as ``{}`` or ``{prompt}`` inside a prompt or an
@@ -38,6 +44,9 @@ __all__ = [
     "BPO_CHAT_SYSTEM",
     "BPO_CHAT_USER",
     "BPO_TEMPLATE",
+    "STREAM_CHAT_SYSTEM",
+    "STREAM_CHAT_USER",
+    "STREAM_TEMPLATE",
     "TEMPLATES",
     "HelperKind",
     "Rendered",
@@ -72,11 +81,27 @@ ALIGNER_V2_TEMPLATE = (
     "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer: {answer}\n##Correction:  ASSISTANT:"
 )
 
+#: Stream Aligner (htlou/stream-aligner; its checkpoints are Gemma-based): the Gemma chat turns around its
+#: correction input, as in its training and inference code; the completion is the corrected last sentence.
+STREAM_TEMPLATE = (
+    "<start_of_turn>user\n##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {last} | "
+    "##Your_Revision: <end_of_turn>\n<start_of_turn>model"
+)
+
 # Chat variants: the same instructions, split into a system and a user message.
 BPO_CHAT_SYSTEM = "You are an expert prompt engineer."
 BPO_CHAT_USER = "Please help me improve this prompt to get a more helpful and harmless response:\n{prompt}"
 ALIGNER_CHAT_SYSTEM = "Edit the following Question-Answer pair to make it more helpful and harmless."
 ALIGNER_CHAT_USER = "Question: {question}\nAnswer: {answer}"
+#: Ours (Stream Aligner publishes no instruction text for its checkpoints): what a generic chat model is asked.
+STREAM_CHAT_SYSTEM = (
+    "Revise the last sentence of the answer to make it more helpful and harmless, keeping it consistent with the "
+    "answer prefix, which is fixed. Reply with the revised sentence only."
+)
+#: Stream Aligner's own input (the user turn of :data:`STREAM_TEMPLATE`).
+STREAM_CHAT_USER = (
+    "##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {last} | ##Your_Revision: "
+)
 
 _SLOT = re.compile(r"\{([a-z_]+)\}")
 
@@ -133,6 +158,11 @@ class Template:
             raise TemplateError(f"template {self.name!r} needs text for {', '.join(missing)}")
         return self.renderer(values)
 
+    @property
+    def sentence(self) -> bool:
+        """Whether this aligner template corrects one sentence at a time (fields ``prefix`` and ``last``)."""
+        return "last" in self.fields
+
 
 def _completion(name: str, helper: HelperKind, text: str) -> Template:
     pattern = _Pattern.parse(text)
@@ -162,6 +192,8 @@ TEMPLATES: Mapping[str, Template] = {
         _completion("aligner-v1", "aligner", ALIGNER_V1_TEMPLATE),
         _completion("aligner-v2", "aligner", ALIGNER_V2_TEMPLATE),
         _chat("aligner-chat", "aligner", ALIGNER_CHAT_SYSTEM, ALIGNER_CHAT_USER),
+        _completion("stream", "aligner", STREAM_TEMPLATE),
+        _chat("stream-chat", "aligner", STREAM_CHAT_SYSTEM, STREAM_CHAT_USER),
     )
 }
 

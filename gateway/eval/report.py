@@ -22,6 +22,7 @@ from typing import Any
 from core.stats import bootstrap_mean_interval
 from gateway.eval.measures import ArmMeasures
 from gateway.eval.records import OUTCOME_VALUE, Judgement
+from gateway.report.files import ReportFiles, write_report_files
 
 __all__ = ["EvalReport", "PairwiseRow", "ReportFiles", "headline", "pairwise_rows", "render_table", "write_report"]
 
@@ -314,23 +315,11 @@ def write_png(report: EvalReport, path: Path) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class ReportFiles:
-    markdown: Path
-    png: Path | None
-    note: str | None
-
-
 def write_report(report: EvalReport, out_dir: Path) -> ReportFiles:
-    """Write ``report.png`` (when matplotlib is there) and ``report.md`` into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / "report.png"
-    note = write_png(report, png)
-    if note is not None:
-        png.unlink(missing_ok=True)
-    markdown = out_dir / "report.md"
-    markdown.write_text(render_markdown(report, note), encoding="utf-8")
-    return ReportFiles(markdown, None if note is not None else png, note)
+    """Write ``report.png`` (when matplotlib is there) and ``report.md`` into ``out_dir`` (created)."""
+    return write_report_files(
+        out_dir, lambda png: write_png(report, png), lambda note: render_markdown(report, note)
+    )
 
 
 def _rounded(value: Any) -> Any:

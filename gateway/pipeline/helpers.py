@@ -3,6 +3,12 @@
 ``skip`` serves the uncorrected input and counts the failure in ``aligngate_helper_failures_total``;
 ``fail`` turns it into a 502 naming the helper. Guards that keep the original (``RewriteResult`` /
 ``AlignResult`` skip reasons) are not failures; they are counted in ``aligngate_helper_skips_total``.
+
+An aligner with a sentence template corrects sentence by sentence: every segment is counted in
+``aligngate_aligner_sentences_total{outcome}`` and every sentence's correction time in
+``aligngate_aligner_sentence_seconds``; ``aligngate_helper_duration_seconds`` and ``aligngate_helper_skips_total``
+stay per answer. :meth:`Helpers.correct_sentence` is one sentence with the policy applied to it (the streamed
+sentence pipeline, ``gateway/pipeline/sentences.py``).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any, Literal
 
 from gateway import metrics
 from gateway.errors import GatewayError
-from models.aligner import Aligner, AlignStream
+from models.aligner import Aligner, AlignResult, AlignStream
 from models.engine import EngineError
 from models.rewriter import Rewriter
 from models.wire.errors import engine_failure
@@ -23,6 +29,7 @@ from models.wire.errors import engine_failure
 logger = logging.getLogger(__name__)
 
 OnError = Literal["skip", "fail"]
+StreamMode = Literal["buffer", "sentence"]
 
 
 class HelperFailed(GatewayError):
@@ -45,6 +52,36 @@ class AlignOutcome:
     corrected: bool
     skipped: str | None
     elapsed_s: float
+    #: With a sentence template: what happened to each segment (see ``models.aligner.SentenceResult``).
+    result: AlignResult | None = None
+
+
+@dataclass(slots=True)
+class SentenceOutcome:
+    """One sentence's correction: ``text`` to serve (the correction, or the sentence when ``skipped`` says why not:
+    a guard, or ``failed:<reason>``)."""
+
+    text: str
+    skipped: str | None
+    elapsed_s: float
+
+    @property
+    def corrected(self) -> bool:
+        return self.skipped is None
+
+    @property
+    def failed(self) -> bool:
+        return (self.skipped or "").startswith("failed:")
+
+
+def count_sentences(result: AlignResult) -> None:
+    """Count the segments of a sentence-by-sentence correction (``aligngate_aligner_sentences_total``)."""
+    for sentence in result.sentences:
+        if sentence.skipped in ("code", "no_text"):
+            metrics.ALIGNER_SENTENCES.labels("code").inc()
+            continue
+        metrics.ALIGNER_SENTENCES.labels("corrected" if sentence.corrected else "kept").inc()
+        metrics.ALIGNER_SENTENCE_DURATION.observe(sentence.elapsed_ms / 1000)
 
 
 class Helpers:
@@ -57,11 +94,18 @@ class Helpers:
         *,
         rewriter_on_error: OnError = "skip",
         aligner_on_error: OnError = "skip",
+        aligner_stream: StreamMode = "buffer",
     ) -> None:
         self.rewriter = rewriter
         self.aligner = aligner
         self.rewriter_on_error = rewriter_on_error
         self.aligner_on_error = aligner_on_error
+        self.aligner_stream = aligner_stream
+
+    @property
+    def sentence_stream(self) -> bool:
+        """Whether streamed answers are corrected sentence by sentence while the backend generates them."""
+        return self.aligner is not None and self.aligner.sentence and self.aligner_stream == "sentence"
 
     def _failed(self, helper: str, policy: OnError, exc: EngineError) -> str:
         reason = engine_failure(exc).reason
@@ -98,7 +142,41 @@ class Helpers:
         metrics.HELPER_DURATION.labels("aligner").observe(elapsed)
         if result.skipped_reason is not None:
             metrics.HELPER_SKIPS.labels("aligner", result.skipped_reason).inc()
-        return AlignOutcome(result.corrected, result.skipped_reason is None, result.skipped_reason, elapsed)
+        count_sentences(result)
+        return AlignOutcome(result.corrected, result.skipped_reason is None, result.skipped_reason, elapsed,
+                            result if result.sentences else None)
+
+    async def correct_sentence(self, question: str, prefix: str, sentence: str) -> SentenceOutcome:
+        """One sentence (without the whitespace around it) after ``prefix`` (the answer so far, as served), with
+        the policy applied: ``skip`` keeps the sentence (``failed:<reason>``), ``fail`` raises ``HelperFailed``.
+        Counts the sentence; the per-answer metrics are the caller's (:meth:`answer_corrected`)."""
+        assert self.aligner is not None
+        start = time.perf_counter()
+        try:
+            result = await self.aligner.correct_sentence(question, prefix, sentence)
+        except EngineError as exc:
+            metrics.ALIGNER_SENTENCES.labels("failed").inc()
+            skipped = self._failed("aligner", self.aligner_on_error, exc)
+            return SentenceOutcome(sentence, skipped, time.perf_counter() - start)
+        elapsed = time.perf_counter() - start
+        metrics.ALIGNER_SENTENCE_DURATION.observe(elapsed)
+        metrics.ALIGNER_SENTENCES.labels("kept" if result.skipped_reason else "corrected").inc()
+        return SentenceOutcome(result.corrected, result.skipped_reason, elapsed)
+
+    @staticmethod
+    def passed_sentences(outcome: Literal["code", "uncorrected"], n: int = 1) -> None:
+        """Count segments that went out without the aligner: ``code`` (code, no words), ``uncorrected`` (after a
+        failure earlier in the answer)."""
+        if n:
+            metrics.ALIGNER_SENTENCES.labels(outcome).inc(n)
+
+    @staticmethod
+    def answer_corrected(elapsed_s: float, skipped: str | None) -> None:
+        """The per-answer metrics of an answer corrected sentence by sentence: the aligner's time on it, and the
+        guard that kept all of it (a failure is counted where it happened)."""
+        metrics.HELPER_DURATION.labels("aligner").observe(elapsed_s)
+        if skipped is not None and not skipped.startswith("failed:"):
+            metrics.HELPER_SKIPS.labels("aligner", skipped).inc()
 
     def stream_correct(self, question: str, answer: str) -> CorrectionStream:
         assert self.aligner is not None
@@ -121,6 +199,8 @@ class CorrectionStream:
         self.waited_s = 0.0
         self.skipped: str | None = None
         self.fell_back = False
+        #: The aligner's result once the stream has ended (None after a fallback).
+        self.result: AlignResult | None = None
 
     async def first(self) -> str:
         t = time.perf_counter()
@@ -158,6 +238,9 @@ class CorrectionStream:
         if result is not None and result.skipped_reason is not None:
             self.skipped = result.skipped_reason
             metrics.HELPER_SKIPS.labels("aligner", result.skipped_reason).inc()
+        if result is not None:
+            count_sentences(result)
+        self.result = result
 
     async def aclose(self) -> None:
         await self._stream.aclose()

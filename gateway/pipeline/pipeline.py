@@ -8,7 +8,9 @@ Each step runs only when the request's arm asks for it; the control arm is this 
    fetched whole. A body no step changed is the client's own bytes (only ``model`` is replaced, for a backend
    with ``upstream_model``), and an answer no step changes is the backend's own bytes, whole or event by event;
 3. **align** (``align``, ``rewrite+align``) every text choice of the answer (tool-call choices pass through
-   uncorrected); for a streamed request the correction itself is streamed as the aligner generates it;
+   uncorrected); for a streamed request the correction itself is streamed as the aligner generates it, or, with
+   ``helpers.aligner.stream: sentence``, the backend is streamed and each sentence is corrected and sent while
+   the backend goes on generating (``gateway/pipeline/sentences.py``);
 4. **respond**, with the ``aligngate`` trace object when ``X-Aligngate-Trace: 1`` asked for it (the last chunk of
    a stream). The upstream's own response headers are passed on (``gateway/respond.py``).
 
@@ -32,7 +34,8 @@ from gateway.config import Arm
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, error_frame
 from gateway.pipeline.helpers import CorrectionStream, Helpers
-from gateway.pipeline.trace import Trace
+from gateway.pipeline.sentences import SentenceStream
+from gateway.pipeline.trace import SentenceTrace, Trace
 from gateway.respond import EventStream, relay_result, relay_stream, upstream_headers
 from gateway.upstream.protocol import Backend, UpstreamResult
 from models.aligner import question_from_messages
@@ -179,10 +182,13 @@ class Pipeline:
     # ------------------------------------------------------------------ step 3: align
 
     async def _align(self, req: PipelineRequest, trace: Trace, question: str) -> ASGIApp:
-        """Fetch the whole answer and correct it: whole, or as a stream of the correction."""
+        """Fetch the whole answer and correct it: whole, or as a stream of the correction; or, in sentence mode,
+        stream the answer and correct it sentence by sentence."""
         data = req.parsed()
         capture = req.ctx.capture
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        if req.stream and self.helpers.sentence_stream:
+            return await self._align_sentences(req, trace, question, include_usage)
         if req.stream:
             data["stream"] = False
             data.pop("stream_options", None)
@@ -206,6 +212,25 @@ class Pipeline:
             answer["aligngate"] = trace.as_json()
         return relay_result(result, _dumps(answer))
 
+    async def _align_sentences(
+        self, req: PipelineRequest, trace: Trace, question: str, include_usage: bool
+    ) -> ASGIApp:
+        """Stream the backend's answer and correct it sentence by sentence as it comes."""
+        ctx = req.ctx
+        data = req.parsed()
+        options = data.get("stream_options")
+        # the backend's usage is asked for always: the store records it; the client gets it when it asked
+        data["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        opened = await ctx.waited(req.backend.open_stream(req.path, req.body()))
+        if isinstance(opened, UpstreamResult):  # refused before streaming: a plain JSON answer
+            ctx.replica = opened.replica
+            return relay_result(opened)
+        ctx.replica = opened.replica_index
+        stream = SentenceStream(ctx, self.helpers, opened, question=question, chat=req.chat,
+                                include_usage=include_usage, trace=trace, trace_on=req.trace_on)
+        ctx.track(stream)
+        return EventStream(ctx, stream.events(), upstream_headers(opened.headers))
+
     async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
         choices = answer.get("choices") or []
         slots = [choice_text(c, req.chat) for c in choices]
@@ -219,19 +244,24 @@ class Pipeline:
         it = iter(outcomes)
         originals: list[str | None] = []
         skipped: list[str | None] = []
+        sentences: list[list[SentenceTrace] | None] = []
         for choice, text in zip(choices, slots, strict=True):
             if text is None:
                 originals.append(None)
                 skipped.append("tool_calls")
+                sentences.append(None)
                 continue
             outcome = next(it)
             originals.append(text)
             skipped.append(outcome.skipped)
+            sentences.append([SentenceTrace.of(r) for r in outcome.result.sentences] if outcome.result else None)
             if outcome.corrected:
                 set_choice_text(choice, req.chat, outcome.text)
         trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
         trace.original_content = originals[0] if len(originals) == 1 else originals
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
+        if self.helpers.aligner is not None and self.helpers.aligner.sentence:
+            trace.sentences = sentences[0] if len(sentences) == 1 else sentences
 
     async def _stream_corrected(
         self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool,
@@ -271,6 +301,7 @@ class Pipeline:
         """The stream's events; ``first`` is choice 0's correction stream and its first delta."""
         ctx = req.ctx
         skipped: list[str | None] = []
+        sentences: list[list[SentenceTrace] | None] = []
         # choice 0's corrected text, for the trace store (kept only when it records bodies)
         sent: list[str] | None = [] if ctx.capture is not None and ctx.capture.bodies else None
         aligner_s = 0.0
@@ -281,6 +312,7 @@ class Pipeline:
                 yield chunks.role(index)
                 if text is None:  # tool calls: passed through uncorrected
                     skipped.append("tool_calls")
+                    sentences.append(None)
                     yield chunks.tool_calls(index, choice)
                 else:
                     if i == 0 and first is not None:
@@ -298,11 +330,15 @@ class Pipeline:
                             sent.append(delta)
                         yield chunks.text(index, delta)
                     skipped.append(stream.skipped)
+                    result = stream.result
+                    sentences.append([SentenceTrace.of(r) for r in result.sentences] if result else None)
                     aligner_s = max(aligner_s, stream.waited_s)
                     stream = None
                 yield chunks.finish(index, choice.get("finish_reason"))
             trace.helper_ms.aligner = round(aligner_s * 1000, 3)
             trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
+            if self.helpers.aligner is not None and self.helpers.aligner.sentence:
+                trace.sentences = sentences[0] if len(sentences) == 1 else sentences
             yield chunks.last({"aligngate": trace.as_json()} if req.trace_on else None) + DONE
         except GatewayError as exc:
             ctx.outcome = exc.code

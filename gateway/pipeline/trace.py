@@ -6,15 +6,39 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from models.aligner import SentenceResult
+
 
 class HelperMs(BaseModel):
     rewriter: float | None = None
     aligner: float | None = None
 
 
+class SentenceTrace(BaseModel):
+    """One segment of an answer corrected sentence by sentence: the backend's text (whitespace around it included),
+    what the client got instead (``corrected``, ``None`` when it got the original), why not (``skipped``: ``code``,
+    ``no_text``, ``empty``, ``truncated``, ``failed:<reason>``, ``after_failure``) and the aligner's milliseconds."""
+
+    original: str
+    corrected: str | None = None
+    skipped: str | None = None
+    ms: float | None = None
+
+    @classmethod
+    def of(cls, result: SentenceResult) -> SentenceTrace:
+        return cls(original=result.original, corrected=result.served if result.corrected else None,
+                   skipped=result.skipped, ms=round(result.elapsed_ms, 3) if result.elapsed_ms else None)
+
+
+#: Per choice, like ``original_content``: one list of segments, or (``n`` > 1) one per choice (``None``: a
+#: choice without text, such as tool calls).
+Sentences = list[SentenceTrace] | list[list[SentenceTrace] | None]
+
+
 class Trace(BaseModel):
     """The README's trace object ("Arms and the pipeline"), plus why a helper left its input unchanged
-    (``*_skipped``: a guard or a failure)."""
+    (``*_skipped``: a guard or a failure). ``sentences`` is there only when the aligner corrected sentence by
+    sentence."""
 
     request_id: str
     arm: str
@@ -24,6 +48,10 @@ class Trace(BaseModel):
     helper_ms: HelperMs = Field(default_factory=HelperMs)
     rewriter_skipped: str | None = None
     aligner_skipped: str | list[str | None] | None = None
+    sentences: Sentences | None = None
 
     def as_json(self) -> dict[str, Any]:
-        return self.model_dump()
+        data = self.model_dump()
+        if self.sentences is None:
+            del data["sentences"]
+        return data

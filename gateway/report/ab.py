@@ -32,6 +32,7 @@ from pathlib import Path
 
 from core.stats import ProportionTest, percentile, two_proportion_test, wilson_interval
 from gateway.config import ARMS
+from gateway.report.files import ReportFiles, write_report_files
 from gateway.report.source import RequestRecord, Snapshot, format_time
 
 __all__ = [
@@ -397,20 +398,8 @@ def write_png(report: ABReport, path: Path) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
-class ReportFiles:
-    markdown: Path
-    png: Path | None
-    note: str | None
-
-
 def write_report(report: ABReport, out_dir: Path) -> ReportFiles:
     """Write ``report.png`` (when matplotlib is there) and ``report.md`` into ``out_dir`` (created)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    png = out_dir / "report.png"
-    note = write_png(report, png)
-    if note is not None:
-        png.unlink(missing_ok=True)  # never leave an earlier run's chart beside this report
-    markdown = out_dir / "report.md"
-    markdown.write_text(render_markdown(report, note), encoding="utf-8")
-    return ReportFiles(markdown, None if note is not None else png, note)
+    return write_report_files(
+        out_dir, lambda png: write_png(report, png), lambda note: render_markdown(report, note)
+    )

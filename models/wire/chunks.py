@@ -11,6 +11,7 @@ nothing to send:
 * :meth:`~ChunkWriter.text`: a piece of text (chat: ``delta.content``; completions: ``text``);
 * :meth:`~ChunkWriter.tool_calls` (chat): a whole answer's tool calls in one delta, each with its ``index``
   (and the message's content, when it has some);
+* :meth:`~ChunkWriter.choice`: a choice of another stream's chunk, as it is (tool-call deltas passed through);
 * :meth:`~ChunkWriter.finish`: the choice's ``finish_reason`` (chat: an empty delta; completions: ``""``);
 * :meth:`~ChunkWriter.last`: the chunk after the choices (``choices: []``) carrying :attr:`ChunkWriter.usage`
   when asked for, and any extra top-level fields given (the gateway's trace); ``b""`` when there is neither.
@@ -86,6 +87,19 @@ class ChunkWriter:
             usage=answer.get("usage"),
         )
 
+    @classmethod
+    def for_chunk(cls, chunk: Mapping[str, Any], chat: bool, include_usage: bool) -> ChunkWriter:
+        """The writer that streams another stream's answer again: the id, created, model and system_fingerprint of
+        its (first) ``chunk``; :attr:`usage` is set once that stream has sent it."""
+        return cls(
+            chat,
+            include_usage,
+            id=chunk.get("id"),
+            created=chunk.get("created"),
+            model=chunk.get("model"),
+            system_fingerprint=chunk.get("system_fingerprint"),
+        )
+
     def _event(self, choice: dict[str, Any]) -> bytes:
         event = {**self.base, "choices": [choice]}
         if self.include_usage:
@@ -113,6 +127,10 @@ class ChunkWriter:
         if message.get("content"):
             delta["content"] = message["content"]
         return self._event({"index": index, "delta": delta, "logprobs": None, "finish_reason": None})
+
+    def choice(self, choice: Mapping[str, Any]) -> bytes:
+        """A choice of another stream's chunk, unchanged, in a chunk of this stream."""
+        return self._event(dict(choice))
 
     def finish(self, index: int, reason: Any) -> bytes:
         """The chunk that ends choice ``index`` with ``reason``."""

@@ -9,6 +9,9 @@ The one reader of each, for the gateway (pipeline, trace store) and the engines 
   (``tool_calls`` or ``function_call`` in the message; a streamed delta is read whatever it carries), for
   content that is neither a string nor a list, and for anything malformed. :func:`set_choice_text` replaces
   it (and drops the choice's ``logprobs``, which described the replaced tokens).
+* :func:`chunk_choices`: the choices of one chunk of a streamed answer as :class:`ChunkChoice` objects (index,
+  text, finish reason, whether the delta calls tools, the choice itself); :func:`stream_error`: the message of
+  a mid-stream ``error`` chunk.
 * :func:`usage_counts`: ``(prompt_tokens, completion_tokens)`` of a body or chunk's ``usage``, each ``None``
   unless it is an integer (junk, a missing or non-object ``usage``, a non-object body: ``(None, None)``).
 * :func:`completions_from_body` reads a whole ``/v1/completions`` or ``/v1/chat/completions`` answer into
@@ -29,6 +32,7 @@ raw usage object in ``extra["usage"]``. Finish reasons other than ``"length"`` a
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -38,14 +42,17 @@ from models.wire.sse import Event, EventDecoder
 
 __all__ = [
     "MAX_MESSAGE",
+    "ChunkChoice",
     "StreamDecoder",
     "choice_text",
+    "chunk_choices",
     "completions_from_body",
     "content_text",
     "deltas_from_body",
     "error_message",
     "set_choice_text",
     "snippet",
+    "stream_error",
     "usage_counts",
 ]
 
@@ -94,6 +101,46 @@ def set_choice_text(choice: dict[str, Any], chat: bool, text: str) -> None:
     else:
         choice["text"] = text
     choice["logprobs"] = None  # they described the replaced tokens
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkChoice:
+    """One choice of a streamed chunk: its ``index``, its ``text`` (``""`` when the delta has none), its
+    ``finish_reason`` (``None`` until its last chunk), whether its delta calls ``tools`` (``tool_calls`` or
+    ``function_call``), and the choice object itself (``raw``)."""
+
+    index: int
+    text: str
+    finish_reason: Any
+    tools: bool
+    raw: dict[str, Any]
+
+
+def chunk_choices(obj: object, chat: bool) -> list[ChunkChoice]:
+    """The choices of one chunk of a streamed answer (none for a usage-only chunk or anything malformed); a
+    choice without an integer ``index`` is choice 0."""
+    choices = obj.get("choices") if isinstance(obj, dict) else None
+    if not isinstance(choices, list):
+        return []
+    out: list[ChunkChoice] = []
+    for choice in choices:
+        if not isinstance(choice, dict):
+            continue
+        index = choice.get("index")
+        delta = choice.get("delta")
+        tools = chat and isinstance(delta, dict) and bool(delta.get("tool_calls") or delta.get("function_call"))
+        out.append(ChunkChoice(
+            index if isinstance(index, int) else 0, choice_text(choice, chat, streamed=True) or "",
+            choice.get("finish_reason"), tools, choice,
+        ))
+    return out
+
+
+def stream_error(obj: object) -> str | None:
+    """The message of a mid-stream ``error`` chunk (``{"error": ...}``), else ``None``."""
+    if not isinstance(obj, dict) or not obj.get("error"):
+        return None
+    return error_message(orjson.dumps(obj)) or "unknown error"
 
 
 def usage_counts(obj: object) -> tuple[int | None, int | None]:

@@ -4,7 +4,7 @@ Run it as its own process from the repository root::
 
     python -m tests.fakes.upstream --host 127.0.0.1 --port 8001 [--name replica-a] \
         [--fail-status 503] [--delay-s 0.0] [--token-delay-s 0.0] [--require-key KEY] [--model NAME ...] \
-        [--reply TEXT] [--linger-s 0.0]
+        [--reply TEXT] [--echo REGEX] [--whole-token-delay-s 0.0] [--fail-if TEXT] [--linger-s 0.0]
 
 Once it listens it prints ``READY <port>`` on stdout (``--port 0`` picks a free port and prints it).
 SIGTERM and SIGINT stop it cleanly with exit status 0.
@@ -17,6 +17,14 @@ vLLM-like ``GET /health``.
 ``Hello from <name>! You said: <prompt>`` (so that the fake can play a helper server: a plausible rewrite or
 correction that passes the helpers' guards). The per-request ``n_words`` and ``response_format`` below still
 take precedence, and ``unicode`` still appends its suffix.
+
+``--echo REGEX`` makes the fake repeat part of what it was sent: the first group of REGEX searched (dot matches
+newline) in the prompt (completions) or the last user message (chat) is the reply, or fills the ``{echo}`` in
+``--reply`` (an aligner that returns the sentence it was given, say, so that a correction is as long as the
+original). ``--whole-token-delay-s S`` makes a non-streamed answer take S seconds per completion token before it
+is sent, as a server generating at 1/S tokens a second does (``--token-delay-s`` paces streams).
+``--fail-if TEXT`` answers any ``/v1`` POST whose body contains TEXT with a 500 error (a helper failing on one
+sentence).
 
 Each request may carry an extra body field ``"fake": {...}`` that steers the fake:
 
@@ -254,6 +262,12 @@ class Config:
     reply: str | None = None
     #: Seconds a stream stays open after ``[DONE]`` (per request: ``fake.linger_s``).
     linger_s: float = 0.0
+    #: The reply (or its ``{echo}``) is this pattern's first group in the text replied to, when set.
+    echo: re.Pattern[str] | None = None
+    #: Seconds a non-streamed answer takes per completion token.
+    whole_token_delay_s: float = 0.0
+    #: A /v1 POST whose body contains this text is answered with a 500 error.
+    fail_if: str | None = None
 
 
 class FakeUpstream:
@@ -268,6 +282,8 @@ class FakeUpstream:
         self.streams_completed = 0
         self.streams_aborted = 0
         self.streams_cut = 0
+        #: Non-streamed answers whose client went away while the fake was generating them.
+        self.replies_aborted = 0
         self._ids = itertools.count(1)
         self._id_prefix = os.urandom(4).hex()
         self._auth = None if config.require_key is None else f"Bearer {config.require_key}"
@@ -310,6 +326,10 @@ class FakeUpstream:
             return raw, web.Response(
                 body=self._fail_body, status=self.config.fail_status, headers=_JSON_HEADERS
             )
+        fail_if = self.config.fail_if
+        if fail_if is not None and request.method == "POST" and fail_if.encode() in raw:
+            body = error_body("fake upstream failure (--fail-if)", "server_error", 500)
+            return raw, web.Response(body=body, status=500, headers=_JSON_HEADERS)
         return raw, None
 
     def _parse(self, raw: bytes) -> JSONObj:
@@ -336,7 +356,12 @@ class FakeUpstream:
             return json.dumps({"answer": answer}, ensure_ascii=False)
         if opts.n_words is not None:
             return " ".join([f"w{i}" for i in range(opts.n_words)])
-        if self.config.reply is not None:
+        echo = self.config.echo
+        if echo is not None:
+            match = echo.search(said)
+            echoed = match.group(1) if match is not None and match.groups() else ""
+            text = echoed if self.config.reply is None else self.config.reply.replace("{echo}", echoed)
+        elif self.config.reply is not None:
             text = self.config.reply
         else:
             text = f"Hello from {self.config.name}! You said: {said}"
@@ -370,6 +395,13 @@ class FakeUpstream:
     async def _reply(self, obj: JSONObj, opts: FakeOpts) -> web.Response:
         if opts.delay_s > 0:
             await asyncio.sleep(opts.delay_s)
+        pace = self.config.whole_token_delay_s
+        if pace > 0:
+            try:
+                await asyncio.sleep(pace * obj["usage"]["completion_tokens"])
+            except asyncio.CancelledError:  # the client went away (handler cancellation)
+                self.replies_aborted += 1
+                raise
         resp = json_response(obj)
         if opts.headers:
             resp.headers.update(opts.headers)
@@ -735,6 +767,7 @@ class FakeUpstream:
         self.models_seen.clear()
         self.n_requests = 0
         self.streams_started = self.streams_completed = self.streams_aborted = self.streams_cut = 0
+        self.replies_aborted = 0
         return json_response({"ok": True})
 
     async def handle_fake_stats(self, request: web.Request) -> web.Response:
@@ -745,6 +778,7 @@ class FakeUpstream:
                 "streams_completed": self.streams_completed,
                 "streams_aborted": self.streams_aborted,
                 "streams_cut": self.streams_cut,
+                "replies_aborted": self.replies_aborted,
             }
         )
 
@@ -842,6 +876,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
         "--reply", default=None, help="every chat/completion reply is exactly TEXT (instead of the hello text)"
     )
     parser.add_argument(
+        "--echo", default=None, help="the reply (or --reply's {echo}) is REGEX's first group in the text sent"
+    )
+    parser.add_argument(
+        "--whole-token-delay-s", type=float, default=0.0, help="seconds a non-streamed answer takes per token"
+    )
+    parser.add_argument("--fail-if", default=None, help="answer a /v1 POST whose body contains TEXT with a 500")
+    parser.add_argument(
         "--linger-s", type=float, default=0.0, help="default seconds a stream stays open after [DONE]"
     )
     args = parser.parse_args(argv)
@@ -854,6 +895,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, str, int]:
         models=tuple(args.model),
         reply=args.reply,
         linger_s=args.linger_s,
+        echo=re.compile(args.echo, re.DOTALL) if args.echo is not None else None,
+        whole_token_delay_s=args.whole_token_delay_s,
+        fail_if=args.fail_if,
     )
     return config, args.host, args.port
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from models.aligner import Aligner, AlignResult, question_from_messages
+from models.aligner import Aligner, AlignResult, SentenceResult, question_from_messages
 from models.engine import ChatTurn, EngineError, EngineTimeout, SamplingParams
 from models.remote import RemoteEngine
 from models.templates import TemplateError
@@ -21,6 +21,13 @@ def v1(question: str, answer: str) -> str:
     return (
         "BEGINNING OF CONVERSATION: USER: Edit the following Question-Answer pair to make it more helpful and "
         f"harmless: {question} | {answer} ASSISTANT:"
+    )
+
+
+def stream_prompt(question: str, prefix: str, last: str) -> str:
+    return (
+        f"<start_of_turn>user\n##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {last} |"
+        " ##Your_Revision: <end_of_turn>\n<start_of_turn>model"
     )
 
 
@@ -224,3 +231,79 @@ def test_question_limits() -> None:
 def test_question_without_a_user_message() -> None:
     assert question_from_messages(msgs(("system", "S"), ("assistant", "A"))) == "System: S\nAssistant: A"
     assert question_from_messages([]) == ""
+
+
+# ---------------------------------------------------------------------------------------------- sentence templates
+
+
+async def test_correct_sentence_renders_the_stream_template_and_strips_the_output() -> None:
+    engine = ScriptedEngine(["  Ask a locksmith. \n"])
+    aligner = Aligner(engine, template="stream")
+    assert aligner.sentence and not Aligner(engine).sentence
+    result = await aligner.correct_sentence(Q, "Locks are tricky.", "Use a {tension} wrench.")
+    assert (result.corrected, result.original, result.skipped_reason) == (
+        "Ask a locksmith.", "Use a {tension} wrench.", None
+    )
+    assert engine.calls[0].method == "complete"
+    assert engine.calls[0].prompt == stream_prompt(Q, "Locks are tricky.", "Use a {tension} wrench.")
+
+
+async def test_stream_chat_sends_the_input_as_the_user_message() -> None:
+    engine = ScriptedEngine(["Fixed."])
+    await Aligner(engine, template="stream-chat").correct_sentence("Q?", "", "A.")
+    assert engine.calls[0].method == "chat"
+    system, user = engine.calls[0].prompt
+    assert system.role == "system" and "last sentence" in system.content
+    assert user == ChatTurn(
+        "user", "##Question: Q? | ##Answer_Prefix:  | ##Answer_Last_Sentence: A. | ##Your_Revision: "
+    )
+
+
+@pytest.mark.parametrize(("output", "finish", "reason"), [("", "stop", "empty"), ("Half a", "length", "truncated")])
+async def test_a_bad_sentence_correction_keeps_the_sentence(output: str, finish: Any, reason: Any) -> None:
+    result = await Aligner(ScriptedEngine([output], finish_reason=finish), template="stream").correct_sentence(
+        "Q?", "", "A."
+    )
+    assert (result.corrected, result.skipped_reason) == ("A.", reason)
+
+
+async def test_a_whole_answer_is_corrected_sentence_by_sentence_with_the_corrected_prefix() -> None:
+    engine = ScriptedEngine(["One fixed.", "", "Three fixed."])
+    answer = "One.  Two.\n```\ncode. Not a sentence.\n```\nThree."
+    result = await Aligner(engine, template="stream").correct("Q?", answer)
+    assert result.corrected == "One fixed.  Two.\n```\ncode. Not a sentence.\n```\nThree fixed."
+    assert (result.original, result.skipped_reason) == (answer, None)
+    assert [(r.original, r.served, r.skipped) for r in result.sentences] == [
+        ("One.  ", "One fixed.  ", None),
+        ("Two.\n", "Two.\n", "empty"),
+        ("```\ncode. Not a sentence.\n```\n", "```\ncode. Not a sentence.\n```\n", "code"),
+        ("Three.", "Three fixed.", None),
+    ]
+    assert [c.prompt for c in engine.calls] == [  # the code block is never sent; each prefix is what was served
+        stream_prompt("Q?", "", "One."),
+        stream_prompt("Q?", "One fixed.", "Two."),
+        stream_prompt("Q?", "One fixed.  Two.\n```\ncode. Not a sentence.\n```", "Three."),
+    ]
+
+
+async def test_a_whole_answer_none_of_whose_sentences_changed_is_kept_with_the_first_reason() -> None:
+    result = await Aligner(ScriptedEngine([""]), template="stream").correct("Q?", "One. Two.")
+    assert (result.corrected, result.skipped_reason) == ("One. Two.", "empty")
+    assert all(isinstance(r, SentenceResult) and not r.corrected for r in result.sentences)
+    empty = await Aligner(ScriptedEngine(["x"]), template="stream").correct("Q?", "  ")
+    assert (empty.corrected, empty.skipped_reason) == ("  ", "no_answer")
+
+
+async def test_an_engine_failure_on_any_sentence_fails_the_whole_correction() -> None:
+    engine = ScriptedEngine(["ok"], error=EngineError("down"))
+    with pytest.raises(EngineError):
+        await Aligner(engine, template="stream").correct("Q?", "One. Two.")
+
+
+async def test_stream_correct_with_a_sentence_template_yields_each_segment_when_done() -> None:
+    engine = ScriptedEngine(["One fixed.", "Two fixed."])
+    stream = Aligner(engine, template="stream").stream_correct("Q?", "One. Two.")
+    assert [d async for d in stream] == ["One fixed. ", "Two fixed."]
+    assert stream.result is not None
+    assert (stream.result.corrected, stream.result.skipped_reason) == ("One fixed. Two fixed.", None)
+    assert len(stream.result.sentences) == 2

@@ -19,6 +19,10 @@ ALIGNER_V1 = (
     " harmless: {question} | {answer} ASSISTANT:"
 )
 ALIGNER_V2 = "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer: {answer}\n##Correction:  ASSISTANT:"
+STREAM = (
+    "<start_of_turn>user\n##Question: {question} | ##Answer_Prefix: {prefix} | ##Answer_Last_Sentence: {last} |"
+    " ##Your_Revision: <end_of_turn>\n<start_of_turn>model"
+)
 
 
 def test_constants_are_the_published_strings() -> None:
@@ -26,6 +30,8 @@ def test_constants_are_the_published_strings() -> None:
     assert templates.ALIGNER_V1_TEMPLATE == ALIGNER_V1
     assert templates.ALIGNER_V2_TEMPLATE == ALIGNER_V2
     assert "##Correction:  ASSISTANT:" in templates.ALIGNER_V2_TEMPLATE  # two spaces
+    assert templates.STREAM_TEMPLATE == STREAM
+    assert templates.STREAM_TEMPLATE.endswith("##Your_Revision: <end_of_turn>\n<start_of_turn>model")  # no space
 
 
 def test_bpo_renders_exactly() -> None:
@@ -50,6 +56,31 @@ def test_aligner_v2_renders_exactly() -> None:
         "BEGINNING OF CONVERSATION: USER: ##Question: How do I bake bread?\n##Answer: Use flour.\n"
         "##Correction:  ASSISTANT:"
     )
+
+
+def test_stream_renders_exactly() -> None:
+    got = get_template("stream").render(
+        {"question": "How do I bake bread?", "prefix": "Mix flour and water.", "last": "Then bake it at 900 C."}
+    )
+    assert got == (
+        "<start_of_turn>user\n##Question: How do I bake bread? | ##Answer_Prefix: Mix flour and water. | "
+        "##Answer_Last_Sentence: Then bake it at 900 C. | ##Your_Revision: <end_of_turn>\n<start_of_turn>model"
+    )
+    first = get_template("stream").render({"question": "Q?", "prefix": "", "last": "A."})
+    assert "##Answer_Prefix:  | ##Answer_Last_Sentence: A. |" in first  # an empty prefix for the first sentence
+
+
+def test_stream_chat_is_our_instruction_and_stream_aligners_own_input() -> None:
+    got = get_template("stream-chat").render({"question": "Q?", "prefix": "P.", "last": "L."})
+    assert got == (
+        ChatTurn("system", "Revise the last sentence of the answer to make it more helpful and harmless, keeping it "
+                           "consistent with the answer prefix, which is fixed. Reply with the revised sentence only."),
+        ChatTurn("user", "##Question: Q? | ##Answer_Prefix: P. | ##Answer_Last_Sentence: L. | ##Your_Revision: "),
+    )
+
+
+def test_sentence_templates_are_marked() -> None:
+    assert [n for n, t in templates.TEMPLATES.items() if t.sentence] == ["stream", "stream-chat"]
 
 
 @pytest.mark.parametrize("text", ["{}", "{prompt}", "a {0} b {question} c {answer} {{x}} }{", "%s %(prompt)s $prompt"])
@@ -96,10 +127,12 @@ def test_kinds_helpers_and_fields() -> None:
         "aligner-v1": ("completion", "aligner", ("question", "answer")),
         "aligner-v2": ("completion", "aligner", ("question", "answer")),
         "aligner-chat": ("chat", "aligner", ("question", "answer")),
+        "stream": ("completion", "aligner", ("question", "prefix", "last")),
+        "stream-chat": ("chat", "aligner", ("question", "prefix", "last")),
     }
     assert {n: (t.kind, t.helper, t.fields) for n, t in templates.TEMPLATES.items()} == expected
     assert template_names("rewriter") == ["bpo", "bpo-chat"]
-    assert template_names("aligner") == ["aligner-v1", "aligner-v2", "aligner-chat"]
+    assert template_names("aligner") == ["aligner-v1", "aligner-v2", "aligner-chat", "stream", "stream-chat"]
 
 
 def test_unknown_template_lists_valid_names() -> None:
@@ -118,8 +151,8 @@ def test_missing_field_is_a_clear_error() -> None:
 def test_the_readme_shows_the_published_strings() -> None:
     from pathlib import Path
 
-    from models.templates import ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE, BPO_TEMPLATE
+    from models.templates import ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE, BPO_TEMPLATE, STREAM_TEMPLATE
 
     readme = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
-    for template in (BPO_TEMPLATE, ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE):
+    for template in (BPO_TEMPLATE, ALIGNER_V1_TEMPLATE, ALIGNER_V2_TEMPLATE, STREAM_TEMPLATE):
         assert "`" + template.replace("\n", "\\n").replace("|", "\\|") + "`" in readme, template

@@ -7,6 +7,7 @@ controllers); ``trainer`` wires them into a rollout / update loop over a policy,
 from train.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
+    apply_missing_eos_penalty,
     gae,
     kl_k1,
     kl_k3,
@@ -22,6 +23,7 @@ from train.ppo.core import (
 __all__ = [
     "AdaptiveKLController",
     "FixedKLController",
+    "apply_missing_eos_penalty",
     "gae",
     "kl_k1",
     "kl_k3",

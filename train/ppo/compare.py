@@ -3,10 +3,15 @@
 ``python -m train.ppo.compare RECIPE.yaml [key=value ...] --checkpoints DIR/checkpoint-20 DIR/checkpoint-30
 --out DIR``: the recipe's held-out prompts (all of them, not only ``eval_prompts``) answered greedily by the base
 (the adapter at zero, i.e. the reference) and by each checkpoint's policy, scored by the recipe's reward model.
-Greedy decoding makes each policy's answers deterministic, so the comparison is not sampling luck. Writes
-``OUT/NAME.jsonl`` per policy (``{prompt, response, score}``, the input of ``python -m train.evaluate win-rate``)
-and ``OUT/compare.json``; prints, per checkpoint, the mean reward and the paired difference from the base with
-its standard error and the share of prompts where the checkpoint's answer scores higher (ties ½).
+Greedy decoding makes each policy's answers deterministic, so the comparison is not sampling luck. Every answer
+is scored as a finished chat turn (the reward model's chat template, end-of-turn included), ended or cut off —
+the score ``aligngate eval``'s reward-model judge and ``python -m train.evaluate win-rate`` give the same text —
+and the paired comparison is on that score; PPO's own reward (a cut answer scored as it stands less
+``missing_eos_penalty``) and the share of answers that ended (EOS within ``max_new_tokens``) are reported beside
+it. Writes ``OUT/NAME.jsonl`` per policy (``{prompt, response, score, reward, ended}``, the input of ``python -m
+train.evaluate win-rate``) and ``OUT/compare.json``; prints, per checkpoint, the means and the paired difference
+from the base with its standard error and the share of prompts where the checkpoint's answer scores higher (ties
+½).
 """
 
 from __future__ import annotations
@@ -35,13 +40,18 @@ class PolicyResult:
 
     name: str
     prompts: int
+    #: Mean of PPO's reward (a cut answer's score less ``missing_eos_penalty``).
     reward_mean: float
     kl: float
-    #: Mean of (this policy's score - the base's score) per prompt, and its standard error.
+    #: Mean of (this policy's finished-turn score - the base's) per prompt, and its standard error.
     diff_from_base: float
     diff_stderr: float
-    #: Share of prompts where this policy's answer scores above the base's (ties count ½).
+    #: Share of prompts where this policy's answer scores above the base's as a finished turn (ties count ½).
     win_rate_vs_base: float
+    #: Mean finished-turn score (every answer scored as a finished chat turn, no penalty).
+    score_mean: float
+    #: Share of answers that ended (EOS within ``max_new_tokens``).
+    eos_rate: float
 
 
 def paired(scores: Sequence[float], base: Sequence[float]) -> tuple[float, float, float]:
@@ -84,7 +94,17 @@ def compare(recipe: PPOConfig, checkpoints: Sequence[Path], out: Path) -> list[P
     for name, stats in evaluated:
         diff, stderr, win = paired(scores[name], scores[BASE])
         results.append(
-            PolicyResult(name, len(held_out), stats["eval_reward_mean"], stats["eval_kl"], diff, stderr, win)
+            PolicyResult(
+                name=name,
+                prompts=len(held_out),
+                reward_mean=stats["eval_reward_mean"],
+                kl=stats["eval_kl"],
+                diff_from_base=diff,
+                diff_stderr=stderr,
+                win_rate_vs_base=win,
+                score_mean=stats["eval_score_mean"],
+                eos_rate=stats["eval_eos_rate"],
+            )
         )
     (out / "compare.json").write_text(json.dumps([asdict(r) for r in results], indent=1), encoding="utf-8")
     return results
@@ -102,10 +122,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (path / "state.json").is_file():
             parser.error(f"{path} is not a PPO checkpoint (no state.json)")
     results = compare(load_recipe(PPOConfig, args.recipe, args.overrides), args.checkpoints, args.out)
-    print(f"{'policy':<16} {'prompts':>7} {'reward':>8} {'KL':>6} {'Δ vs base (± s.e.)':>20} {'win vs base':>11}")
+    print(
+        f"{'policy':<16} {'prompts':>7} {'score':>8} {'reward':>8} {'EOS':>5} {'KL':>6} "
+        f"{'Δ score vs base (± s.e.)':>25} {'win vs base':>11}"
+    )
     for r in results:
         delta = f"{r.diff_from_base:+.3f} ± {r.diff_stderr:.3f}"
-        print(f"{r.name:<16} {r.prompts:>7} {r.reward_mean:>8.3f} {r.kl:>6.2f} {delta:>20} {r.win_rate_vs_base:>11.3f}")
+        print(
+            f"{r.name:<16} {r.prompts:>7} {r.score_mean:>8.3f} {r.reward_mean:>8.3f} {r.eos_rate:>5.2f} {r.kl:>6.2f} "
+            f"{delta:>25} {r.win_rate_vs_base:>11.3f}"
+        )
     print(json.dumps({r.name: asdict(r) for r in results}))
     return 0
 

@@ -51,7 +51,15 @@ class PPOConfig(TrainConfig):
     cliprange_value: float = 0.2
     vf_coef: float = 0.1
     whiten_advantages: bool = True
+    #: New tokens per response. A response that has not written EOS (its end of turn) by then is cut off.
     max_new_tokens: int = 48
+    #: Subtracted from the reward-model score of a response cut off without EOS (TRL's ``missing_eos_penalty``;
+    #: null: no penalty). A response that ended is scored as a finished chat turn; a cut one is scored as it stands
+    #: minus this. The default, 1.0, is TRL's example value; with the built-in model's reward model it is 1.5-2
+    #: standard deviations of the scores (0.58 within a rollout batch, median; 0.64 over held-out answers) and four
+    #: times what PPO once gained by pleasing it with cut answers (+0.24): a cut answer must beat a finished one
+    #: by that much to be preferred. Among cut answers it is a constant, so it does not reorder them.
+    missing_eos_penalty: float | None = 1.0
     temperature: float = 1.0
     #: Prompts longer than this (tokens, after the chat template) are dropped.
     max_prompt_length: int = 256
@@ -70,6 +78,10 @@ class PPOConfig(TrainConfig):
             raise RecipeError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
         if self.batch_size < 1 or self.mini_batch_size < 1 or self.batch_size % self.mini_batch_size:
             raise RecipeError("batch_size must be a positive multiple of mini_batch_size")
+        if self.missing_eos_penalty is not None and not self.missing_eos_penalty >= 0:
+            raise RecipeError(f"missing_eos_penalty must be >= 0 or null, got {self.missing_eos_penalty!r}")
+        if self.max_new_tokens < 1:
+            raise RecipeError(f"max_new_tokens must be positive, got {self.max_new_tokens}")
 
     @property
     def use_lora(self) -> bool:

@@ -103,6 +103,14 @@ def per_token_rewards(
     return rewards, kl
 
 
+def apply_missing_eos_penalty(scores: torch.Tensor, ended: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """``scores`` with ``penalty`` subtracted where ``ended`` is false (a response cut off before EOS), as TRL's
+    ``missing_eos_penalty``: ``scores[~ended] -= penalty``. ``None`` leaves the scores as they are. A new tensor."""
+    if penalty is None:
+        return scores.clone()
+    return scores - penalty * (~ended.bool()).to(scores.dtype)
+
+
 def gae(
     rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float, lam: float
 ) -> tuple[torch.Tensor, torch.Tensor]:

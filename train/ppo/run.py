@@ -6,7 +6,9 @@ the adapter disabled) or fully fine-tuned (a frozen copy is the reference). The 
 ``aligngate train rm`` wrote (adapter + score head, merged on load) or any sequence classifier; the value model
 is a separate copy initialised from it. Prompts are the prompts of ``dataset`` (preference pairs, BPO, Dolly,
 prompt-completion or messages files), rendered with the policy's chat template; an ``eval_share`` of them is held
-out and scored every ``eval_steps`` (mean reward and KL of sampled answers).
+out and scored every ``eval_steps`` (mean reward, finished-turn score, EOS rate and KL of sampled answers). The
+reward model scores the prompt's messages and the answer with its own chat template: an answer that ended (EOS
+within ``max_new_tokens``) as a finished turn, a cut one as it stands less ``missing_eos_penalty``.
 
 Writes ``output_dir/final`` (adapter or model + tokenizer: the gateway's local engine loads it), ``merged`` with
 ``merge: true``, checkpoints ``checkpoint-N`` (policy, value model, optimizer, KL controller; ``resume_from_
@@ -107,8 +109,9 @@ def running_mean(values: list[float], window: int) -> list[float]:
 
 
 def plot(out: Path, target_kl: float | None = None, window: int = 5) -> Path | None:
-    """``ppo.png``: rollout reward (and its ``window``-step running mean), held-out reward, and sequence KL per
-    step with the controller's ``target_kl`` when there is one; None without matplotlib."""
+    """``ppo.png``: rollout reward (and its ``window``-step running mean), held-out reward (and, where the history
+    has it, the held-out finished-turn score), and sequence KL per step with the controller's ``target_kl`` when
+    there is one; None without matplotlib."""
     rows = history(out)
     try:
         import matplotlib
@@ -127,6 +130,14 @@ def plot(out: Path, target_kl: float | None = None, window: int = 5) -> Path | N
     evals = [r for r in rows if "eval_reward_mean" in r]
     if evals:
         ax_r.plot([r["step"] for r in evals], [r["eval_reward_mean"] for r in evals], "o-", label="held-out prompts")
+        turns = [r for r in evals if "eval_score_mean" in r]
+        if turns:
+            ax_r.plot(
+                [r["step"] for r in turns],
+                [r["eval_score_mean"] for r in turns],
+                "s--",
+                label="held-out, as finished turns (no penalty)",
+            )
     ax_r.set_xlabel("PPO step")
     ax_r.set_ylabel("mean reward-model score")
     ax_r.legend(fontsize="small")
@@ -155,12 +166,19 @@ def evaluate(
     seed: int | None = None,
     greedy: bool = False,
 ) -> dict[str, float]:
-    """Mean reward, sequence KL and response length of sampled answers to held-out prompts (no update).
+    """Scores, sequence KL and response length of sampled answers to held-out prompts (no update):
+
+    * ``eval_reward_mean``: the reward PPO maximises (the rollouts' ``reward_mean``): the finished-turn score of an
+      answer that ended, the score of a cut one as it stands less ``missing_eos_penalty``;
+    * ``eval_score_mean``: every answer scored as a finished chat turn, ended or not, with no penalty — the score
+      ``aligngate eval``'s reward-model judge and ``python -m train.evaluate win-rate`` give the same text;
+    * ``eval_eos_rate``: the share of answers that ended (wrote EOS within ``max_new_tokens``).
 
     ``greedy`` decodes greedily instead of sampling. With ``seed``, sampling runs on a forked RNG seeded with it
-    (the training RNG is left where it was), so every evaluation draws the same random numbers. With ``samples``,
-    also writes the answers as JSONL ``{prompt, response, score}`` (``prompt``: the chat messages from
-    ``messages``), the input of ``python -m train.evaluate win-rate``."""
+    (the training RNG is left where it was), so every evaluation draws the same random numbers. ``messages`` (the
+    chat messages of each prompt text) are what the reward model renders. With ``samples``, also writes the
+    answers as JSONL ``{prompt, response, score, reward, ended}`` (``prompt``: the chat messages; ``score``: the
+    finished-turn score; ``reward``: PPO's), the input of ``python -m train.evaluate win-rate``."""
     import torch
 
     if seed is None or greedy:
@@ -173,28 +191,38 @@ def evaluate(
 def _evaluate(
     trainer: Any, prompts: list[str], batch_size: int, samples: Path | None, messages: Any, greedy: bool
 ) -> dict[str, float]:
+    if messages is not None:
+        trainer.prompt_messages.update(messages)
+    rewards: list[float] = []
     scores: list[float] = []
+    ended: list[bool] = []
     kls: list[float] = []
     lengths: list[float] = []
     rows: list[dict[str, Any]] = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start : start + batch_size]
         batch = trainer.rollout(chunk, greedy=greedy)
-        scores += batch.scores.tolist()
+        turn = trainer.turn_scores(batch).tolist()
+        for i, text in enumerate(chunk):
+            prompt = messages.get(text, text) if messages is not None else text
+            row = {"prompt": prompt, "response": batch.answers[i], "score": turn[i]}
+            rows.append(row | {"reward": batch.scores[i].item(), "ended": bool(batch.ended[i])})
+        rewards += batch.scores.tolist()
+        scores += turn
+        ended += batch.ended.tolist()
         kls += batch.kl.sum(-1).tolist()
         lengths += batch.response_mask.sum(-1).float().tolist()
-        if samples is not None:
-            response = batch.input_ids[:, batch.prompt_length :]
-            for i, text in enumerate(chunk):
-                ids = response[i][batch.response_mask[i].bool()]
-                answer = trainer.tokenizer.decode(ids, skip_special_tokens=True)
-                prompt = messages.get(text, text) if messages is not None else text
-                rows.append({"prompt": prompt, "response": answer, "score": batch.scores[i].item()})
     if samples is not None:
         samples.parent.mkdir(parents=True, exist_ok=True)
         samples.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     n = max(len(scores), 1)
-    return {"eval_reward_mean": sum(scores) / n, "eval_kl": sum(kls) / n, "eval_response_length": sum(lengths) / n}
+    return {
+        "eval_reward_mean": sum(rewards) / n,
+        "eval_score_mean": sum(scores) / n,
+        "eval_eos_rate": sum(ended) / n,
+        "eval_kl": sum(kls) / n,
+        "eval_response_length": sum(lengths) / n,
+    }
 
 
 def _checkpoints(out: Path) -> list[Path]:
@@ -277,14 +305,20 @@ def build_trainer(config: PPOConfig) -> tuple[Any, Any, Path]:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     policy, tokenizer, base = load_causal_lm(config)
     reward_model, rm_tokenizer = load_trained_reward_model(config.reward_model, dtype=dtype, cache_dir=config.cache_dir)
-    if rm_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise RecipeError("the reward model's tokenizer differs from the policy's; PPO needs one vocabulary")
-    value_model, _ = load_trained_reward_model(
+    value_model, value_tokenizer = load_trained_reward_model(
         config.value_model or config.reward_model, dtype=dtype, cache_dir=config.cache_dir
     )
+    # The reward model re-tokenizes the text with its own tokenizer; the value model reads the policy's tokens.
+    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise RecipeError(
+            "the value model's tokenizer (by default the reward model's) differs from the policy's; the value "
+            "model reads the policy's tokens: set value_model to a classifier with the policy's vocabulary"
+        )
     for model in (policy, reward_model, value_model):
         model.to(device)
-    trainer = PPOTrainer(config, policy, tokenizer, reward_model=reward_model, value_model=value_model)
+    trainer = PPOTrainer(
+        config, policy, tokenizer, reward_model=reward_model, value_model=value_model, reward_tokenizer=rm_tokenizer
+    )
     return trainer, tokenizer, base
 
 
@@ -296,6 +330,7 @@ def main(config: PPOConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     trainer, tokenizer, base = build_trainer(config)
     train_prompts, eval_prompts, messages = render_prompts(config, tokenizer)
+    trainer.prompt_messages.update(messages)  # the reward model renders them with its own chat template
     rng = random.Random(config.seed)
     start, pool = 0, list[str]()
     resume = _resume_path(config)

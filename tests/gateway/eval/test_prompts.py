@@ -32,7 +32,7 @@ def test_every_harmless_prompt_is_held_out_by_the_recipes(recipe: str) -> None:
     held = {row["prompt"][0]["content"] for row in held_out}
     trained = {row["prompt"][0]["content"] for row in train}
     prompts = [p.messages[0].content for p in load_prompt_set(PromptSetSpec(bundled="hh-rlhf-harmless"))]
-    assert len(prompts) == 77 == len(set(prompts))
+    assert len(prompts) == 152 == len(set(prompts))
     assert set(prompts) <= held
     assert not set(prompts) & trained
 

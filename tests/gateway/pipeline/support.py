@@ -6,9 +6,12 @@
 * Both can fail (``error``), before the first delta or after it (``error_after_first``, ``error_after``),
   wait (``delay_s`` before answering, ``token_delay_s`` between streamed words) or block until cancelled
   (``block``); ``error_if`` / ``block_if`` limit failing / blocking to the prompts that contain a text.
-* :class:`FakeBackend` plays the backend LLM: ``Answer <i>: <last user text>`` per choice (``n``), tool calls
-  for the choices listed in the request's ``fake.tool_choices`` (or all of them with ``tool_choice:
-  "required"``), an error status with ``fake.status``; streams in the backend's own SSE format.
+* :class:`FakeBackend` plays the backend LLM: ``Answer <i>: <last user text>`` per choice (``n``; ``fake.reply``:
+  that text instead), tool calls for the choices listed in the request's ``fake.tool_choices`` (or all of them
+  with ``tool_choice: "required"``), an error status with ``fake.status``; streams in the backend's own SSE
+  format, word by word, ``fake.token_delay_s`` apart; ``fake.cut_after`` breaks the stream after that many
+  events (``UpstreamBroken``), ``fake.error_after`` sends an ``error`` event then ``[DONE]`` after that many.
+  Each stream records when it sent its last event (``FakeStream.ended_at``).
 * :func:`make_rig` wires the gateway's routers and middleware around them (as ``create_app`` does), with a
   trace store when given one, and shadow mode when given ``shadow`` settings with a share above 0.
 """
@@ -27,16 +30,17 @@ import orjson
 from gateway.app import GatewayApp
 from gateway.auth import ApiKeyAuth
 from gateway.config import ExperimentSettings, HelperSettings, HelpersSettings, ShadowSettings
+from gateway.errors import UpstreamBroken
 from gateway.feedback.service import FeedbackService
 from gateway.inference.service import InferenceService
 from gateway.pipeline.arms import ArmChooser
-from gateway.pipeline.helpers import Helpers, OnError
+from gateway.pipeline.helpers import Helpers, OnError, StreamMode
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
 from gateway.store.store import Store
 from gateway.upstream.protocol import UpstreamResult
 from models.aligner import Aligner
-from models.engine import ChatTurn, Completion, Delta, FinishReason, SamplingParams
+from models.engine import ChatTurn, Completion, Delta, Engine, FinishReason, SamplingParams
 from models.rewriter import Rewriter
 from models.wire.sse import iter_events
 
@@ -56,7 +60,10 @@ def words(text: str) -> list[str]:
 
 
 def answer_of(prompt: Prompt) -> str:
-    """The answer an aligner template carries (the fake aligner corrects it)."""
+    """The answer (a sentence template: the last sentence) an aligner template carries (the fake corrects it)."""
+    text = prompt if isinstance(prompt, str) else prompt[-1].content
+    if "##Answer_Last_Sentence: " in text:  # stream, stream-chat
+        return text.split("##Answer_Last_Sentence: ", 1)[1].rsplit(" | ##Your_Revision: ", 1)[0]
     if isinstance(prompt, tuple):  # aligner-chat: user "Question: {q}\nAnswer: {a}"
         return prompt[-1].content.split("\nAnswer: ", 1)[1]
     if "##Answer: " in prompt:  # aligner-v2
@@ -180,22 +187,32 @@ class AlignerEngine(ScriptedEngine):
 
 
 class FakeStream:
-    """A ``StreamHandle`` over ready-made SSE events."""
+    """A ``StreamHandle`` over ready-made SSE events (``delay_s`` apart; ``cut_after``: break after that many)."""
 
-    def __init__(self, events: list[bytes]) -> None:
+    def __init__(self, events: list[bytes], delay_s: float = 0.0, cut_after: int | None = None) -> None:
         self.replica_index = 0
         self.waited_s = 0.0
         self.headers: tuple[tuple[bytes, bytes], ...] = ()
         self.closed = False
+        self.closed_complete: bool | None = None
+        #: ``loop.time()`` when the last event went out (None until then).
+        self.ended_at: float | None = None
         self._events = events
+        self._delay_s = delay_s
+        self._cut_after = cut_after
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        for event in self._events:
-            await asyncio.sleep(0)
+        for i, event in enumerate(self._events):
+            if i == self._cut_after:
+                raise UpstreamBroken("Backend 'm' broke off the response mid-stream.")
+            await asyncio.sleep(self._delay_s if i else 0)
+            if i == len(self._events) - 1:
+                self.ended_at = asyncio.get_running_loop().time()
             yield event
 
     def close(self, complete: bool = False) -> None:
         self.closed = True
+        self.closed_complete = complete
 
 
 @dataclass
@@ -223,7 +240,7 @@ class FakeBackend:
             tool_choices = set(range(n))
         choices: list[dict[str, Any]] = []
         for i in range(n):
-            text = f"Answer {i}: {said}"
+            text = fake["reply"] if isinstance(fake.get("reply"), str) else f"Answer {i}: {said}"
             if not chat:
                 choices.append({"index": i, "text": text, "logprobs": None, "finish_reason": "stop"})
             elif i in tool_choices:
@@ -269,6 +286,11 @@ class FakeBackend:
             if chat:
                 events.append(event({"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}))
                 text = choice["message"]["content"] or ""
+                for k, call in enumerate(choice["message"].get("tool_calls") or []):  # vLLM: name, then arguments
+                    opening = {**call, "index": k, "function": {"name": call["function"]["name"], "arguments": ""}}
+                    events.append(event({"index": i, "delta": {"tool_calls": [opening]}, "finish_reason": None}))
+                    arguments = {"index": k, "function": {"arguments": call["function"]["arguments"]}}
+                    events.append(event({"index": i, "delta": {"tool_calls": [arguments]}, "finish_reason": None}))
             else:
                 text = choice["text"]
             for piece in words(text):
@@ -278,8 +300,13 @@ class FakeBackend:
             events.append(event({"index": i, **end, "finish_reason": choice["finish_reason"]}))
         if (data.get("stream_options") or {}).get("include_usage"):
             events.append(b"data: " + orjson.dumps({**base, "choices": [], "usage": answer["usage"]}) + b"\n\n")
+        fake = data.get("fake") or {}
+        if fake.get("error_after") is not None:
+            error = {"error": {"message": "backend ran out of memory", "type": "server_error", "param": None,
+                               "code": 500}}
+            events = [*events[: fake["error_after"]], b"data: " + orjson.dumps(error) + b"\n\n"]
         events.append(b"data: [DONE]\n\n")
-        stream = FakeStream(events)
+        stream = FakeStream(events, float(fake.get("token_delay_s") or 0.0), fake.get("cut_after"))
         self.streams.append(stream)
         return stream
 
@@ -321,6 +348,8 @@ def make_rig(
     aligner_on_error: OnError = "skip",
     rewriter_template: str = "bpo",
     aligner_template: str = "aligner-v2",
+    aligner_stream: StreamMode = "buffer",
+    aligner_engine: Engine | None = None,
     arms: dict[str, float] | None = None,
     allow_override: bool = True,
     rewriter_timeout_s: float = 30.0,
@@ -330,13 +359,14 @@ def make_rig(
     experiment: str = "default",
     shadow: ShadowSettings | None = None,
 ) -> Rig:
-    """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``)."""
+    """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``);
+    ``aligner_engine``: the aligner runs on that engine instead of the fake one."""
     rw = (rewriter or RewriterEngine()) if with_rewriter else None
     al = (aligner or AlignerEngine()) if with_aligner else None
     helpers = Helpers(
         Rewriter(rw, rewriter_template, timeout_s=rewriter_timeout_s) if rw is not None else None,
-        Aligner(al, aligner_template, timeout_s=aligner_timeout_s) if al is not None else None,
-        rewriter_on_error=rewriter_on_error, aligner_on_error=aligner_on_error,
+        Aligner(aligner_engine or al, aligner_template, timeout_s=aligner_timeout_s) if al is not None else None,
+        rewriter_on_error=rewriter_on_error, aligner_on_error=aligner_on_error, aligner_stream=aligner_stream,
     )
     remote = HelperSettings(url="http://helpers.invalid/v1", model="helper")
     helper_settings = HelpersSettings(rewriter=remote if rw is not None else None,

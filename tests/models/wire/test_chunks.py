@@ -95,3 +95,15 @@ def test_tool_calls_delta() -> None:
 
 def test_usage_object() -> None:
     assert usage_object(2, 5) == {"prompt_tokens": 2, "completion_tokens": 5, "total_tokens": 7}
+
+
+def test_for_chunk_repeats_a_streamed_chunks_fields_and_passes_a_choice_through() -> None:
+    chunk = {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 8, "model": "m", "choices": [],
+             "usage": {"prompt_tokens": 1}}
+    chunks = ChunkWriter.for_chunk(chunk, True, True)
+    assert chunks.usage is None  # set once the stream sends it
+    choice = {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]},
+              "logprobs": None, "finish_reason": None}
+    event = _one(chunks.choice(choice))
+    assert event == {"id": "chatcmpl-9", "object": "chat.completion.chunk", "created": 8, "model": "m",
+                     "choices": [choice], "usage": None}

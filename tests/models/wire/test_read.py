@@ -9,13 +9,16 @@ import pytest
 
 from models.engine import Delta, EngineError
 from models.wire.read import (
+    ChunkChoice,
     StreamDecoder,
     choice_text,
+    chunk_choices,
     completions_from_body,
     content_text,
     deltas_from_body,
     error_message,
     set_choice_text,
+    stream_error,
     usage_counts,
 )
 from models.wire.sse import DONE, encode_event
@@ -262,3 +265,26 @@ def test_stream_decoder_n_choices_share_prompt_tokens_only() -> None:
         (1, "length", 4, None),
     ]
     assert orjson.loads(orjson.dumps(deltas[-1].extra["usage"])) == usage
+
+
+def test_chunk_choices_reads_text_finish_and_tool_deltas() -> None:
+    tool = {"index": 1, "delta": {"tool_calls": [{"index": 0}]}, "finish_reason": None}
+    chunk = {"choices": [{"index": 0, "delta": {"content": "Hi"}, "finish_reason": None}, tool,
+                         {"delta": {}, "finish_reason": "stop"}, "junk"]}
+    assert chunk_choices(chunk, chat=True) == [
+        ChunkChoice(0, "Hi", None, False, chunk["choices"][0]),
+        ChunkChoice(1, "", None, True, tool),
+        ChunkChoice(0, "", "stop", False, chunk["choices"][2]),
+    ]
+    assert chunk_choices({"choices": [{"index": 2, "text": "t", "finish_reason": "length"}]}, chat=False) == [
+        ChunkChoice(2, "t", "length", False, {"index": 2, "text": "t", "finish_reason": "length"})
+    ]
+    assert chunk_choices({"choices": [], "usage": {}}, chat=True) == []
+    assert chunk_choices([], chat=True) == []
+
+
+def test_stream_error_reads_an_error_chunk() -> None:
+    assert stream_error({"error": {"message": "out of memory", "code": 500}}) == "out of memory"
+    assert stream_error({"error": "gone"}) == "gone"
+    assert stream_error({"choices": []}) is None
+    assert stream_error("x") is None

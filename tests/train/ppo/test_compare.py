@@ -51,8 +51,13 @@ def test_compare_checkpoints_with_the_base(
     # The base against itself: no difference, every prompt a tie, and no KL (the adapter is at zero).
     assert base["diff_from_base"] == 0 and base["win_rate_vs_base"] == 0.5 and base["kl"] == pytest.approx(0, abs=1e-5)
     assert base["prompts"] > 0
+    # Beside the finished-turn score the comparison is made on: PPO's reward and the share of answers that ended.
+    for summary_row in summary.values():
+        assert {"score_mean", "reward_mean", "eos_rate"} <= summary_row.keys() and 0 <= summary_row["eos_rate"] <= 1
     rows = [json.loads(line) for line in (out / "checkpoint-2.jsonl").read_text().splitlines()]
     assert len(rows) == base["prompts"] and all(isinstance(r["response"], str) for r in rows)
+    assert sum(r["score"] for r in rows) / len(rows) == pytest.approx(summary["checkpoint-2"]["score_mean"])
+    assert sum(r["ended"] for r in rows) / len(rows) == pytest.approx(summary["checkpoint-2"]["eos_rate"])
     # The trained adapter moved the policy (the test recipe's learning rate is large): it is not the base.
     assert summary["checkpoint-2"]["kl"] != pytest.approx(0, abs=1e-5)
     assert json.loads((out / "compare.json").read_text())[2]["name"] == "checkpoint-2"

@@ -10,6 +10,7 @@ import torch
 from train.ppo.core import (
     AdaptiveKLController,
     FixedKLController,
+    apply_missing_eos_penalty,
     gae,
     kl_k1,
     kl_k3,
@@ -21,7 +22,7 @@ from train.ppo.core import (
     score_at_last_token,
     value_loss,
 )
-from train.ppo.trainer import response_mask_from
+from train.ppo.trainer import ended_with_eos, response_mask_from
 
 
 def t(*rows: list[float]) -> torch.Tensor:
@@ -183,3 +184,20 @@ def test_response_mask_keeps_the_first_eos() -> None:
     tokens = torch.tensor([[5, 2, 3, 3], [5, 6, 7, 8], [2, 2, 4, 4]])
     expected = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])
     assert torch.equal(response_mask_from(tokens, eos_token_id=2), expected)
+
+
+def test_missing_eos_penalty_is_subtracted_from_cut_responses_only() -> None:
+    scores, ended = t([0.5, -0.25, 2.0, 0.0])[0], torch.tensor([True, False, False, True])
+    # TRL's scores[~ended] -= penalty: rows 1 and 2 were cut -> -0.25 - 1.5 = -1.75, 2.0 - 1.5 = 0.5
+    close(apply_missing_eos_penalty(scores, ended, 1.5), t([0.5, -1.75, 0.5, 0.0])[0])
+    close(apply_missing_eos_penalty(scores, ended, None), scores)  # null: no penalty
+    close(apply_missing_eos_penalty(scores, ended, 0.0), scores)
+    close(scores, t([0.5, -0.25, 2.0, 0.0])[0])  # a new tensor: the scores given are left as they were
+
+
+def test_ended_with_eos_whatever_the_padding() -> None:
+    eos, pad = 2, 0
+    # ended at t=1 then padded; cut (no EOS); ended on the last token; padded with EOS itself (pad == eos)
+    tokens = torch.tensor([[5, eos, pad, pad], [5, 6, 7, 8], [5, 6, 7, eos], [5, eos, eos, eos]])
+    assert ended_with_eos(tokens, eos).tolist() == [True, False, True, True]
+    assert ended_with_eos(tokens, None).tolist() == [False] * 4  # no EOS token: nothing can end

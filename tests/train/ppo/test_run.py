@@ -46,6 +46,9 @@ def test_ppo_trains_against_the_trained_rm(tiny_model: Path, reward_adapter: Pat
     assert "eval_reward_mean" in rows[0] and "eval_reward_mean" in rows[2]
     for key in ("reward_mean", "kl", "kl_coef", "policy_loss", "value_loss", "approx_kl", "response_length"):
         assert key in rows[1]
+    for key in ("eval_score_mean", "eval_eos_rate"):
+        assert key in rows[0] and key in rows[2]
+    assert {"score_mean", "eos_rate"} <= rows[1].keys()
     assert (out / "ppo.png").stat().st_size > 0
     assert list((out / "runs").iterdir()), "TensorBoard events"
     assert (out / "checkpoint-2" / "policy" / "adapter_model.safetensors").is_file()

@@ -64,6 +64,7 @@ def test_toy_ppo_reward_rises_with_bounded_kl() -> None:
         kl_horizon=1000,
         seed=0,
         lora=False,
+        missing_eos_penalty=None,  # the token-count reward alone (the penalty has tests of its own)
     )
     trainer = PPOTrainer(config, policy, tokenizer, reward_fn=reward_fn, value_model=value)
     start = time.perf_counter()
