@@ -241,7 +241,7 @@ async def test_aligner_failure_with_fail_ends_with_an_error_frame_after_what_was
     assert done
     assert chat_text(events[:-1]) == f"{FIXED[0]} "
     err = events[-1]["error"]
-    assert err["code"] == "helper_failed" and "aligner died" in err["message"]
+    assert err["code"] == "helper_failed" and err["message"] == "The aligner failed (error)."  # "aligner died": logged
     assert not [e for e in events if e.get("aligngate")]
 
 
