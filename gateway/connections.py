@@ -36,7 +36,7 @@ from uvicorn.server import ServerState
 from gateway import metrics
 from gateway.config import ServerSettings, settings_from_env
 from gateway.deadlines import deadlines
-from gateway.errors import GatewayError, raw_error_response
+from gateway.errors import GatewayError, HeadersTooLarge, RequestTimeout, raw_error_response
 
 logger = logging.getLogger(__name__)
 access_logger = logging.getLogger("aligngate.access")
@@ -48,18 +48,6 @@ PROTOCOL = "gateway.connections:GuardedHttpToolsProtocol"
 @cache
 def _server_settings() -> ServerSettings:
     return settings_from_env().server
-
-
-class _HeaderTimeout(GatewayError):
-    status = 408
-    type = "invalid_request_error"
-    code = "request_timeout"
-
-
-class _HeaderTooLarge(GatewayError):
-    status = 431
-    type = "invalid_request_error"
-    code = "request_header_fields_too_large"
 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
@@ -109,7 +97,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if self._in_head and self._head_received > self._max_header_bytes:
             self._too_large = True  # a head still incomplete, already too long
         if self._too_large:
-            self._refuse(_HeaderTooLarge(
+            self._refuse(HeadersTooLarge(
                 f"The request line and headers exceed the limit of {self._max_header_bytes} bytes.",
             ), "Request Header Fields Too Large", "header_too_large")
 
@@ -159,7 +147,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._deadline = False
         if self._refused or self.transport.is_closing():
             return
-        error = _HeaderTimeout(f"The request headers were not received within {self._header_timeout_s:g}s.")
+        error = RequestTimeout(f"The request headers were not received within {self._header_timeout_s:g}s.")
         self._refuse(error, "Request Timeout", "header_timeout", answer=self._head_started)
 
     def _refuse(self, error: GatewayError, reason: str, metric: str, *, answer: bool = True) -> None:

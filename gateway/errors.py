@@ -84,6 +84,14 @@ class RequestTimeout(GatewayError):
     headers = {"Connection": "close"}
 
 
+class HeadersTooLarge(GatewayError):
+    """The request line and headers are longer than ``server.max_header_bytes`` (answered below ASGI)."""
+
+    status = 431
+    type = "invalid_request_error"
+    code = "request_header_fields_too_large"
+
+
 class GatewayBusy(GatewayError):
     """The worker serves ``server.max_concurrent_requests`` requests already (503, retry after a second)."""
 
