@@ -35,13 +35,12 @@ import aiohttp
 import orjson
 
 from models.engine import ChatTurn, Completion, Delta, EngineError, EngineTimeout, SamplingParams
-from models.wire.errors import error_for_status
+from models.wire.errors import RETRY_STATUSES, error_for_status
 from models.wire.read import StreamDecoder, completions_from_body, deltas_from_body, error_message, snippet
 from models.wire.schemas import chat_messages
 
 __all__ = ["RemoteEngine"]
 
-RETRY_STATUSES = frozenset({502, 503, 504})
 BACKOFF_BASE_S = 0.05
 #: Longest wait for the end of a stream's body after ``[DONE]`` (after that, the connection is dropped).
 DRAIN_S = 0.05

@@ -23,10 +23,10 @@ from gateway.config import BackendSettings
 from gateway.errors import GatewayError, UpstreamBroken, UpstreamTimeout, UpstreamUnavailable
 from gateway.upstream.pool import Replica, ReplicaPool
 from gateway.upstream.protocol import UpstreamResult
+from models.wire.errors import RETRY_STATUSES
 
 logger = logging.getLogger(__name__)
 
-RETRY_STATUSES = frozenset({502, 503, 504})
 #: How long the end of a complete stream's body (after ``[DONE]``) is waited for, in the background, so that its
 #: connection can be reused; an upstream that takes longer has its connection closed.
 DRAIN_S = 1.0

@@ -22,10 +22,15 @@ from dataclasses import dataclass
 
 from models.engine import EngineError, EngineOverloaded, EngineTimeout
 
-__all__ = ["FAILED", "OVERLOADED", "OVERLOAD_STATUSES", "TIMED_OUT", "Failure", "engine_failure", "error_for_status"]
+__all__ = [
+    "FAILED", "OVERLOADED", "OVERLOAD_STATUSES", "RETRY_STATUSES", "TIMED_OUT", "Failure", "engine_failure",
+    "error_for_status",
+]
 
 #: Statuses a server answers when it is too busy (an ``EngineOverloaded``).
 OVERLOAD_STATUSES = frozenset({429, 503})
+#: Statuses of a replica worth trying again elsewhere (a gateway or proxy in front of it failed, or it is busy).
+RETRY_STATUSES = frozenset({502, 503, 504})
 
 
 @dataclass(frozen=True, slots=True)
