@@ -16,6 +16,10 @@ Guards keep the original message and say why in ``RewriteResult.skipped_reason``
 ``truncated``        the helper stopped at its token budget (a cut-off prompt would mislead the backend)
 ``too_long_output``  the rewrite has more than ``max_ratio`` (6) times the original's words
 ``too_short_output`` the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
+``template_leak``    the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
+``answered``         the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
+                     is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
+                     starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
 ==================== ==================================================================================
 
 Output cleaning (:func:`clean_rewrite`) removes surrounding whitespace, a leading label such as
@@ -49,8 +53,31 @@ from models.wire.read import content_text
 __all__ = ["BPO_SAMPLING", "RewriteResult", "Rewriter", "SkipReason", "clean_rewrite"]
 
 SkipReason = Literal[
-    "no_user_message", "no_text", "prompt_too_long", "empty", "truncated", "too_long_output", "too_short_output"
+    "no_user_message", "no_text", "prompt_too_long", "empty", "truncated", "too_long_output", "too_short_output",
+    "template_leak", "answered",
 ]
+
+#: Chat-template and role markers a small helper leaks into its output.
+_TEMPLATE_MARKERS = re.compile(
+    r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|<start_of_turn>|<end_of_turn>|\[/?INST\]|<</?SYS>>"
+    r"|^\s*(?:USER|ASSISTANT|SYSTEM|Human|Assistant)\s*:",
+    re.MULTILINE,
+)
+#: The opening of an answer, not of a prompt.
+_ANSWER_START = re.compile(
+    r"^(?:sure|certainly|of course|yes|no|here(?:'s| is| are)|the answer|as an ai|i'm sorry|i am sorry|absolutely)\b",
+    re.IGNORECASE,
+)
+#: The opening of a request: an instruction, a question word, or a polite request.
+_REQUEST_START = re.compile(
+    r"^(?:please|kindly|explain|describe|tell|write|list|give|provide|create|generate|summari[sz]e|compare|outline|"
+    r"show|help|suggest|recommend|name|identify|define|discuss|analy[sz]e|calculate|find|translate|classify|"
+    r"rewrite|draft|compose|plan|design|make|imagine|act|pretend|consider|answer|respond|offer|share|detail|"
+    r"elaborate|clarify|assist|guide|walk|teach|can|could|would|will|should|is|are|do|does|did|what|why|how|when|"
+    r"where|which|who|whom|whose|i (?:want|need|would like|am looking|'d like)|i'd like|you are|as an? |let's|"
+    r"in |using |for |given |based )",
+    re.IGNORECASE,
+)
 
 #: BPO's published sampling (top_p 0.9, temperature 0.6); rewrites of long prompts need room to grow.
 BPO_SAMPLING = SamplingParams(max_tokens=1024, temperature=0.6, top_p=0.9)
@@ -282,6 +309,12 @@ class Rewriter:
             return "too_long_output"
         if after < self.min_ratio * before:
             return "too_short_output"
+        if _TEMPLATE_MARKERS.search(rewritten):
+            return "template_leak"
+        if _ANSWER_START.match(rewritten) or (
+            "?" in original and "?" not in rewritten and not _REQUEST_START.match(rewritten)
+        ):
+            return "answered"
         return None
 
 

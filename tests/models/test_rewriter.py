@@ -332,3 +332,30 @@ async def test_token_budget_caps_long_rambles_but_not_long_prompts() -> None:
     rewriter = Rewriter(ScriptedEngine([GOOD]))
     assert rewriter.token_budget("one two three") == 6 * 3 * 2 + 16
     assert rewriter.token_budget(" ".join(["w"] * 500)) == BPO_SAMPLING.max_tokens  # the configured cap wins
+
+
+# ---------------------------------------------------------------- what small helpers really do (hand-written outputs)
+
+
+@pytest.mark.parametrize(
+    ("original", "rewritten", "reason"),
+    [
+        # answers instead of rewriting: the question became a statement
+        ("What is the capital of France?", "The capital of France is Paris, a city on the Seine.", "answered"),
+        ("How do I train my dog to sit?", "Sure! First, hold a treat above your dog's nose and wait.", "answered"),
+        ("Tell me a joke about cats please", "Here is a joke: why did the cat sit on the laptop?", "answered"),
+        ("Is it safe to eat raw eggs?", "Yes, raw eggs are generally safe if they are pasteurised first.", "answered"),
+        # a leaked chat template or role marker
+        ("What is the capital of France?", "<|im_start|>user\nWhat is the capital city of France?", "template_leak"),
+        ("Write a poem about the sea", "[INST] Write a short rhyming poem about the sea [/INST]", "template_leak"),
+        ("Write a poem about the sea", "Write a poem about the sea.\nASSISTANT: The waves roll in", "template_leak"),
+        # real rewrites pass
+        ("What is the capital of France?", "What is the capital of France, and what is it known for?", None),
+        ("What is the capital of France?", "Explain what the capital of France is and why it is the capital.", None),
+        ("How do I train my dog to sit?", "Please give step-by-step, humane instructions to teach a dog to sit.", None),
+        ("Tell me a joke about cats", "Write a short, family-friendly joke about cats.", None),
+        ("Tell me a joke about cats", "A joke about cats that a child would enjoy.", None),  # no question asked
+    ],
+)
+def test_guards_for_what_small_helpers_really_do(original: str, rewritten: str, reason: str | None) -> None:
+    assert Rewriter(ScriptedEngine()).check(original, rewritten) == reason
