@@ -244,16 +244,11 @@ def _train(args: argparse.Namespace) -> int:
 
 def _eval(args: argparse.Namespace) -> int:
     """`aligngate eval`: gateway.eval (and, for a reward-model judge, torch) is imported only here."""
-    from gateway.eval.command import EvalArgs, parse_overrides, run_eval
-    from gateway.eval.config import EvalConfigError
+    from gateway.eval.command import EvalArgs, run_eval
 
-    try:
-        overrides = parse_overrides(args.overrides)
-    except EvalConfigError as exc:
-        return _fail(f"eval: {exc}")
     if args.experiment is not None and args.from_store is None:
         return _fail("eval: --experiment needs --from-store")
-    return run_eval(EvalArgs(args.config, args.out, args.from_store, args.experiment, overrides))
+    return run_eval(EvalArgs(args.config, args.out, args.from_store, args.experiment, tuple(args.overrides)))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -175,7 +175,7 @@ class EventStream:
             nonlocal done
             async for piece in self.events:
                 await send({"type": "http.response.body", "body": piece, "more_body": True})
-                if piece.endswith(DONE):
+                if contains_done(piece):
                     done = True
 
         try:

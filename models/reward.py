@@ -92,6 +92,20 @@ def load_reward_model(path: str | Path, dtype: Any = None, cache_dir: str | None
     return model, tokenizer
 
 
+def load_on_device(path: str | Path, device: str = "auto", dtype: str = "auto") -> tuple[Any, Any]:
+    """:func:`load_reward_model` placed on ``device`` (``auto``: CUDA when torch sees one, else the CPU); ``dtype``
+    ``auto`` is bf16 on CUDA and fp32 on the CPU (or ``bf16``, ``fp32``). :class:`RewardModelError` for CUDA asked for
+    but missing."""
+    import torch
+
+    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise RewardModelError("device cuda asked for, but torch sees no CUDA device")
+    wanted = torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and cuda) else torch.float32
+    model, tokenizer = load_reward_model(path, dtype=wanted)
+    return (model.to("cuda") if cuda else model), tokenizer
+
+
 def render(tokenizer: Any, prompt: Any, completion: Any) -> str:
     """The text ``(prompt, completion)`` is scored as (TRL's standard or conversational format)."""
     if isinstance(prompt, str):

@@ -125,6 +125,9 @@ class SentenceSplitter:
         #: Where the prose scan of the buffer resumes, and whether that point is inside an inline code span.
         self._pos = 0
         self._inline = False
+        #: Inside a fenced block: the newline before the last line not yet seen whole (the closing-fence scan resumes
+        #: there, so a long block costs linear time).
+        self._code_scan = 0
 
     def feed(self, text: str) -> list[Segment]:
         """Add the next piece of the answer; the segments it completes (possibly none)."""
@@ -153,6 +156,7 @@ class SentenceSplitter:
             out.append(Segment(text, kind))
             self._line_start = "\n" in text[len(text.rstrip()) :] or (self._line_start and not text.strip())
             self._pos = 0
+            self._code_scan = 0
             self._inline = False
         return out
 
@@ -183,9 +187,11 @@ class SentenceSplitter:
         while width < n and buf[width] == char:
             width += 1
         width -= start
-        line_end = buf.find("\n", start)
+        # resume at the newline before the last line that was incomplete when the block was last scanned
+        line_end = buf.find("\n", max(start, self._code_scan))
         while line_end >= 0:
             begin = line_end + 1
+            self._code_scan = line_end
             line_end = buf.find("\n", begin)
             line = (buf[begin:] if line_end < 0 else buf[begin:line_end]).strip()
             closing = len(line) >= width and line == char * len(line)

@@ -326,25 +326,19 @@ def _check_sizes(max_length: int, batch_size: int, limit: int | None) -> None:
 def _load(reward_model: str | Path, dtype: str, device: str) -> tuple[Any, Any]:
     """(model, tokenizer) on ``device`` (``auto``: CUDA when available, else CPU); ``dtype`` ``auto`` is bf16 on
     CUDA and fp32 on CPU."""
-    import torch
-
-    from train.rm import load_trained_reward_model
+    from models.reward import RewardModelError, load_on_device
 
     if dtype not in DTYPES:
         raise EvalError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     if device not in DEVICES:
         raise EvalError(f"device must be one of {', '.join(DEVICES)}, got {device!r}")
-    cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-    if cuda and not torch.cuda.is_available():
-        raise EvalError("device cuda asked for, but torch sees no CUDA device")
     source = str(reward_model)
     if not source.startswith("builtin:") and not Path(source).exists():
         raise EvalError(f"reward model {source} does not exist")
-    wanted = torch.bfloat16 if dtype == "bf16" or (dtype == "auto" and cuda) else torch.float32
-    model, tokenizer = load_trained_reward_model(source, dtype=wanted)
-    if cuda:
-        model = model.to("cuda")
-    return model, tokenizer
+    try:
+        return load_on_device(source, device, dtype)
+    except RewardModelError as exc:
+        raise EvalError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -32,18 +32,13 @@ def model_dir(config: TrainConfig) -> Path:
     return resolve_source(config.model, cache_dir=config.cache_dir).path
 
 
-def load_tokenizer(path: Path) -> Any:
-    """The tokenizer of an HF directory with a pad token (:func:`models.reward.load_tokenizer`)."""
-    from models.reward import load_tokenizer as load
-
-    return load(path)
-
-
 def load_causal_lm(config: TrainConfig) -> tuple[Any, Any, Path]:
     """(model, tokenizer, base directory) for causal-LM training."""
     from transformers import AutoModelForCausalLM
 
     path = model_dir(config)
+    from models.reward import load_tokenizer
+
     tokenizer = load_tokenizer(path)
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype(config))
     if model.config.pad_token_id is None:

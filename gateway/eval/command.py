@@ -17,7 +17,6 @@ import asyncio
 import json
 import logging
 import sys
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
@@ -226,10 +225,3 @@ def run_eval(args: EvalArgs, out: TextIO | None = None, err: TextIO | None = Non
         print(f"aligngate: eval: {exc}", file=err)
         return exc.status
 
-
-def parse_overrides(values: Sequence[str]) -> tuple[str, ...]:
-    """The ``key=value`` arguments; :class:`EvalConfigError` for one without ``=``."""
-    bad = [v for v in values if "=" not in v]
-    if bad:
-        raise EvalConfigError(f"overrides must be key=value, got {' '.join(bad)}")
-    return tuple(values)

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -361,22 +360,3 @@ def headline(report: EvalReport, out_dir: Path) -> dict[str, Any]:
         ],
     }
 
-
-def summarize(
-    title: str,
-    target: str,
-    baseline: str,
-    rows: Sequence[PairwiseRow],
-    measures: Sequence[ArmMeasures],
-    prompts: dict[str, int],
-    judges: Sequence[str],
-) -> EvalReport:
-    return EvalReport(
-        title=title,
-        target=target,
-        baseline=baseline,
-        rows=list(rows),
-        measures=list(measures),
-        prompts=dict(prompts),
-        judges=list(judges),
-    )

@@ -62,29 +62,21 @@ class RMJudge:
         if self._model is not None:
             return
         try:
-            import torch
-
-            from models.reward import load_reward_model
+            from models.reward import RewardModelError, load_on_device
         except ImportError as exc:
             raise JudgeError(
                 f"judge {self.name}: a reward model needs the local extra: pip install 'aligngate[local]' ({exc})"
             ) from None
-        device = self.spec.device
-        cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
-        if cuda and not torch.cuda.is_available():
-            raise JudgeError(f"judge {self.name}: device cuda asked for, but torch sees no CUDA device")
+        path = Path(self.path).expanduser() if not self.path.startswith("builtin:") else self.path
         try:
-            model, tokenizer = load_reward_model(
-                Path(self.path).expanduser() if not self.path.startswith("builtin:") else self.path,
-                dtype=torch.bfloat16 if cuda else torch.float32,
-            )
+            self._model, self._tokenizer = load_on_device(path, self.spec.device)
+        except RewardModelError as exc:
+            raise JudgeError(f"judge {self.name}: {exc}") from None
         except Exception as exc:
             raise JudgeError(
                 f"judge {self.name}: cannot load the reward model {self.path}: "
                 f"{' '.join(str(exc).split()) or type(exc).__name__}"
             ) from None
-        self._model = model.to("cuda") if cuda else model
-        self._tokenizer = tokenizer
 
     def _score(self, texts: Sequence[tuple[list[dict[str, str]], str]]) -> list[float]:
         from models.reward import RewardModelError, completion_scores, scoring_item

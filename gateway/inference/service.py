@@ -134,7 +134,7 @@ class InferenceService:
         assert limiter is not None
         try:
             response = await until_disconnect(receive, self.pipeline.run(preq))
-        except GatewayError as exc:  # no answer: the reserved tokens go back
-            await limiter.settle(admission, exc.status, None)
+        except BaseException as exc:  # no answer (an error, a client gone, a cancellation): the tokens go back
+            await limiter.settle(admission, exc.status if isinstance(exc, GatewayError) else 0, None)
             raise
         return settling(response, limiter, admission)

@@ -176,23 +176,8 @@ class ManagedProcess:
             self.popen.stdout.close()
         self._log_file.close()
 
-
-class Fake(ManagedProcess):
-    """``python -m tests.fakes.upstream``; ready once it prints ``READY <port>``."""
-
-    def __init__(self, name: str, log_dir: Path, port: int = 0, extra_args: list[str] | None = None,
-                 env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "tests.fakes.upstream", "--host", HOST, "--port", str(port), "--name", name]
-        args += extra_args or []
-        super().__init__(f"fake {name}", args, log_dir / f"fake-{name}-{time.monotonic_ns()}.log",
-                         clean_env(env), pipe_stdout=True)
-        self.replica_name = name
-        self.port = self._read_ready()
-        self.url = f"http://{HOST}:{self.port}"
-        self.v1 = f"{self.url}/v1"
-        self._http = httpx.Client(base_url=self.url, timeout=10.0)
-
-    def _read_ready(self) -> int:
+    def read_ready_port(self) -> int:
+        """The port of the ``READY <port>`` line the process prints first on stdout (``pipe_stdout``)."""
         assert self.popen.stdout is not None
         fd = self.popen.stdout.fileno()
         buf = b""
@@ -215,6 +200,22 @@ class Fake(ManagedProcess):
             self.stop()
             raise self.fail(f"unexpected first line {line!r}")
         return int(line.split()[1])
+
+
+class Fake(ManagedProcess):
+    """``python -m tests.fakes.upstream``; ready once it prints ``READY <port>``."""
+
+    def __init__(self, name: str, log_dir: Path, port: int = 0, extra_args: list[str] | None = None,
+                 env: dict[str, str] | None = None) -> None:
+        args = [sys.executable, "-m", "tests.fakes.upstream", "--host", HOST, "--port", str(port), "--name", name]
+        args += extra_args or []
+        super().__init__(f"fake {name}", args, log_dir / f"fake-{name}-{time.monotonic_ns()}.log",
+                         clean_env(env), pipe_stdout=True)
+        self.replica_name = name
+        self.port = self.read_ready_port()
+        self.url = f"http://{HOST}:{self.port}"
+        self.v1 = f"{self.url}/v1"
+        self._http = httpx.Client(base_url=self.url, timeout=10.0)
 
     def stats(self) -> dict[str, int]:
         data: dict[str, int] = self._http.get("/_fake/stats").json()

@@ -4,8 +4,6 @@ gateway configs whose backend and helpers are fake upstream processes."""
 from __future__ import annotations
 
 import json
-import os
-import selectors
 import signal
 import subprocess
 import sys
@@ -17,7 +15,7 @@ from typing import Any
 import httpx
 import yaml
 
-from tests.e2e.support import HOST, ROOT, START_TIMEOUT_S, ManagedProcess, clean_env
+from tests.e2e.support import HOST, ROOT, ManagedProcess, clean_env
 
 #: What the fake helpers answer: long enough to pass the rewriter's guards (at most 6x and at least half the
 #: prompt's words), different from every backend answer.
@@ -34,26 +32,9 @@ class FakeJudge(ManagedProcess):
         super().__init__(
             "fake judge", args, log_dir / f"judge-{time.monotonic_ns()}.log", clean_env(), pipe_stdout=True
         )
-        self.port = self._ready()
+        self.port = self.read_ready_port()
         self.v1 = f"http://{HOST}:{self.port}/v1"
         self._http = httpx.Client(base_url=f"http://{HOST}:{self.port}", timeout=10.0)
-
-    def _ready(self) -> int:
-        assert self.popen.stdout is not None
-        fd = self.popen.stdout.fileno()
-        buf = b""
-        deadline = time.monotonic() + START_TIMEOUT_S
-        with selectors.DefaultSelector() as sel:
-            sel.register(fd, selectors.EVENT_READ)
-            while b"\n" not in buf:
-                if time.monotonic() > deadline:
-                    raise self.fail("no READY line")
-                if sel.select(0.2):
-                    chunk = os.read(fd, 4096)
-                    if not chunk:
-                        raise self.fail("exited before READY")
-                    buf += chunk
-        return int(buf.split(b"\n", 1)[0].decode().split()[1])
 
     def calls(self) -> int:
         n: int = self._http.get("/_judge/calls").json()["calls"]
