@@ -21,6 +21,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from gateway.eval.records import Answer, Message, Prompt
+from gateway.report.export import SkipRow, user_conversation
 from gateway.report.source import Selection, Snapshot, read
 
 __all__ = ["SERVED", "SET_NAME", "SHADOW", "StorePairs", "pairs_from_snapshot", "read_pairs"]
@@ -40,17 +41,6 @@ class StorePairs:
     skipped: Counter[str] = field(default_factory=Counter)
 
 
-def _messages(value: object) -> tuple[Message, ...] | None:
-    if not isinstance(value, list) or not value:
-        return None
-    out: list[Message] = []
-    for m in value:
-        if not (isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)):
-            return None
-        out.append(Message(m["role"], m["content"]))
-    return tuple(out) if any(m.role == "user" for m in out) else None
-
-
 def pairs_from_snapshot(snapshot: Snapshot) -> StorePairs:
     """The (served, shadow) pairs of ``snapshot`` (read with bodies and shadow runs)."""
     pairs = StorePairs()
@@ -62,12 +52,10 @@ def pairs_from_snapshot(snapshot: Snapshot) -> StorePairs:
         if not rec.ok:
             pairs.skipped["failed"] += 1
             continue
-        if rec.messages is None and rec.final_answer is None:
-            pairs.skipped["no_text"] += 1
-            continue
-        messages = _messages(rec.messages)
-        if messages is None:
-            pairs.skipped["non_text_prompt"] += 1
+        try:
+            messages = tuple(Message(m["role"], m["content"]) for m in user_conversation(rec))
+        except SkipRow as exc:
+            pairs.skipped[exc.reason] += 1
             continue
         if not rec.final_answer:
             pairs.skipped["no_answer"] += 1

@@ -67,8 +67,10 @@ __all__ = [
     "ExportKind",
     "ExportResult",
     "RuleCount",
+    "SkipRow",
     "build_rows",
     "export",
+    "user_conversation",
     "write_jsonl",
 ]
 
@@ -88,7 +90,9 @@ Row = dict[str, Any]
 Message = dict[str, str]
 
 
-class _Skip(Exception):
+class SkipRow(Exception):
+    """A request that yields no row; ``reason`` says why (counted per reason)."""
+
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
@@ -134,29 +138,30 @@ def _runs(rec: RequestRecord, helper: str) -> bool:
     return helper in (Arm(rec.arm).helpers if rec.arm in ARMS else ()) or took is not None
 
 
-def _conversation(rec: RequestRecord) -> list[Message]:
-    """The user's own conversation as ``[{role, content}]`` with text content; raises ``_Skip``."""
+def user_conversation(rec: RequestRecord) -> list[Message]:
+    """The user's own conversation as ``[{role, content}]`` with text content (text parts joined); raises
+    ``SkipRow`` (``no_text``, ``non_text_prompt``, ``no_user_message``). Shared with ``aligngate eval --from-store``."""
     messages = rec.messages
     if messages is None:
-        raise _Skip("no_text")
+        raise SkipRow("no_text")
     if not isinstance(messages, list) or not messages:
-        raise _Skip("non_text_prompt")
+        raise SkipRow("non_text_prompt")
     out: list[Message] = []
     for m in messages:
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not m["role"]:
-            raise _Skip("non_text_prompt")
+            raise SkipRow("non_text_prompt")
         if m.get("tool_calls") or m.get("function_call"):
-            raise _Skip("non_text_prompt")
+            raise SkipRow("non_text_prompt")
         content = m.get("content")
         if isinstance(content, list) and all(
             isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str) for p in content
         ):
             content = content_text(content)
         if not isinstance(content, str):
-            raise _Skip("non_text_prompt")
+            raise SkipRow("non_text_prompt")
         out.append({"role": m["role"], "content": content})
     if not _last_user_text(out).strip():
-        raise _Skip("no_user_message")
+        raise SkipRow("no_user_message")
     return out
 
 
@@ -166,13 +171,13 @@ def _last_user_text(messages: Sequence[Message]) -> str:
 
 def _text(value: str | None) -> str:
     if value is None or not value.strip():
-        raise _Skip("no_answer")
+        raise SkipRow("no_answer")
     return value
 
 
 def _check_ok(rec: RequestRecord) -> None:
     if not rec.ok:
-        raise _Skip("failed")
+        raise SkipRow("failed")
 
 
 def _same(a: str, b: str) -> bool:
@@ -188,21 +193,21 @@ Pair = tuple[list[Message], str, str]  # (the user's conversation, the better an
 def _pair_correction(rec: RequestRecord, fb: FeedbackSummary) -> Pair:
     """Rule (a): the user's correction is better than the answer shown (the final answer)."""
     _check_ok(rec)
-    conversation = _conversation(rec)
+    conversation = user_conversation(rec)
     shown = _text(rec.final_answer)
     correction = fb.correction or ""
     if _same(correction, shown):
-        raise _Skip("identical")
+        raise SkipRow("identical")
     return conversation, correction, shown
 
 
 def _pair_upvoted(rec: RequestRecord, fb: FeedbackSummary) -> Pair:
     """Rule (b): an up-rated aligned answer (final) is better than the backend's raw answer."""
     _check_ok(rec)
-    conversation = _conversation(rec)
+    conversation = user_conversation(rec)
     final, raw = _text(rec.final_answer), _text(rec.raw_answer)
     if _same(final, raw):
-        raise _Skip("unchanged")
+        raise SkipRow("unchanged")
     return conversation, final, raw
 
 
@@ -231,12 +236,12 @@ def _triplet(pair: Pair, rid: str, source: str) -> Row:
 def _rewriter_pair(rec: RequestRecord, fb: FeedbackSummary) -> Row:
     """The up-rated rewrite: the original last user message and the rewrite that replaced it."""
     _check_ok(rec)
-    original = _last_user_text(_conversation(rec))
+    original = _last_user_text(user_conversation(rec))
     rewritten = rec.rewritten_prompt
     if rewritten is None or not rewritten.strip():
-        raise _Skip("not_rewritten")
+        raise SkipRow("not_rewritten")
     if _same(rewritten, original):
-        raise _Skip("identical")
+        raise SkipRow("identical")
     return {"prompt": original, "optimized_prompt": rewritten, "request_id": rec.id}
 
 
@@ -256,7 +261,7 @@ def build_rows(
                 row = _rewriter_pair(rec, fb)
             else:
                 row = shape((_pair_correction if rule == CORRECTION else _pair_upvoted)(rec, fb), rec.id, rule)
-        except _Skip as skip:
+        except SkipRow as skip:
             count.skipped[skip.reason] += 1
             return
         result.rows.append(row)
