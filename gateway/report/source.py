@@ -37,6 +37,7 @@ from gateway.store.store import async_url
 __all__ = [
     "ExperimentInfo",
     "FeedbackSummary",
+    "PreferenceRecord",
     "RequestRecord",
     "Selection",
     "ShadowRecord",
@@ -113,6 +114,24 @@ class ShadowRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class PreferenceRecord:
+    """One ``preferences`` row: a person compared two answers (requests ``a`` and ``b``, usually of two arms given
+    the same prompt) and preferred one of them, or neither (``tie``)."""
+
+    id: str
+    time: float
+    request_a: str
+    request_b: str
+    arm_a: str
+    arm_b: str
+    #: ``a``, ``b`` or ``tie``.
+    preferred: str
+    #: Which request the person saw on the left (``a`` or ``b``; None when not told): position bias shows here.
+    left: str | None = None
+    comment: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentInfo:
     name: str
     requests: int
@@ -143,6 +162,8 @@ class Snapshot:
     forced_excluded: int = 0
     #: Request id -> its shadow run (read with ``shadow=True`` only).
     shadow: dict[str, ShadowRecord] = field(default_factory=dict)
+    #: Pairwise preferences between requests of the experiment read (by time).
+    preferences: tuple[PreferenceRecord, ...] = ()
 
 
 _META_COLUMNS = (
