@@ -8,7 +8,7 @@ SERVE_STAMP := $(VENV)/.installed-serve
 CONFIG ?=
 PYTEST_ARGS ?=
 
-.PHONY: install serve test lint typecheck fake-upstream bench clean
+.PHONY: install serve test lint typecheck system-packages fake-upstream bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,11 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+# PostgreSQL, Redis, Chromium and ChromeDriver from Debian (the tests run them as real processes).
+system-packages:
+	bash scripts/system-packages.sh
+
+test: lint typecheck system-packages
 	$(BIN)/pytest $(PYTEST_ARGS)
 
 # A stand-in for vLLM to try the gateway without a GPU: an OpenAI-compatible fake on :8001.

@@ -19,6 +19,7 @@ import pytest
 
 from tests.e2e.support import Fake, Gateway, Procs, backend, gateway_config, metric_sum, wait_for
 from tests.fakes.postgres import LocalPostgres
+from tests.system import missing
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}
 
@@ -180,7 +181,7 @@ def test_a_database_that_refuses_writes_spills_and_replays_everything(
 def test_postgres_outage_spills_and_replays(procs: Procs, fake: Fake, tmp_path: Path) -> None:
     pg = LocalPostgres.find()
     if pg is None:
-        pytest.skip(LocalPostgres.missing)
+        missing(LocalPostgres.missing)
     try:
         config = gateway_config(backend("m", fake.v1))
         config["store"] = {"url": pg.url, "spill_path": str(tmp_path / "pg.spill"), "retry_s": 0.3,

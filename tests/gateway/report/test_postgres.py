@@ -18,6 +18,7 @@ from gateway.store import schema
 from gateway.store.store import Store, async_url
 from tests.fakes.postgres import LocalPostgres
 from tests.gateway.report.seed import ab_rows, export_rows
+from tests.system import missing
 from train.data.loaders import load_gateway_export
 
 
@@ -25,7 +26,7 @@ from train.data.loaders import load_gateway_export
 def pg() -> Iterator[LocalPostgres]:
     server = LocalPostgres.find()
     if server is None:
-        pytest.skip(LocalPostgres.missing)
+        missing(LocalPostgres.missing)
     try:
         yield server
     finally:

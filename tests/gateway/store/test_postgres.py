@@ -17,6 +17,7 @@ from gateway.context import Capture, RequestContext
 from gateway.store import schema
 from gateway.store.store import Store
 from tests.fakes.postgres import LocalPostgres
+from tests.system import missing
 
 BODY = b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}'
 ANSWER = b'{"choices": [{"index": 0, "message": {"content": "hello"}}], "usage": {"prompt_tokens": 2}}'
@@ -26,7 +27,7 @@ ANSWER = b'{"choices": [{"index": 0, "message": {"content": "hello"}}], "usage":
 def pg() -> Iterator[LocalPostgres]:
     server = LocalPostgres.find()
     if server is None:
-        pytest.skip(LocalPostgres.missing)
+        missing(LocalPostgres.missing)
     try:
         yield server
     finally:
