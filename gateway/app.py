@@ -30,6 +30,7 @@ from gateway.ops.routes import ROUTES as OPS_ROUTES
 from gateway.pipeline.arms import ArmChooser
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
+from gateway.pipeline.probe import HelperProbes
 from gateway.pipeline.shadow import ShadowRunner
 from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
@@ -107,6 +108,7 @@ def create_app(settings: Settings) -> GatewayApp:
         backends: dict[str, Backend] = {}
         store = Store(settings.store) if settings.store.enabled else None
         shadow: ShadowRunner | None = None
+        probes: HelperProbes | None = None
         try:
             if store is not None:
                 await store.start()
@@ -127,6 +129,10 @@ def create_app(settings: Settings) -> GatewayApp:
                 aligner_stream=h.aligner.stream if h.aligner is not None else "buffer",
             )
             await engines.start()
+            if h.probe and (helpers.rewriter is not None or helpers.aligner is not None):
+                probes = HelperProbes(helpers.rewriter, helpers.aligner)
+                probes.start()
+            app.state.probes = probes
             if settings.experiment.shadow.share > 0 and store is not None:
                 shadow = ShadowRunner(settings.experiment.shadow, helpers, store, experiment=settings.experiment.name)
             app.state.inference = InferenceService(
@@ -143,6 +149,8 @@ def create_app(settings: Settings) -> GatewayApp:
             app.state.store = store
             yield
         finally:
+            if probes is not None:
+                await probes.close()
             if shadow is not None:  # before the store and the helpers: runs in flight finish or are cancelled
                 await shadow.close()
             if store is not None:  # after the last request: writes what is queued, or spills it

@@ -233,6 +233,9 @@ class HelperSettings(_Section):
 class HelpersSettings(_Section):
     rewriter: HelperSettings | None = None
     aligner: HelperSettings | None = None
+    #: At start, ask each helper once whether it does its job with its template (``gateway/pipeline/probe.py``):
+    #: warnings in the log and in ``/readyz`` under ``helpers``.
+    probe: bool = True
 
     @model_validator(mode="after")
     def _known_templates(self) -> HelpersSettings:

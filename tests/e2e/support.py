@@ -246,6 +246,9 @@ class Gateway(ManagedProcess):
         self.port = port if port is not None else free_port()
         # the trace store: a SQLite file beside the logs unless the test configures one
         config = {**config, "store": config.get("store") or {}}
+        # the start-up helper probe would add a request to every fake helper's count: on only where a test asks
+        if config.get("helpers"):
+            config["helpers"] = {"probe": False, **config["helpers"]}
         config["store"].setdefault("url", f"sqlite:///{log_dir / f'{tag}-{self.port}-{time.monotonic_ns()}.db'}")
         self.config = config
         self.db_path = Path(config["store"]["url"].removeprefix("sqlite:///"))

@@ -26,6 +26,7 @@ from tests.e2e.support import (
     gateway_config,
     metric_sum,
     sse_data,
+    wait_for,
 )
 
 # The published strings, written out here on purpose (not imported from models.templates).
@@ -348,3 +349,29 @@ def test_helpers_down_with_fail_answer_502_naming_the_helper(
     assert r.headers["x-aligngate-arm"] == arm
     assert failures(gw, helper) - before == 1
     assert len(hs.backend.posts()) == (0 if helper == "rewriter" else 1)
+
+
+def test_readyz_shows_each_helpers_start_up_probe(module_procs: Procs) -> None:
+    """Probed once at start (helpers.probe): the fake rewriter's reply answers the probe question instead of
+    rewriting it, so it is a warning with a hint; the aligner behind a closed port failed; readiness itself is
+    the backend's."""
+    be = module_procs.fake("backend-probe")
+    rw = module_procs.fake("rewriter-probe", 0, "--reply", "The capital of France is Paris.")
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    config = gateway_config(backend(MODEL, be.v1))
+    config["helpers"] = {**helpers_config(rw.v1, closed, "aligner-v1", "skip"), "probe": True}
+    gw = module_procs.gateway(config, tag="helpers-probe")
+
+    def probed() -> dict[str, Any] | None:
+        body: dict[str, Any] = httpx.get(f"{gw.url}/readyz", timeout=10).json()
+        done = all(p["status"] != "pending" for p in body["helpers"].values())
+        return body if done else None
+
+    body = wait_for(probed, what="the helper probes")
+    assert body["status"] == "ready"
+    rewriter, aligner = body["helpers"]["rewriter"], body["helpers"]["aligner"]
+    assert (rewriter["status"], rewriter["reason"], rewriter["template"]) == ("warning", "answered", "bpo")
+    assert "instead of rewriting" in rewriter["hint"]
+    assert (aligner["status"], aligner["reason"]) == ("failed", "error")
+    assert len(rw.posts()) == 1  # once
+    assert gw.log_lines("helper probe: rewriter warning")
