@@ -27,7 +27,8 @@ Against ``control`` (each other arm):
   interval, test and Holm adjustment (each metric is its own family).
 
 The **sample-ratio-mismatch check** (:class:`SRMCheck`) compares the non-forced requests per arm with the configured
-weights (``experiment.arms``; only when the weights are given, and only for the experiment they belong to): Pearson's
+weights (:class:`ConfiguredExperiment`: ``experiment.name`` and ``experiment.arms`` of the gateway config; only when
+given, and only for the experiment of that name): Pearson's
 χ² goodness of fit; ``mismatch`` when p < :data:`SRM_ALPHA` (0.001, as GrowthBook, Statsig and Eppo flag it). An arm
 with requests but weight 0 is a mismatch outright.
 
@@ -57,6 +58,7 @@ from core.stats import (
     wilson_interval,
 )
 from gateway.config import ARMS, Arm
+from gateway.report import DEFAULT_PLANNED_N
 from gateway.report.source import PreferenceRecord, RequestRecord, Snapshot
 
 __all__ = [
@@ -66,6 +68,7 @@ __all__ = [
     "ABReport",
     "ArmStats",
     "Comparison",
+    "ConfiguredExperiment",
     "Guardrail",
     "Pairwise",
     "PositionBias",
@@ -83,8 +86,6 @@ __all__ = [
 CONTROL = "control"
 #: The p-value below which the SRM check flags a mismatch (the industry's threshold).
 SRM_ALPHA = 0.001
-#: Ratings per arm the always-valid interval is tuned for when not told.
-DEFAULT_PLANNED_N = 1000
 #: Below this many expected successes or failures in an arm, the normal approximation is rough.
 _MIN_EXPECTED = 5.0
 
@@ -163,6 +164,14 @@ class Guardrail:
     latency_p95_delta: float | None
     errors: Comparison | None
     refusals: Comparison | None
+
+
+@dataclass(frozen=True, slots=True)
+class ConfiguredExperiment:
+    """What the gateway config says of an experiment: its name and its arms' weights (``experiment.arms``)."""
+
+    name: str
+    weights: Mapping[str, float]
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,11 +341,18 @@ def _guardrails(arms: Sequence[ArmStats], control: ArmStats, confidence: float) 
     }
 
 
-def srm_check(requests: Iterable[RequestRecord], weights: Mapping[str, float] | None) -> SRMCheck:
-    """The sample-ratio-mismatch check of the non-forced ``requests`` against the configured ``weights`` (see the
-    module docstring); ``not_run`` without weights or without non-forced requests."""
-    if weights is None:
+def srm_check(
+    requests: Iterable[RequestRecord], experiment: str, configured: ConfiguredExperiment | None
+) -> SRMCheck:
+    """The sample-ratio-mismatch check of the non-forced ``requests`` of ``experiment`` against the configured
+    weights (see the module docstring); ``not_run`` without them, when they belong to another experiment, or
+    without non-forced requests."""
+    if configured is None:
         return SRMCheck("not_run", "the configured arm weights are unknown (give the gateway config with --config)")
+    if configured.name != experiment:
+        return SRMCheck("not_run", f"the config's experiment is {configured.name!r}, not {experiment!r}, so its "
+                                   "arm weights may not apply")
+    weights = configured.weights
     observed: dict[str, int] = {}
     for rec in requests:
         if not rec.arm_forced:
@@ -393,11 +409,12 @@ def position_bias(preferences: Iterable[PreferenceRecord], confidence: float = 0
 
 
 def summarize(snapshot: Snapshot, *, confidence: float = 0.95, since: float | None = None,
-              include_forced: bool = False, weights: Mapping[str, float] | None = None,
+              include_forced: bool = False, configured: ConfiguredExperiment | None = None,
               planned_n: int = DEFAULT_PLANNED_N) -> ABReport:
     """The report of a snapshot of one experiment (``read_store(..., latest_by_default=True)``).
 
-    ``weights``: the configured ``experiment.arms`` of this experiment (None: unknown, the SRM check is not run).
+    ``configured``: the gateway config's experiment and arm weights (None: unknown, the SRM check is not run; a
+    config of another experiment: not run either).
     ``planned_n``: ratings per arm the always-valid interval is tuned for. Raises ``ValueError`` when the snapshot
     has no requests.
     """
@@ -429,7 +446,7 @@ def summarize(snapshot: Snapshot, *, confidence: float = 0.95, since: float | No
         arms=tuple(arms),
         comparisons=comparisons,
         guardrails=guardrails,
-        srm=srm_check(snapshot.requests, weights),
+        srm=srm_check(snapshot.requests, experiment, configured),
         pairwise=pairwise(snapshot.preferences, [a.arm for a in arms], confidence),
         position_bias=position_bias(snapshot.preferences, confidence),
         planned_n=planned_n,
