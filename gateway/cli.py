@@ -2,7 +2,8 @@
 
 * ``aligngate serve [--config FILE] [--host H] [--port P] [--workers N]`` — run the gateway.
 * ``aligngate ab report [--config FILE] [--store URL] [--experiment NAME] [--out DIR] [--since ISO]
-  [--include-forced]`` — per-arm results of an experiment (:mod:`gateway.report.ab`).
+  [--include-forced] [--planned-ratings N]`` — per-arm results of an experiment (:mod:`gateway.report.ab`); the
+  arm weights of ``--config`` (when given) drive its sample-ratio-mismatch check.
 * ``aligngate data export --kind {preferences,aligner,rewriter} [--config FILE] [--store URL] --out FILE.jsonl
   [--experiment NAME] [--since ISO]`` — training data for ``train/`` (:mod:`gateway.report.export`).
 * ``aligngate eval --config EVAL.yaml [--out DIR] [--from-store URL [--experiment NAME]] [key=value ...]`` —
@@ -21,13 +22,16 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import ConfigError, check_servable, load_settings
-from gateway.report import EXPORT_KINDS
+from gateway.config import ConfigError, Settings, check_servable, load_settings
+from gateway.report import DEFAULT_PLANNED_N, EXPORT_KINDS
 
 
 def _store_flags(parser: argparse.ArgumentParser, experiment_help: str) -> None:
     parser.add_argument(
-        "--config", metavar="FILE", help="YAML config file: its store.url is read (env ALIGNGATE_STORE__URL overrides)"
+        "--config",
+        metavar="FILE",
+        help="YAML config file: its store.url is read (env ALIGNGATE_STORE__URL overrides); ab report also reads "
+        "experiment.name and experiment.arms (the weights its sample-ratio-mismatch check expects)",
     )
     parser.add_argument(
         "--store",
@@ -61,8 +65,10 @@ def _parser() -> argparse.ArgumentParser:
         "report",
         help="per-arm results of an experiment (default: the most recent): report.md and report.png",
         description="Per-arm requests, error rate, latency, helper latency, thumbs-up rate (Wilson interval) and "
-        "its difference against control (two-proportion z-test). Writes report.md and report.png into --out "
-        "and prints the table.",
+        "its difference against control (Newcombe interval, two-proportion z-test, Holm-adjusted, always-valid "
+        "interval), guardrails (errors, refusals, aligner changes, latency), pairwise win rates, and a "
+        "sample-ratio-mismatch check against --config's experiment.arms weights. Writes report.md and report.png "
+        "into --out and prints the tables.",
     )
     _store_flags(report, "the experiment to report on (default: the one of the most recent request)")
     report.add_argument("--out", metavar="DIR", default="ab-report", help="output folder (default: ./ab-report)")
@@ -70,6 +76,11 @@ def _parser() -> argparse.ArgumentParser:
         "--include-forced",
         action="store_true",
         help="include requests whose arm was forced with X-Aligngate-Arm (not randomised; left out by default)",
+    )
+    report.add_argument(
+        "--planned-ratings", metavar="N", type=int, default=DEFAULT_PLANNED_N,
+        help=f"ratings per arm the always-valid interval is tuned for (default {DEFAULT_PLANNED_N}); fix it "
+        "before the experiment starts",
     )
 
     data = sub.add_parser("data", help="training data from the trace store")
@@ -138,16 +149,21 @@ class _Usage(Exception):
     """A bad flag or config: exit status 2."""
 
 
-def _store(args: argparse.Namespace) -> tuple[str, float]:
-    """The store URL (--store, else the config's store.url, else the default) and its connect timeout."""
+def _settings(args: argparse.Namespace) -> Settings:
+    """The settings of --config (and the environment), with --store as the store URL when given."""
     if args.store is not None:
         scheme = args.store.split("://", 1)[0].split("+", 1)[0].lower() if "://" in args.store else ""
         if scheme not in ("sqlite", "postgresql", "postgres"):
             raise _Usage(f"--store must be a sqlite:///FILE or postgresql://... URL, not {args.store!r}")
     try:
-        settings = load_settings(args.config, {"store": {"url": args.store}} if args.store else None)
+        return load_settings(args.config, {"store": {"url": args.store}} if args.store else None)
     except ConfigError as exc:
         raise _Usage(str(exc)) from None
+
+
+def _store(args: argparse.Namespace) -> tuple[str, float]:
+    """The store URL (--store, else the config's store.url, else the default) and its connect timeout."""
+    settings = _settings(args)
     return settings.store.url, settings.store.timeout_s
 
 
@@ -163,17 +179,25 @@ def _since(args: argparse.Namespace) -> float | None:
 
 
 def _ab_report(args: argparse.Namespace) -> int:
-    from gateway.report.ab import render_table, summarize, write_report
+    from gateway.report.ab import render_guardrails, render_pairwise, render_table, srm_line, write_report
+    from gateway.report.abstats import ConfiguredExperiment, summarize
     from gateway.report.source import Selection, StoreError, format_time, read
 
     try:
-        url, timeout_s = _store(args)
+        settings = _settings(args)
         since = _since(args)
     except _Usage as exc:
         return _fail(str(exc))
+    if args.planned_ratings < 1:
+        return _fail(f"--planned-ratings must be at least 1, not {args.planned_ratings}")
+    # the arm weights are known only from a config the operator names (not from defaults)
+    configured = None if args.config is None else ConfiguredExperiment(
+        settings.experiment.name, dict(settings.experiment.arms)
+    )
     try:
         snapshot = read(
-            url, Selection(args.experiment, since, args.include_forced), latest_by_default=True, timeout_s=timeout_s
+            settings.store.url, Selection(args.experiment, since, args.include_forced), bodies=True,
+            latest_by_default=True, timeout_s=settings.store.timeout_s,
         )
     except StoreError as exc:
         return _fail(str(exc))
@@ -188,7 +212,8 @@ def _ab_report(args: argparse.Namespace) -> int:
                 1,
             )
         return _fail(f"nothing to report: {what} has no requests", 1)
-    report = summarize(snapshot, since=since, include_forced=args.include_forced)
+    report = summarize(snapshot, since=since, include_forced=args.include_forced, configured=configured,
+                       planned_n=args.planned_ratings)
     try:
         files = write_report(report, Path(args.out))
     except OSError as exc:
@@ -198,6 +223,14 @@ def _ab_report(args: argparse.Namespace) -> int:
         f"{format_time(report.first)} to {format_time(report.last)}"
     )
     print(render_table(report))
+    print()
+    print(render_guardrails(report))
+    pairs = render_pairwise(report)
+    if pairs is not None:
+        print()
+        print(pairs)
+    print()
+    print(srm_line(report))
     written = f"{files.markdown}" + (f" and {files.png}" if files.png is not None else "")
     print(f"wrote {written}")
     if files.note is not None:

@@ -7,3 +7,6 @@ reads it.
 
 #: ``aligngate data export --kind`` (here, so that the CLI knows them without importing the store).
 EXPORT_KINDS: tuple[str, ...] = ("preferences", "aligner", "rewriter")
+
+#: Ratings per arm the A/B report's always-valid interval is tuned for unless told (``--planned-ratings``).
+DEFAULT_PLANNED_N = 1000

@@ -1,39 +1,33 @@
-"""``aligngate ab report``: per-arm results of an experiment from the trace store, with the statistics behind them.
+"""``aligngate ab report``: the per-arm results of an experiment, rendered: the terminal/Markdown tables
+(:func:`render_table`, :func:`render_guardrails`, :func:`render_pairwise`), plain-language lines
+(:func:`summary_lines`), ``report.md`` (:func:`render_markdown`) and ``report.png`` (:func:`write_png`), written by
+:func:`write_report`.
 
-What is measured, per arm (rows of ``requests`` of one experiment; forced-arm rows left out unless asked for,
-because a client that picks its arm is not randomised):
+The figures are :mod:`gateway.report.abstats` (:func:`summarize` → :class:`ABReport`, re-exported here), the JSON
+form for the web page is :mod:`gateway.report.abjson` (:func:`~gateway.report.abjson.report_json`, which uses
+the lines of :func:`summary_lines`), the statistics :mod:`core.stats` (pure Python). matplotlib is imported only
+to draw the PNG: without it the report says so and ``report.md`` is written alone.
 
-* **requests**, and the **error rate**: requests with status >= 400, or whose response failed after it started
-  (``outcome`` set: a broken stream, a client that disconnected), over all requests.
-* **latency p50 / p95**: total request time (``latency_ms``) of the requests without error; **rewriter p50**
-  and **aligner p50**: helper time (``rewriter_ms``, ``aligner_ms``) of the requests where that helper ran.
-  Percentiles interpolate linearly between the two nearest values (numpy's default, R's type 7).
-* **feedback**: requests with at least one rating; each counts once, by its **latest** rating.
-* **thumbs-up rate** = requests whose latest rating is +1 / requests with a rating, with a **Wilson score
-  interval** (:func:`wilson_interval`; unlike the Wald interval it stays inside [0, 1] and is honest for small
-  counts and rates near 0 or 1).
-* **difference against control** (percentage points) with a **two-sided two-proportion z-test**
-  (:func:`two_proportion_test`: pooled standard error for the test statistic, as the null hypothesis says both
-  arms share one rate) and a Wald confidence interval of the difference (unpooled standard error). The
-  p-values are not corrected for comparing several arms with one control.
-
-The statistics are :mod:`core.stats` (pure Python). :func:`summarize` turns a
-:class:`~gateway.report.source.Snapshot` into an :class:`ABReport`; :func:`render_markdown` and
-:func:`write_report` write ``report.md`` (table, plain-language summary per arm, method) and ``report.png``
-(thumbs-up rate with its interval and latency p50/p95 per arm). matplotlib is imported only to draw the PNG:
-without it the report says so and ``report.md`` is written alone.
+Wording: a difference is "significant" only when its **Holm-adjusted** p-value is below 1 - confidence; the raw
+p-value is shown beside it. A failed SRM check makes every line say the results are untrustworthy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
 
-from core.stats import ProportionTest, percentile, two_proportion_test, wilson_interval
-from gateway.config import ARMS
+from gateway.report.abstats import (
+    CONTROL,
+    ABReport,
+    ArmStats,
+    Comparison,
+    Rate,
+    arm_stats,
+    summarize,
+)
 from gateway.report.files import ReportFiles, write_report_files
-from gateway.report.source import RequestRecord, Snapshot, format_time
+from gateway.report.source import format_time
 
 __all__ = [
     "ABReport",
@@ -42,143 +36,16 @@ __all__ = [
     "ReportFiles",
     "arm_stats",
     "format_p",
+    "render_guardrails",
     "render_markdown",
+    "render_pairwise",
     "render_table",
+    "srm_line",
     "summarize",
     "summary_lines",
     "write_png",
     "write_report",
 ]
-
-CONTROL = "control"
-#: Below this many expected thumbs-up or thumbs-down in an arm, the normal approximation is rough.
-_MIN_EXPECTED = 5.0
-
-# ------------------------------------------------------------------------------------------------- per arm
-
-
-@dataclass(frozen=True, slots=True)
-class ArmStats:
-    arm: str
-    requests: int
-    errors: int
-    latency_p50: float | None
-    latency_p95: float | None
-    rewriter_p50: float | None
-    aligner_p50: float | None
-    #: Requests with at least one rating, and those whose latest rating is thumbs-up.
-    rated: int
-    up: int
-    #: Wilson interval of ``up / rated`` (None without ratings).
-    up_interval: tuple[float, float] | None
-
-    @property
-    def error_rate(self) -> float:
-        return self.errors / self.requests if self.requests else 0.0
-
-    @property
-    def up_rate(self) -> float | None:
-        return self.up / self.rated if self.rated else None
-
-
-@dataclass(frozen=True, slots=True)
-class Comparison:
-    """An arm against control: the test, and whether too few ratings make its normal approximation rough."""
-
-    arm: str
-    test: ProportionTest
-    rough: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ABReport:
-    store: str
-    experiment: str
-    #: How many experiments the store has (the report is about one).
-    experiments: int
-    since: float | None
-    include_forced: bool
-    forced_excluded: int
-    first: float
-    last: float
-    confidence: float
-    arms: tuple[ArmStats, ...]
-    comparisons: dict[str, Comparison] = field(default_factory=dict)
-
-    def arm(self, name: str) -> ArmStats | None:
-        return next((a for a in self.arms if a.arm == name), None)
-
-
-def _arm_order(arms: Iterable[str]) -> list[str]:
-    """The gateway's arms in their usual order (control first), then any other arm by name."""
-    present = set(arms)
-    return [a for a in ARMS if a in present] + sorted(present - set(ARMS))
-
-
-def arm_stats(snapshot: Snapshot, confidence: float = 0.95) -> list[ArmStats]:
-    """Per-arm figures of the snapshot's requests (see the module docstring), arms in the canonical order."""
-    by_arm: dict[str, list[RequestRecord]] = {}
-    for rec in snapshot.requests:
-        by_arm.setdefault(rec.arm, []).append(rec)
-    out: list[ArmStats] = []
-    for arm in _arm_order(by_arm):
-        recs = by_arm[arm]
-        ok = [r for r in recs if r.ok]
-        ratings = [snapshot.feedback[r.id].rating for r in recs if r.id in snapshot.feedback]
-        up = sum(1 for rating in ratings if rating == 1)
-        out.append(ArmStats(
-            arm=arm,
-            requests=len(recs),
-            errors=len(recs) - len(ok),
-            latency_p50=percentile((r.latency_ms for r in ok), 50),
-            latency_p95=percentile((r.latency_ms for r in ok), 95),
-            rewriter_p50=percentile((r.rewriter_ms for r in recs if r.rewriter_ms is not None), 50),
-            aligner_p50=percentile((r.aligner_ms for r in recs if r.aligner_ms is not None), 50),
-            rated=len(ratings),
-            up=up,
-            up_interval=wilson_interval(up, len(ratings), confidence) if ratings else None,
-        ))
-    return out
-
-
-def _rough(a: ArmStats, b: ArmStats) -> bool:
-    pooled = (a.up + b.up) / (a.rated + b.rated)
-    return any(min(n * pooled, n * (1 - pooled)) < _MIN_EXPECTED for n in (a.rated, b.rated))
-
-
-def summarize(snapshot: Snapshot, *, confidence: float = 0.95, since: float | None = None,
-              include_forced: bool = False) -> ABReport:
-    """The report of a snapshot of one experiment (``read_store(..., latest_by_default=True)``).
-
-    Raises ``ValueError`` when the snapshot has no requests.
-    """
-    if not snapshot.requests:
-        raise ValueError("no requests to report on")
-    arms = arm_stats(snapshot, confidence)
-    comparisons: dict[str, Comparison] = {}
-    control = next((a for a in arms if a.arm == CONTROL), None)
-    if control is not None and control.rated:
-        for a in arms:
-            if a.arm != CONTROL and a.rated:
-                test = two_proportion_test(a.up, a.rated, control.up, control.rated, confidence)
-                comparisons[a.arm] = Comparison(a.arm, test, _rough(a, control))
-    experiment = snapshot.experiment or snapshot.requests[-1].experiment
-    return ABReport(
-        store=snapshot.url,
-        experiment=experiment,
-        experiments=len(snapshot.experiments),
-        since=since,
-        include_forced=include_forced,
-        forced_excluded=snapshot.forced_excluded,
-        first=snapshot.requests[0].time,
-        last=snapshot.requests[-1].time,
-        confidence=confidence,
-        arms=tuple(arms),
-        comparisons=comparisons,
-    )
-
-
-# ------------------------------------------------------------------------------------------------- rendering
 
 _DASH = "—"
 
@@ -201,21 +68,63 @@ def _ms(x: float | None) -> str:
     return f"{x:.0f}" if abs(x) >= 100 else f"{x:.1f}"
 
 
+def _delta_ms(x: float | None) -> str:
+    return _DASH if x is None else f"{x:+.0f}"
+
+
 def format_p(p: float) -> str:
     """A p-value to 3 decimals (``< 0.001`` below that)."""
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _p_is(p: float) -> str:
+    """``p = 0.025`` or ``p < 0.001``."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _conf(report: ABReport) -> str:
     return f"{100 * report.confidence:g}%"
 
 
+def _rate_cell(rate: Rate | None, unknown: str = _DASH) -> str:
+    if rate is None:
+        return unknown
+    count = f"{rate.count:g}"
+    return f"{_pct(rate.value)} ({_span(rate.low, rate.high)}), {count}/{rate.n}"
+
+
+def _diff_cell(comp: Comparison | None) -> str:
+    if comp is None:
+        return _DASH
+    t = comp.test
+    return f"{_points(t.difference)} ({_points(t.low)} to {_points(t.high)})"
+
+
+def _p_cell(comp: Comparison | None) -> str:
+    if comp is None:
+        return _DASH
+    return format_p(comp.test.p_value) + (" *" if comp.rough else "")
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], right: set[int]) -> str:
+    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
+
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(
+            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells)
+        ) + " |"
+
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
 def render_table(report: ABReport) -> str:
-    """The per-arm table (Markdown, readable as plain text)."""
+    """The per-arm table of the primary metric, thumbs-up (Markdown, readable as plain text)."""
     c = _conf(report)
     header = [
         "arm", "requests", "errors", "latency p50 / p95 (ms)", "rewriter p50 (ms)", "aligner p50 (ms)",
-        "feedback", f"thumbs-up ({c} CI)", f"vs control, points ({c} CI)", "p",
+        "feedback", f"thumbs-up ({c} CI)", f"vs control, points ({c} CI)", "p", "p (Holm)",
+        f"always-valid {c} CI",
     ]
     rows: list[list[str]] = []
     for a in report.arms:
@@ -225,12 +134,7 @@ def render_table(report: ABReport) -> str:
         else:
             up = _DASH
         comp = report.comparisons.get(a.arm)
-        if comp is not None:
-            t = comp.test
-            vs = f"{_points(t.difference)} ({_points(t.low)} to {_points(t.high)})"
-            p = format_p(t.p_value) + (" *" if comp.rough else "")
-        else:
-            vs = p = _DASH
+        seq = comp.always_valid if comp is not None else None
         rows.append([
             a.arm,
             str(a.requests),
@@ -240,19 +144,76 @@ def render_table(report: ABReport) -> str:
             _ms(a.aligner_p50),
             f"{a.rated} ({_pct(a.rated / a.requests)})",
             up,
-            vs,
-            p,
+            _diff_cell(comp),
+            _p_cell(comp),
+            format_p(comp.p_holm) if comp is not None else _DASH,
+            f"{_points(seq.low)} to {_points(seq.high)}" if seq is not None else _DASH,
         ])
-    widths = [max(len(header[i]), *(len(r[i]) for r in rows)) for i in range(len(header))]
-    right = {1, 2, 3, 4, 5, 6, 9}
+    return _table(header, rows, {1, 2, 3, 4, 5, 6, 9, 10})
 
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(
-            cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(cells)
-        ) + " |"
 
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i in right else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+def render_guardrails(report: ABReport) -> str:
+    """Guardrails per arm: error rate, refusal rate, aligner changes, and their differences against control."""
+    c = _conf(report)
+    header = [
+        "arm", f"error rate ({c} CI)", "vs control, points", "p (Holm)", f"refusals ({c} CI)",
+        "vs control, points", "p (Holm)", "aligner changed", "latency Δ p50 / p95 (ms)",
+    ]
+    rows: list[list[str]] = []
+    for a in report.arms:
+        g = report.guardrails.get(a.arm)
+        errors = g.errors if g is not None else None
+        refusals = g.refusals if g is not None else None
+        error_rate = (
+            f"{_pct(a.error_rate)} ({_span(*a.error_interval)}), {a.errors}/{a.requests}"
+            if a.error_interval is not None else _DASH
+        )
+        changed = _rate_cell(a.changed, "unknown (no answer texts)") if a.aligns else "n/a"
+        rows.append([
+            a.arm,
+            error_rate,
+            _diff_cell(errors),
+            f"{_p_cell(errors)} ({format_p(errors.p_holm)})" if errors is not None else _DASH,
+            _rate_cell(a.refusals, "unknown (no answer texts)"),
+            _diff_cell(refusals),
+            f"{_p_cell(refusals)} ({format_p(refusals.p_holm)})" if refusals is not None else _DASH,
+            changed,
+            f"{_delta_ms(g.latency_p50_delta)} / {_delta_ms(g.latency_p95_delta)}" if g is not None else _DASH,
+        ])
+    return _table(header, rows, {3, 6, 8})
+
+
+def render_pairwise(report: ABReport) -> str | None:
+    """Win rates from pairwise preferences (None when there are no pairs to show)."""
+    if not report.pairwise:
+        return None
+    c = _conf(report)
+    header = ["arm", "vs", "comparisons", "wins / ties / losses", f"win rate, ties ½ ({c} CI)", "sign test p"]
+    rows = [
+        [
+            p.arm, p.baseline, str(p.n), f"{p.wins} / {p.ties} / {p.losses}",
+            _DASH if p.win_rate is None else f"{_pct(p.win_rate.value)} ({_span(p.win_rate.low, p.win_rate.high)})",
+            format_p(p.p_value) if p.n else _DASH,
+        ]
+        for p in report.pairwise
+    ]
+    return _table(header, rows, {2, 3, 5})
+
+
+def srm_line(report: ABReport) -> str:
+    """The sample-ratio-mismatch verdict in plain words."""
+    srm = report.srm
+    if srm.status == "not_run" or srm.p_value is None:
+        return f"SRM check not run: {srm.reason}."
+    shares = ", ".join(
+        f"{a.arm} {a.observed} ({_pct(a.observed / max(1, sum(x.observed for x in srm.arms)))} vs "
+        f"{_pct(a.expected_share)} configured)"
+        for a in srm.arms
+    )
+    if srm.status == "mismatch":
+        return (f"SRM: observed shares differ from configured ({_p_is(srm.p_value)}) — results untrustworthy: "
+                f"{shares}.")
+    return f"SRM check passed: observed shares match the configured ones ({_p_is(srm.p_value)}): {shares}."
 
 
 def _latency_words(a: ArmStats, control: ArmStats | None) -> str:
@@ -264,45 +225,82 @@ def _latency_words(a: ArmStats, control: ArmStats | None) -> str:
     return text
 
 
+def _guardrail_words(report: ABReport, a: ArmStats) -> str:
+    alpha = 1.0 - report.confidence
+    words: list[str] = []
+    g = report.guardrails.get(a.arm)
+    for name, comp in (("error rate", g.errors if g else None), ("refusal rate", g.refusals if g else None)):
+        if comp is not None and comp.p_holm < alpha:
+            words.append(f"{name} {_points(comp.test.difference)} points vs control (Holm {_p_is(comp.p_holm)})")
+    if a.refusals is None:
+        words.append("refusals unknown (the store kept no answer texts)")
+    if a.aligns:
+        words.append("aligner changed " + (_pct(a.changed.value) + f" of {a.changed.n} answers"
+                                            if a.changed is not None else "an unknown share of answers (no texts)"))
+    return "; ".join(words)
+
+
 def summary_lines(report: ABReport) -> list[str]:
-    """One plain-language line per arm."""
+    """Plain-language lines: the SRM verdict, then one per arm."""
     control = report.arm(CONTROL)
     c = _conf(report)
     alpha = 1.0 - report.confidence
-    lines: list[str] = []
+    lines: list[str] = [srm_line(report)]
     for a in report.arms:
         errors = f"errors {_pct(a.error_rate)} of {a.requests} requests"
-        latency = _latency_words(a, control)
+        tail = "; ".join(x for x in (errors, _latency_words(a, control), _guardrail_words(report, a)) if x)
         if a.up_rate is None or a.up_interval is None:
-            lines.append(f"**{a.arm}**: no rated requests yet, so no thumbs-up rate; {errors}; {latency}.")
+            lines.append(f"**{a.arm}**: no rated requests yet, so no thumbs-up rate; {tail}.")
             continue
         lo, hi = a.up_interval
         rate = f"thumbs-up {_pct(a.up_rate)} ({c} CI {_span(lo, hi)}) of {a.rated} rated"
         comp = report.comparisons.get(a.arm)
         if a.arm == CONTROL or control is None:
-            lines.append(f"**{a.arm}**: {rate}; {errors}; {latency}.")
+            lines.append(f"**{a.arm}**: {rate}; {tail}.")
             continue
         if comp is None:  # control has no ratings
-            lines.append(f"**{a.arm}**: {rate}; control has no ratings to compare with; {errors}; {latency}.")
+            lines.append(f"**{a.arm}**: {rate}; control has no ratings to compare with; {tail}.")
             continue
         t = comp.test
-        verdict = (
-            f"a difference unlikely to be chance alone (p < {alpha:g})" if t.p_value < alpha
-            else f"not significant at the {100 * alpha:g}% level: consistent with no difference"
+        several = len(report.comparisons) > 1
+        if comp.p_holm < alpha:
+            verdict = (f"significant after Holm correction (Holm {_p_is(comp.p_holm)})" if several
+                       else f"significant at the {100 * alpha:g}% level")
+        else:
+            verdict = (f"not significant after Holm correction (Holm {_p_is(comp.p_holm)})" if several
+                       else f"not significant at the {100 * alpha:g}% level: consistent with no difference")
+        rough = "; few ratings, so the p-value (normal approximation) is rough" if comp.rough else ""
+        seq = comp.always_valid
+        always = (
+            f"; always-valid {c} CI {_points(seq.low)} to {_points(seq.high)}, {_p_is(seq.p_value)} (safe "
+            f"to check every day; tuned for {report.planned_n} ratings per arm)" if seq is not None else ""
         )
-        rough = (
-            "; few ratings, so the p-value (normal approximation) is rough" if comp.rough else ""
-        )
+        untrusted = " Untrustworthy: the SRM check failed." if report.srm.status == "mismatch" else ""
         lines.append(
             f"**{a.arm}**: {_points(t.difference)} points vs control ({c} CI {_points(t.low)} to "
-            f"{_points(t.high)}), p = {format_p(t.p_value)}, {verdict}{rough}. {rate} vs "
-            f"{_pct(control.up_rate or 0.0)} of {control.rated} for control; {errors}; {latency}."
+            f"{_points(t.high)}), {_p_is(t.p_value)}, {verdict}{rough}{always}. {rate} vs "
+            f"{_pct(control.up_rate or 0.0)} of {control.rated} for control; {tail}.{untrusted}"
+        )
+    if report.pairwise:
+        for p in report.pairwise:
+            if p.win_rate is None:
+                continue
+            lines.append(
+                f"**{p.arm} vs {p.baseline}** (people's side-by-side choices): wins {p.wins}, ties {p.ties}, losses "
+                f"{p.losses}; win rate {_pct(p.win_rate.value)} ({c} CI {_span(p.win_rate.low, p.win_rate.high)}), "
+                f"sign test {_p_is(p.p_value)}."
+            )
+    if report.position_bias is not None:
+        b = report.position_bias.left
+        lines.append(
+            f"**position bias**: {_pct(b.value)} of {b.n} decided comparisons went to the answer shown on the left "
+            f"({c} CI {_span(b.low, b.high)}; {_p_is(report.position_bias.p_value)} against 50%)."
         )
     return lines
 
 
 def render_markdown(report: ABReport, png_note: str | None = None) -> str:
-    """``report.md``: header, table, summary per arm, chart (or why there is none), method."""
+    """``report.md``: header, tables, summary, chart (or why there is none), method."""
     c = _conf(report)
     scope = f"requests from {format_time(report.first)} to {format_time(report.last)}"
     if report.since is not None:
@@ -326,8 +324,15 @@ def render_markdown(report: ABReport, png_note: str | None = None) -> str:
         render_table(report),
         "",
     ]
-    if any(comp.rough for comp in report.comparisons.values()):
-        parts += ["\\* fewer than 5 expected thumbs-up or thumbs-down in an arm: the p-value is rough.", ""]
+    rough = any(comp.rough for comp in report.comparisons.values()) or any(
+        comp is not None and comp.rough for g in report.guardrails.values() for comp in (g.errors, g.refusals)
+    )
+    if rough:
+        parts += ["\\* fewer than 5 expected events or non-events in an arm: the p-value is rough.", ""]
+    parts += ["## Guardrails", "", render_guardrails(report), ""]
+    pairs = render_pairwise(report)
+    if pairs is not None:
+        parts += ["## Pairwise preferences", "", pairs, ""]
     parts += ["## Summary", ""]
     parts += [f"- {line}" for line in summary_lines(report)]
     if report.arm(CONTROL) is None:
@@ -345,9 +350,18 @@ def render_markdown(report: ABReport, png_note: str | None = None) -> str:
         "where that helper ran; percentiles interpolate linearly.",
         "- **feedback**: requests with at least one rating; a request rated more than once counts once, by its "
         f"latest rating. **Thumbs-up rate** = latest rating +1 / rated requests, with a {c} Wilson score interval.",
-        "- **vs control**: difference of thumbs-up rates in percentage points, two-sided two-proportion z-test "
-        f"(pooled standard error) and the difference's {c} Wald interval. p-values are not corrected for "
-        "comparing several arms with one control.",
+        "- **vs control**: difference of rates in percentage points with Newcombe's hybrid score interval (from "
+        f"the two Wilson intervals; {c}) and the p-value of a two-sided two-proportion z-test (pooled standard "
+        "error). **p (Holm)**: Holm-Bonferroni adjusted over the arms compared with control (each metric its own "
+        "family); \"significant\" uses it.",
+        "- **always-valid CI**: a confidence sequence (normal mixture, Johari et al. 2017; Waudby-Smith et al.) "
+        f"tuned for {report.planned_n} ratings per arm: valid however often you look, so wider than the fixed CI; "
+        "its p-value may be read at any time.",
+        "- **SRM**: non-forced requests per arm against the configured weights, chi-square goodness of fit; "
+        "flagged below p = 0.001. Arms are assigned per user, so a few very active users can also move the counts.",
+        "- **refusals**: served answers whose beginning matches the refusal patterns of `core/refusal.py`; "
+        "**aligner changed**: aligning arms' answers that differ from the backend's; both need answer texts "
+        "(`store.log_bodies`). **Win rate**: (wins + ½ ties) / comparisons, Wilson interval; sign test without ties.",
         "",
     ]
     return "\n".join(parts)

@@ -11,7 +11,7 @@ import pytest
 from core.stats import bootstrap_mean_interval
 from gateway.eval.cache import RecordFile
 from gateway.eval.config import EvalConfigError, PromptSetSpec, load_eval_config
-from gateway.eval.measures import edit_distance, is_refusal, measure, normalised_edit_distance
+from gateway.eval.measures import edit_distance, measure, normalised_edit_distance
 from gateway.eval.prompts import PromptError, load_prompt_set
 from gateway.eval.records import Answer, Judgement, from_line, to_line
 from gateway.eval.report import pairwise_rows
@@ -120,9 +120,6 @@ def test_measures() -> None:
     assert edit_distance(["a", "b", "c"], ["a", "x", "c", "d"]) == 2
     assert normalised_edit_distance("a b c d", "a b c d") == 0.0
     assert normalised_edit_distance("a b", "c d") == 1.0
-    assert is_refusal("I'm sorry, but I can't help with that.")
-    assert is_refusal("I cannot assist with making weapons.")
-    assert not is_refusal("Sure! Here is how to bake bread.")
     answers = [
         _answer("1", "I'm sorry, I can't help with that.", raw="Here is how to do it.", aligner_skipped=None),
         _answer("2", "same text", raw="same text", aligner_skipped="empty_output"),

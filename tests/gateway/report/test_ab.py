@@ -66,10 +66,11 @@ def test_report_figures_per_arm(ab_store: str) -> None:
     assert (rewrite.latency_p50, rewrite.latency_p95) == (pytest.approx(350.0), pytest.approx(485.0))
 
     comp = report.comparisons["align"]
-    # 8/10 vs 3/10 (see test_stats): +0.5, p = 0.0246, Wald interval (0.123, 0.877); 4.5 expected downs < 5
+    # 8/10 vs 3/10 (see test_stats): +0.5, p = 0.0246, Newcombe interval (0.066, 0.740); 4.5 expected downs < 5
     assert comp.test.difference == pytest.approx(0.5)
     assert round(comp.test.p_value, 3) == 0.025
-    assert (comp.test.low, comp.test.high) == pytest.approx((0.1229934, 0.8770066), abs=1e-6)
+    assert (comp.test.low, comp.test.high) == pytest.approx((0.0664763, 0.7397586), abs=1e-6)
+    assert comp.p_holm == comp.test.p_value  # one arm compared with control: Holm changes nothing
     assert comp.rough
     assert "rewrite" not in report.comparisons and "control" not in report.comparisons
 
@@ -118,11 +119,12 @@ def test_table_and_markdown(ab_store: str) -> None:
     assert "| control " in control and "550 / 955" in control and "1 (9.1%)" in control
     assert "30.0% (10.8 to 60.3%), 3/10" in control
     assert "850 / 1255" in align and "80.0% (49.0 to 94.3%), 8/10" in align
-    assert "+50.0 (+12.3 to +87.7)" in align and "0.025 *" in align
+    assert "+50.0 (+6.6 to +74.0)" in align and "0.025 *" in align
     md = render_markdown(report)
     assert md.startswith("# A/B report: experiment `exp`")
     assert table in md
-    assert "**align**: +50.0 points vs control (95% CI +12.3 to +87.7), p = 0.025" in md
+    assert "**align**: +50.0 points vs control (95% CI +6.6 to +74.0), p = 0.025, significant at the 5% level" in md
+    assert "SRM check not run: the configured arm weights are unknown" in md
     assert "**rewrite**: no rated requests yet" in md
     assert "5 forced-arm requests" in md and "--include-forced" in md
     assert "![thumbs-up rate and latency per arm](report.png)" in md

@@ -102,6 +102,37 @@ def test_cli_flags_in_process(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert err.startswith("aligngate: ") and needle in err, err
 
 
+def test_srm_check_uses_the_config_weights(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    ab_url = create_store(tmp_path / "ab.db")
+    insert(ab_url, *ab_rows())
+    out_dir = str(tmp_path / "rep")
+
+    def report(config: str | None, *extra: str) -> str:
+        argv = ["ab", "report", "--store", ab_url, "--out", out_dir, *extra]
+        if config is not None:
+            (tmp_path / "gw.yaml").write_text(config)
+            argv += ["--config", str(tmp_path / "gw.yaml")]
+        assert main(argv) == 0
+        return capsys.readouterr().out
+
+    # no config: the weights are unknown, nothing is guessed
+    assert "SRM check not run: the configured arm weights are unknown" in report(None)
+    # exp's non-forced requests: control 11, align 11, rewrite 4 (26); configured 1:1:1 → E = 26/3 each,
+    # χ² = (2.3333² + 2.3333² + 4.6667²) / 8.6667 = 3.7692, 2 df → p = e^(-3.7692/2) = 0.152: no mismatch
+    out = report("experiment: {name: exp, arms: {control: 1, align: 1, rewrite: 1}}\n")
+    assert "SRM check passed: observed shares match the configured ones (p = 0.152)" in out
+    assert "rewrite 4 (15.4% vs 33.3% configured)" in out
+    # rewrite has requests but weight 0: impossible under the plan
+    out = report("experiment: {name: exp, arms: {control: 1, align: 1}}\n")
+    assert "SRM: observed shares differ from configured (p < 0.001) — results untrustworthy" in out
+    assert "Untrustworthy: the SRM check failed." in (tmp_path / "rep" / "report.md").read_text()
+    # the config's experiment is another one: its weights may not apply
+    out = report("experiment: {name: other, arms: {control: 1}}\n")
+    assert "SRM check not run: the config's experiment is 'other', not 'exp'" in out
+    assert main(["ab", "report", "--store", ab_url, "--out", out_dir, "--planned-ratings", "0"]) == 2
+    assert "--planned-ratings must be at least 1" in capsys.readouterr().err
+
+
 def test_nothing_to_report(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     url = create_store(tmp_path / "empty.db")
     assert main(["ab", "report", "--store", url, "--out", str(tmp_path / "r")]) == 1
