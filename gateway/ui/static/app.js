@@ -43,7 +43,7 @@ function askForKey(message) {
 }
 
 async function boot() {
-  say($("boot-message"), "Loading…", "notice");
+  say($("boot-message"), "Loading…");
   show($("boot-message"));
   let info;
   try {
@@ -54,7 +54,7 @@ async function boot() {
       setApiKey("");
       askForKey(hadKey ? REFUSED : "");
     } else {
-      say($("boot-message"), `The gateway could not be reached: ${describe(error)}`, "notice error");
+      say($("boot-message"), `The gateway could not be reached: ${describe(error)}`, "error");
     }
     return;
   }

@@ -1,8 +1,11 @@
-// A word-level diff (the longest common subsequence of words and spaces), rendered with <del> and <ins>.
+// A word-level diff (the longest common subsequence of words, punctuation and spaces), rendered with <del> and <ins>.
 
-/** Words and the whitespace between them, in order; joined they give `text` back. */
+// whitespace runs, words (letters, digits, marks, _ and '), and each other character alone (punctuation, emoji)
+const TOKEN = /\s+|[\p{L}\p{N}\p{M}_']+|[^\s\p{L}\p{N}\p{M}_']/gu;
+
+/** Words, punctuation and the whitespace between them, in order; joined they give `text` back. */
 export function tokens(text) {
-  return String(text ?? "").match(/\s+|\S+/g) || [];
+  return String(text ?? "").match(TOKEN) || [];
 }
 
 // Beyond this many cells of the LCS table the middle is shown as one deletion and one insertion.

@@ -37,10 +37,13 @@ export function show(el, visible = true) {
   el.hidden = !visible;
 }
 
-/** A status line: `kind` is "" (plain), "error", "ok" or "muted". */
+const KINDS = ["error", "ok", "muted"];
+
+/** A status line: `kind` is "" (plain), "error", "ok" or "muted" (the element's other classes stay). */
 export function say(el, text, kind = "") {
   el.textContent = text || "";
-  el.className = kind;
+  el.classList.remove(...KINDS);
+  if (kind) el.classList.add(kind);
 }
 
 /** Milliseconds as "123 ms" or "1.23 s"; a missing value as "—". */

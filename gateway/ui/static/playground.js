@@ -225,7 +225,7 @@ class Turn {
     this.status = h("span", { class: "status" });
     this.spinner = h("span", { class: "spinner", "aria-hidden": "true" });
     this.answer = h("div", { class: "answer", "aria-live": "polite" });
-    this.error = h("p", { class: "error", role: "alert", hidden: true });
+    this.error = h("p", { class: "error turn-error", role: "alert", hidden: true });
     this.details = h("div", { class: "details" });
     this.feedback = h("div", { class: "feedback", hidden: true });
     this.el = h(
