@@ -181,7 +181,7 @@ def test_two_arms_stream_side_by_side_with_the_correction_diff_and_feedback(ui: 
     assert by_css(align, ".answer").text == f"{answer} {SAFE}"
     # the align pane: the backend's answer against the correction, the added words in <ins>
     diff = by_css(align, ".correction .diff")
-    assert [i.get_attribute("textContent") for i in all_css(diff, "ins")] == [f" {SAFE}"]
+    assert [i.get_attribute("textContent") for i in all_css(diff, "ins")] == [SAFE]
     assert all_css(diff, "del") == []
     assert all_css(control, ".correction") == []  # control has no aligner
     control_id = control.get_attribute("data-request-id")
@@ -295,6 +295,7 @@ def test_the_word_diff(ui: UiStack, driver: Any) -> None:
         ["x  y", "x y"],
         ["Hello, world!", "Hello world!"],
         ["日本語 ✓", "日本語 ✓ 🌍"],
+        ["how do i bake bread", "Explain how to bake a loaf of bread."],
     ]
     got = driver.execute_async_script(script, cases)
     assert got == [
@@ -303,10 +304,15 @@ def test_the_word_diff(ui: UiStack, driver: Any) -> None:
         [{"op": "eq", "text": "a b c"}],
         [{"op": "ins", "text": "new words"}],
         [{"op": "eq", "text": "keep this"}, {"op": "del", "text": ", drop that"}],
-        [{"op": "eq", "text": "x"}, {"op": "del", "text": "  "}, {"op": "ins", "text": " "}, {"op": "eq", "text": "y"}],
+        [{"op": "eq", "text": "x y"}],  # whitespace is not compared
         [{"op": "eq", "text": "Hello"}, {"op": "del", "text": ","}, {"op": "eq", "text": " world!"}],
-        [{"op": "eq", "text": "日本語 ✓"}, {"op": "ins", "text": " 🌍"}],
+        [{"op": "eq", "text": "日本語 ✓ "}, {"op": "ins", "text": "🌍"}],
+        [{"op": "ins", "text": "Explain"}, {"op": "eq", "text": " how "}, {"op": "del", "text": "do i"},
+         {"op": "ins", "text": "to"}, {"op": "eq", "text": " bake "}, {"op": "ins", "text": "a loaf of"},
+         {"op": "eq", "text": " bread"}, {"op": "ins", "text": "."}],
     ]
+    for (_, after), ops in zip(cases, got, strict=True):  # what is not deleted is the new text, exactly
+        assert "".join(op["text"] for op in ops if op["op"] != "del") == after
 
 
 def test_the_page_never_trips_its_content_security_policy(ui: UiStack, driver: Any) -> None:

@@ -294,8 +294,8 @@ class Turn {
 
   buildFeedback() {
     const message = h("span", { class: "feedback-message", role: "status" });
-    const up = h("button", { type: "button", class: "rate", title: "Good answer", "aria-label": "thumbs up" }, "👍");
-    const down = h("button", { type: "button", class: "rate", title: "Bad answer", "aria-label": "thumbs down" }, "👎");
+    const up = h("button", { type: "button", class: "rate", title: "Good answer", "aria-label": "thumbs up" }, "👍 good");
+    const down = h("button", { type: "button", class: "rate", title: "Bad answer", "aria-label": "thumbs down" }, "👎 bad");
     const editor = h("div", { class: "correction-editor", hidden: true });
     const textarea = h("textarea", { rows: 4, "aria-label": "correction" });
     const comment = h("input", { type: "text", placeholder: "comment (optional)", "aria-label": "comment" });
@@ -310,7 +310,7 @@ class Turn {
         this.rating = rating;
         up.classList.toggle("chosen", rating === 1);
         down.classList.toggle("chosen", rating === -1);
-        say(message, extra.correction ? "Correction recorded." : `Recorded ${rating === 1 ? "👍" : "👎"}.`, "ok");
+        say(message, extra.correction ? "Correction recorded." : `Recorded: ${rating === 1 ? "good" : "bad"}.`, "ok");
         if (extra.correction) show(editor, false);
       } catch (error) {
         say(message, `Feedback failed: ${describe(error)}`, "error");
