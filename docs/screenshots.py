@@ -70,7 +70,8 @@ def shoot(driver, url: str) -> None:  # type: ignore[no-untyped-def]
         driver.find_element(By.ID, "send").click()
         wait.until(lambda d: d.find_element(By.ID, "send").is_enabled()
                    and len(d.find_elements(By.CSS_SELECTOR, "article.turn.done")) >= 2)
-        for i, button in enumerate(driver.find_elements(By.CSS_SELECTOR, 'article.turn button[aria-label="thumbs up"]')):
+        thumbs = driver.find_elements(By.CSS_SELECTOR, 'article.turn button[aria-label="thumbs up"]')
+        for i, button in enumerate(thumbs):
             if i % 3 != 2:
                 button.click()
         if prompt != "how do i bake bread":

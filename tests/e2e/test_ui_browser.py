@@ -315,6 +315,51 @@ def test_the_word_diff(ui: UiStack, driver: Any) -> None:
         assert "".join(op["text"] for op in ops if op["op"] != "del") == after
 
 
+def test_reports_and_traces_of_any_shape_render_as_text(ui: UiStack, driver: Any) -> None:
+    """The experiment and trace renderers on made-up answers of the JSON API (keys missing, extra sections,
+    intervals, markup in the data): what the page shows once /ui/api is there, whatever its exact shape."""
+    script = """
+        const done = arguments[arguments.length - 1];
+        Promise.all([import("/ui/experiment.js"), import("/ui/traces.js")]).then(([e, t]) => {
+          const box = document.createElement("div");
+          box.id = "render-check";
+          box.append(...e.render(arguments[0]), ...t.story(arguments[1]));
+          document.body.append(box);
+          done(box.innerText);
+        }, (err) => done("ERROR " + err));
+    """
+    hostile = '<img src=x onerror="window.__xss = 3">'
+    report = {
+        "experiment": "exp-1",
+        "arms": [
+            {"arm": "control", "requests": 120, "error_rate": 0.0083, "thumbs_up_rate": {"value": 0.61, "low": 0.5,
+                                                                                         "high": 0.71}},
+            {"arm": "align", "requests": 118, "p_holm": 0.0312, "diff_vs_control": {"estimate": 0.08, "low": -0.02,
+                                                                                     "high": 0.18}},
+        ],
+        "srm": {"p": 0.74, "ok": True},
+        "pairwise": [{"a": "align", "b": "control", "win_rate": 0.58, "n": 40}],
+        "notes": [hostile],
+    }
+    trace = {
+        "request": {"id": "req-1", "arm": "align", "messages": [{"role": "user", "content": hostile}],
+                    "raw_answer": "It is fine.", "final_answer": "It is fine, with care.", "latency_ms": 12.5},
+        "feedback": [{"rating": 1, "comment": hostile}],
+        "shadow": None,
+        "preferences": [],
+    }
+    text = driver.execute_async_script(script, report, trace)
+    assert not text.startswith("ERROR"), text
+    for expected in ("exp-1", "control", "align", "0.61 [0.5, 0.71]", "0.08 [-0.02, 0.18]", "0.0312", "Srm",
+                     "Pairwise", "0.58", "req-1", "with care", "12.5"):
+        assert expected in text, (expected, text)
+    assert text.count(hostile) == 3  # the report's note, the message, the feedback comment: as text
+    assert all_css(driver, "#render-check img") == []
+    assert all_css(driver, "#render-check .diff ins")[0].text == ", with care"
+    assert driver.execute_script("return window.__xss") is None
+    driver.execute_script("document.getElementById('render-check').remove()")
+
+
 def test_the_page_never_trips_its_content_security_policy(ui: UiStack, driver: Any) -> None:
     logs = driver.get_log("browser")
     violations = [e["message"] for e in logs
