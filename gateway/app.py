@@ -36,6 +36,7 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
+from gateway.ui.pages import PAGE_ROUTES, is_ui_path
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
 from gateway.upstream.local import LocalBackend
@@ -44,7 +45,7 @@ from gateway.upstream.protocol import Backend
 logger = logging.getLogger(__name__)
 
 #: Every route of the gateway: (method, path, endpoint).
-ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES]
+ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES, *PAGE_ROUTES]
 
 Lifespan = Callable[["GatewayApp"], AbstractAsyncContextManager[None]]
 
@@ -160,7 +161,9 @@ def create_app(settings: Settings) -> GatewayApp:
             await engines.close()
             await session.close()
 
-    app = GatewayApp(ROUTES, lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
+    # server.ui: false leaves every /ui route out of the table (a 404 like any unknown path)
+    routes = ROUTES if settings.server.ui else [r for r in ROUTES if not is_ui_path(r[1])]
+    app = GatewayApp(routes, lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
     app.state.settings = settings
     return app
 

@@ -150,6 +150,8 @@ class ServerSettings(_Section):
         return keys
     #: Debug only: log request bodies (prompts). Off by default; prompts never reach logs otherwise.
     log_request_bodies: bool = False
+    #: Serve the pages and their JSON API under ``/ui``; false: every ``/ui`` path is a 404.
+    ui: bool = True
 
 
 class LocalModelSettings(_Section):

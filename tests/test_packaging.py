@@ -26,3 +26,14 @@ def test_the_base_install_has_no_torch() -> None:
     base = " ".join(config["project"]["dependencies"]).lower()
     assert "torch" not in base and "transformers" not in base
     assert any(dep.startswith("torch==") for dep in config["project"]["optional-dependencies"]["local"])
+
+
+def test_the_pages_of_ui_are_package_data() -> None:
+    """Every file of gateway/ui/static/ is matched by a package-data pattern (else a wheel serves no page)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["gateway.ui"]
+    package = ROOT / "gateway" / "ui"
+    files = [p for p in (package / "static").iterdir() if p.is_file()]
+    assert files
+    missing = [p.name for p in files if not any(p.relative_to(package).match(pattern) for pattern in patterns)]
+    assert missing == [], "files of gateway/ui/static/ no package-data pattern ships"
