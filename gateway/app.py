@@ -4,7 +4,8 @@
 the resolved settings through the environment). A :class:`GatewayApp` is plain ASGI: its lifespan starts and
 stops the backends, helpers and trace store, and every HTTP request goes through the request middleware
 (request id, timing, metrics, access log) to the one router (``gateway/routing.py``), where each route of
-``ROUTES`` is registered once.
+``ROUTES`` is registered once. Served by ``aligngate serve``, a worker reloads its API keys and rate limits on
+SIGHUP (``gateway/reload.py``).
 """
 
 from __future__ import annotations
@@ -32,7 +33,9 @@ from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.probe import HelperProbes
 from gateway.pipeline.shadow import ShadowRunner
+from gateway.ratelimit.buckets import Buckets, open_buckets
 from gateway.ratelimit.limiter import RateLimiter
+from gateway.reload import ConfigSource, Reloader
 from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
@@ -98,7 +101,14 @@ class GatewayApp:
         await send({"type": "lifespan.shutdown.complete"})
 
 
-def create_app(settings: Settings) -> GatewayApp:
+def _limiter(settings: Settings, buckets: Buckets) -> RateLimiter | None:
+    limits = settings.server.rate_limits
+    return RateLimiter(limits, buckets) if limits.enabled else None
+
+
+def create_app(settings: Settings, reload_source: ConfigSource | None = None) -> GatewayApp:
+    """The gateway for ``settings``; with ``reload_source`` (what they were resolved from), SIGHUP reloads the API
+    keys and rate limits from it."""
     check_servable(settings)
     auth = ApiKeyAuth(settings.server.api_keys)
 
@@ -110,6 +120,8 @@ def create_app(settings: Settings) -> GatewayApp:
         store = Store(settings.store) if settings.store.enabled else None
         shadow: ShadowRunner | None = None
         probes: HelperProbes | None = None
+        buckets = open_buckets(settings.server.rate_limits)  # kept across reloads, even while limits are off
+        reloader: Reloader | None = None
         try:
             if store is not None:
                 await store.start()
@@ -144,14 +156,26 @@ def create_app(settings: Settings) -> GatewayApp:
                 pipeline=Pipeline(helpers),
                 store=store, log_bodies=settings.store.log_bodies, shadow=shadow,
                 limits=settings.server.limits, body_timeout_s=settings.server.body_timeout_s,
-                rate_limits=RateLimiter(settings.server.rate_limits) if settings.server.rate_limits.enabled else None,
+                rate_limits=_limiter(settings, buckets),
             )
             app.state.feedback = FeedbackService(store, auth, body_timeout_s=settings.server.body_timeout_s)
             app.state.store = store
+            if reload_source is not None:
+                def apply(new: Settings) -> None:
+                    new_auth = ApiKeyAuth(new.server.api_keys)
+                    app.state.inference.reconfigure(new_auth, _limiter(new, buckets))
+                    app.state.feedback.auth = new_auth
+                    app.state.settings = new
+
+                reloader = Reloader(reload_source, settings, apply)
+                if not reloader.install():
+                    reloader = None
             yield
         finally:
             if probes is not None:
                 await probes.close()
+            if reloader is not None:
+                reloader.uninstall()
             if shadow is not None:  # before the store and the helpers: runs in flight finish or are cancelled
                 await shadow.close()
             if store is not None:  # after the last request: writes what is queued, or spills it
@@ -159,6 +183,7 @@ def create_app(settings: Settings) -> GatewayApp:
             for backend in backends.values():
                 await backend.close()
             await engines.close()
+            await buckets.close()
             await session.close()
 
     # server.ui: false leaves every /ui route out of the table (a 404 like any unknown path)
@@ -169,8 +194,9 @@ def create_app(settings: Settings) -> GatewayApp:
 
 
 def app_from_env() -> GatewayApp:
-    """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables); it also
-    tunes the worker process's garbage collector (``gateway/runtime.py``)."""
-    app = create_app(settings_from_env())
+    """uvicorn factory: settings resolved by ``aligngate serve`` (or from ``ALIGNGATE_*`` variables), reloaded on
+    SIGHUP from what ``serve`` resolved them from; it also tunes the worker process's garbage collector
+    (``gateway/runtime.py``)."""
+    app = create_app(settings_from_env(), ConfigSource.from_env())
     tune_gc()
     return app

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 
 from gateway import __version__
-from gateway.config import ConfigError, Settings, check_servable, load_settings
+from gateway.config import ConfigError, Settings, load_settings
+from gateway.reload import ConfigSource
 from gateway.report import DEFAULT_PLANNED_N, EXPORT_KINDS
 
 
@@ -134,14 +135,14 @@ def _serve(args: argparse.Namespace) -> int:
         for k, v in {"host": args.host, "port": args.port, "workers": args.workers, "log_level": args.log_level}.items()
         if v is not None
     }
+    source = ConfigSource(args.config, {"server": server} if server else None, embedded_default=True)
     try:
-        settings = load_settings(args.config, {"server": server} if server else None, embedded_default=True)
-        check_servable(settings)
+        settings = source.load()
     except ConfigError as exc:
         return _fail(str(exc))
     from gateway import server as server_mod
 
-    server_mod.run(settings)
+    server_mod.run(settings, source)
     return 0
 
 

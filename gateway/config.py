@@ -88,8 +88,12 @@ class RateLimit(_Section):
     burst_tokens: int | None = Field(None, ge=1)
 
 
+#: URL schemes of a Redis ``server.rate_limits.backend``.
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
 class RateLimitSettings(_Section):
-    """Rate limits of the inference routes, enforced by each worker on its own (memory buckets)."""
+    """Rate limits of the inference routes: buckets in each worker's memory, or in Redis shared by all."""
 
     #: Per API key (the presented Bearer token; requests without one share a bucket).
     per_key: RateLimit = Field(default_factory=RateLimit)
@@ -101,6 +105,26 @@ class RateLimitSettings(_Section):
     default_max_tokens: int = Field(1024, ge=0)
     #: Most buckets a worker keeps; beyond it the least recently used is forgotten (it starts full again).
     max_tracked: int = Field(100_000, ge=100)
+    #: Where the buckets live: ``memory`` (each worker its own) or ``redis://[:password@]host:port/db``
+    #: (``rediss://`` with TLS, ``unix:///path?db=0``): shared by every worker and replica.
+    backend: str = "memory"
+    #: Longest one Redis call may take; beyond it (or when Redis is down) the request is let through unchecked.
+    redis_timeout_s: float = Field(0.1, gt=0, le=10)
+    #: Prefix of the Redis keys (gateways with different limits on one Redis need different prefixes).
+    redis_prefix: str = Field("aligngate:rl", min_length=1)
+
+    @field_validator("backend")
+    @classmethod
+    def _valid_backend(cls, backend: str) -> str:
+        backend = backend.strip()
+        if backend != "memory" and backend.split("://", 1)[0].lower() not in REDIS_SCHEMES:
+            raise ValueError("server.rate_limits.backend is `memory` or a Redis URL (redis://host:6379/0)")
+        return backend
+
+    @property
+    def redis(self) -> bool:
+        """Whether the buckets live in Redis."""
+        return self.backend != "memory"
 
     @field_validator("keys")
     @classmethod
@@ -139,7 +163,7 @@ class ServerSettings(_Section):
     max_connections: int = Field(0, ge=0)
     #: Most ``/v1/*`` requests a worker serves at once; beyond it a 503 with ``Retry-After``. 0: no limit.
     max_concurrent_requests: int = Field(0, ge=0)
-    #: Requests and tokens per minute per API key and per user (429 beyond them); per worker.
+    #: Requests and tokens per minute per API key and per user (429 beyond them); per worker, or shared (Redis).
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
 
     @field_validator("api_keys")
@@ -463,6 +487,11 @@ def check_servable(settings: Settings) -> None:
             )
     if not settings.backends:
         raise ConfigError("no backends configured: add at least one under `backends:` (see config.example.yaml)")
+    if settings.server.rate_limits.redis and not importlib.util.find_spec("redis"):
+        raise ConfigError(
+            "server.rate_limits.backend is a Redis URL, which needs the redis client: `pip install 'aligngate[redis]'`"
+            " (or use backend: memory)"
+        )
     store = settings.store
     scheme = store.url.split("://", 1)[0].lower()
     if store.enabled and scheme in ("postgres", "postgresql") and not importlib.util.find_spec("asyncpg"):

@@ -127,6 +127,13 @@ RATE_LIMITED = Counter(
     "dimension (requests, tokens).",
     ["scope", "reason"],
 )
+RATE_LIMIT_ERRORS = Counter(
+    "aligngate_rate_limit_errors",
+    "Calls to a shared rate-limit store (Redis) that failed, by operation (acquire: the request was let through "
+    "unchecked; settle: a token reservation was left as it was) and reason (timeout, connection, error; down: "
+    "not tried, the store failed less than a second ago).",
+    ["op", "reason"],
+)
 
 
 def rejected(reason: str) -> None:
@@ -140,6 +147,11 @@ def rejected(reason: str) -> None:
 def rate_limited(scope: str, reason: str) -> None:
     """Count a 429 of the rate limits (``scope``: key or user; ``reason``: requests or tokens)."""
     RATE_LIMITED.labels(scope, reason).inc()
+
+
+def rate_limit_error(op: str, reason: str) -> None:
+    """Count a failed call to the shared rate-limit store (``op``: acquire or settle; ``reason``: see above)."""
+    RATE_LIMIT_ERRORS.labels(op, reason).inc()
 
 
 def count_upstream_error(model: str, status: str) -> None:

@@ -1,12 +1,16 @@
 """Runs the gateway under uvicorn (uvloop + httptools), with N worker processes and graceful shutdown.
 
 Before uvicorn starts workers this sets ``PROMETHEUS_MULTIPROC_DIR`` (N > 1) and hands the resolved settings
-to the workers through the environment. On SIGTERM/SIGINT uvicorn stops accepting connections and lets
-in-flight requests, streams included, finish for up to ``server.graceful_timeout_s`` seconds.
+to the workers through the environment, with where they came from (``gateway/reload.py``). On SIGTERM/SIGINT
+uvicorn stops accepting connections and lets in-flight requests, streams included, finish for up to
+``server.graceful_timeout_s`` seconds. SIGHUP reloads the API keys and rate limits in each worker: with N > 1
+the supervising process forwards it to every worker (uvicorn's own supervisor would restart them all) and
+resolves the settings again for workers it starts later; before a worker is ready to reload, SIGHUP is ignored.
 """
 
 from __future__ import annotations
 
+import inspect
 import ipaddress
 import logging
 import logging.config
@@ -17,12 +21,14 @@ import signal
 import tempfile
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, cast
 
 import uvicorn
+from uvicorn.supervisors import Multiprocess
 
-from gateway.config import RESOLVED_ENV, Settings, dump_resolved
+from gateway.config import RESOLVED_ENV, ConfigError, Settings, dump_resolved
 from gateway.connections import PROTOCOL
+from gateway.reload import SOURCE_ENV, ConfigSource, reread
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +74,45 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
-def run(settings: Settings) -> None:
+class _Supervisor:
+    """The supervising process of N workers: what it does on SIGHUP."""
+
+    def __init__(self, source: ConfigSource, settings: Settings) -> None:
+        self.source = source
+        self.settings = settings
+
+    def reload(self) -> None:
+        """Resolve the settings again for workers started from now on (each running worker reloads on its own)."""
+        try:
+            reloaded = reread(self.source, self.settings)
+        except ConfigError as exc:
+            logger.error("SIGHUP: the config does not load; workers keep their keys and limits: %s", exc)
+            return
+        self.settings = reloaded.settings
+        os.environ[RESOLVED_ENV] = dump_resolved(reloaded.settings)
+
+    def multiprocess(self, config: uvicorn.Config, sock: Any) -> Multiprocess:
+        """uvicorn's supervisor of ``config.workers`` processes, forwarding SIGHUP to them instead of restarting."""
+        supervisor = self
+
+        class Forwarding(Multiprocess):
+            def handle_hup(self) -> None:
+                supervisor.reload()
+                logger.info("SIGHUP: forwarded to %d workers (each reloads its API keys and rate limits)",
+                            len(self.processes))
+                for process in self.processes:
+                    if process.pid is not None:
+                        os.kill(process.pid, signal.SIGHUP)
+
+        if "target" in inspect.signature(Multiprocess.__init__).parameters:  # uvicorn before 0.50
+            made: Multiprocess = cast(Any, Forwarding)(config, target=uvicorn.Server(config).run, sockets=[sock])
+            return made
+        return Forwarding(config, sockets=[sock])
+
+
+def run(settings: Settings, source: ConfigSource | None = None) -> None:
+    """Serve ``settings`` (resolved from ``source``, which SIGHUP reads again) until SIGTERM or SIGINT."""
+    source = source or ConfigSource()
     server = settings.server
     logging.config.dictConfig(log_config(server.log_level))
     if not server.api_keys and not is_loopback(server.host):
@@ -77,32 +121,39 @@ def run(settings: Settings) -> None:
             server.host,
         )
     os.environ[RESOLVED_ENV] = dump_resolved(settings)
+    os.environ[SOURCE_ENV] = source.to_env()
     multiproc_dir: str | None = None
     if server.workers > 1 and not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiproc_dir = tempfile.mkdtemp(prefix="aligngate-prom-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = multiproc_dir
     main_thread = threading.current_thread() is threading.main_thread()  # signal handlers: main thread only
     previous = signal.signal(signal.SIGTERM, _exit_cleanly) if main_thread else None
+    previous_hup = signal.signal(signal.SIGHUP, signal.SIG_IGN) if main_thread else None  # workers handle it
+    options: dict[str, Any] = {
+        "factory": True,
+        "host": server.host,
+        "port": server.port,
+        "workers": server.workers,
+        "loop": "uvloop",
+        "http": PROTOCOL,  # httptools, with a header deadline and a header size cap (gateway/connections.py)
+        "access_log": False,
+        "log_config": log_config(server.log_level),
+        # Rounded up, never to None (which would wait for ever): uvicorn types this as a whole number.
+        "timeout_graceful_shutdown": math.ceil(server.graceful_timeout_s),
+        "timeout_keep_alive": server.keep_alive_timeout_s,
+        "limit_concurrency": server.max_connections or None,
+        "server_header": False,
+        "date_header": False,
+    }
     try:
-        uvicorn.run(
-            "gateway.app:app_from_env",
-            factory=True,
-            host=server.host,
-            port=server.port,
-            workers=server.workers,
-            loop="uvloop",
-            http=PROTOCOL,  # httptools, with a header deadline and a header size cap (gateway/connections.py)
-            access_log=False,
-            log_config=log_config(server.log_level),
-            # Rounded up, never to None (which would wait for ever): uvicorn types this as a whole number.
-            timeout_graceful_shutdown=math.ceil(server.graceful_timeout_s),
-            timeout_keep_alive=server.keep_alive_timeout_s,
-            limit_concurrency=server.max_connections or None,
-            server_header=False,
-            date_header=False,
-        )
+        if server.workers > 1:
+            config = uvicorn.Config("gateway.app:app_from_env", **options)
+            _Supervisor(source, settings).multiprocess(config, config.bind_socket()).run()
+        else:
+            uvicorn.run("gateway.app:app_from_env", **options)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGHUP, previous_hup)
         if multiproc_dir is not None:
             shutil.rmtree(multiproc_dir, ignore_errors=True)

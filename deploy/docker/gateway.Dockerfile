@@ -22,9 +22,9 @@ COPY gateway ./gateway
 COPY models ./models
 COPY train ./train
 # The base install (starlette, uvicorn[standard], aiohttp, orjson, pydantic, prometheus-client, SQLAlchemy) plus
-# the `postgres` extra (asyncpg) for the shared trace store. Never `local`: no torch in this image (a test in
-# tests/deploy fails if an extra that pulls torch appears on this line).
-RUN /opt/aligngate/bin/pip install ".[postgres]" \
+# the `postgres` extra (asyncpg) for the shared trace store and the `redis` extra for shared rate limits. Never
+# `local`: no torch in this image (a test in tests/deploy fails if an extra that pulls torch appears on this line).
+RUN /opt/aligngate/bin/pip install ".[postgres,redis]" \
     && /opt/aligngate/bin/pip check \
     && ! /opt/aligngate/bin/python -c "import torch" 2>/dev/null
 

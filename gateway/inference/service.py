@@ -6,6 +6,9 @@ what the trace store records (a ``Capture``: references only, the store's writer
 shadow mode, attaches a shadow run to a sampled share of the assigned-control requests (it starts once their
 response has been sent: ``gateway/pipeline/shadow.py``). Then the pipeline answers (``gateway/pipeline``: the
 control arm is the pipeline with no steps). A client that goes away meanwhile cancels the upstream work.
+
+The API keys and the rate limiter are swapped together by :meth:`InferenceService.reconfigure` (a reload on
+SIGHUP: ``gateway/reload.py``); a request reads both once, when it arrives, so it is served under one of them.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ class InferenceService:
         self.backends = backends
         self.arms = arms or ArmChooser(ExperimentSettings(), HelpersSettings())
         self.pipeline = pipeline or Pipeline(Helpers(None, None))
-        self.auth = auth
+        self._access = (auth, rate_limits)
         self.max_body_bytes = max_body_bytes
         self.log_request_bodies = log_request_bodies
         self.created = int(time.time())
@@ -70,8 +73,19 @@ class InferenceService:
         self.limits = limits or LimitsSettings()
         #: Longest wait for the whole request body (``server.body_timeout_s``; None: no limit).
         self.body_timeout_s = body_timeout_s
-        #: ``server.rate_limits`` (None: off).
-        self.rate_limits = rate_limits
+
+    @property
+    def auth(self) -> ApiKeyAuth:
+        return self._access[0]
+
+    @property
+    def rate_limits(self) -> RateLimiter | None:
+        """``server.rate_limits`` (None: off)."""
+        return self._access[1]
+
+    def reconfigure(self, auth: ApiKeyAuth, rate_limits: RateLimiter | None) -> None:
+        """Serve the requests that arrive from now on with these keys and limits (both at once)."""
+        self._access = (auth, rate_limits)
 
     def models(self, authorization: str | None) -> ModelList:
         self.auth.check(authorization)
@@ -80,7 +94,8 @@ class InferenceService:
     async def serve(self, ctx: RequestContext, path: str, headers: RequestHeaders, receive: Receive) -> ASGIApp:
         """Answer one inference request to ``path`` (``CHAT_PATH`` or ``COMPLETIONS_PATH``): the response to
         send, an ASGI app. Raises ``GatewayError`` (the OpenAI error to answer) and ``ClientDisconnected``."""
-        self.auth.check(headers.authorization)
+        auth, limiter = self._access
+        auth.check(headers.authorization)
         raw = await read_body(receive, headers.content_length, self.max_body_bytes, self.body_timeout_s)
         req: ChatCompletionRequest | CompletionRequest = (
             checked_request(raw, ChatCompletionRequest, self.limits) if path == CHAT_PATH
@@ -90,11 +105,11 @@ class InferenceService:
             logger.debug("request %s body: %s", ctx.request_id, raw.decode("utf-8", "replace"))
         if isinstance(req, CompletionRequest) and not req.has_prompt():
             raise BadRequest("Missing required parameter: 'prompt'.", param="prompt", code="missing_required_parameter")
-        return await self._answer(ctx, headers, receive, raw, req, path)
+        return await self._answer(ctx, headers, receive, raw, req, path, auth.enabled, limiter)
 
     async def _answer(
         self, ctx: RequestContext, headers: RequestHeaders, receive: Receive, raw: bytes,
-        req: ChatCompletionRequest | CompletionRequest, path: str,
+        req: ChatCompletionRequest | CompletionRequest, path: str, keyed: bool, limiter: RateLimiter | None,
     ) -> ASGIApp:
         backend = self.backends.get(req.model)
         if backend is None:
@@ -102,7 +117,6 @@ class InferenceService:
                 f"The model '{req.model}' does not exist; GET /v1/models lists the served models.", param="model"
             )
         ctx.model = backend.name
-        limiter = self.rate_limits
         admission = None
         if limiter is not None:  # a 429 here reaches no upstream
             admission = await limiter.admit(headers.authorization, headers.user, req, len(raw))
@@ -110,7 +124,7 @@ class InferenceService:
                 ctx.headers = admission.headers
         # The API key names a user only when keys are configured (without them every client's token is
         # whatever its SDK needed, often the same placeholder).
-        key, source = user_key(headers.user, req.user, headers.authorization if self.auth.enabled else None)
+        key, source = user_key(headers.user, req.user, headers.authorization if keyed else None)
         assignment = self.arms.choose(headers.arm, key)
         arm = assignment.arm
         ctx.arm = arm

@@ -7,11 +7,16 @@ what the limiter (``gateway/ratelimit/limiter.py``) needs of a store:
 * ``acquire(charges)``: all-or-nothing. Each charge fits when its bucket holds at least ``min(amount, burst)`` (a
   charge larger than the whole bucket is let through on a full bucket and leaves it in debt); if every charge fits,
   all are taken, else none is, and the decision names the first that did not fit and how long until it would;
-* ``adjust(key, limit, amount)``: give units back (``amount`` > 0; never above the burst) or take more (< 0, which
-  may leave a debt), as when a token reservation is settled from the answer's ``usage``.
+* ``adjust(charges, back)``: give ``back`` units to each charge's bucket (never above the burst), or take more
+  (``back`` < 0, which may leave a debt), as when a token reservation is settled from the answer's ``usage``;
+* ``close()``: let go of what the store holds (a connection pool).
 
-:class:`MemoryBuckets` keeps them in this process (each worker its own). A shared store (Redis: one script per
-``acquire`` doing the same arithmetic on ``level`` and ``stamp`` under the server's clock) fits the same protocol.
+A store that cannot answer (Redis down) lets the request through: its decision is ``unchecked`` (no states).
+
+:class:`MemoryBuckets` keeps them in this process (each worker its own); ``gateway/ratelimit/redis_buckets.py``
+keeps them in Redis (one script per operation, the same arithmetic under the server's clock), shared by every
+worker and replica. :func:`open_buckets` opens the one ``server.rate_limits.backend`` names (the Redis client is
+imported only then).
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from gateway.config import RateLimitSettings
 
 #: A bucket's name: its scope and identity, e.g. ``("key", <digest>)`` or ``("user", <digest>, <user>, "tokens")``.
 BucketKey = tuple[str, ...]
@@ -57,11 +64,13 @@ class BucketState:
 @dataclass(frozen=True, slots=True)
 class Decision:
     """The outcome of ``acquire``: one state per charge, in order; ``refused`` is the index of the first charge
-    that did not fit (then nothing was taken), ``retry_after_s`` how long until it would."""
+    that did not fit (then nothing was taken), ``retry_after_s`` how long until it would. ``unchecked``: the store
+    could not decide (it is unavailable) and lets the request through; then ``states`` is empty."""
 
     states: tuple[BucketState, ...]
     refused: int | None = None
     retry_after_s: float = 0.0
+    unchecked: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -73,7 +82,9 @@ class Buckets(Protocol):
 
     async def acquire(self, charges: Sequence[Charge]) -> Decision: ...
 
-    async def adjust(self, key: BucketKey, limit: Limit, amount: float) -> None: ...
+    async def adjust(self, charges: Sequence[Charge], back: float) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 class MemoryBuckets:
@@ -113,9 +124,23 @@ class MemoryBuckets:
             bucket[0] -= charge.amount
         return Decision(_states(charges, buckets))
 
-    async def adjust(self, key: BucketKey, limit: Limit, amount: float) -> None:
-        bucket = self._level(key, limit, self._clock())
-        bucket[0] = min(float(limit.burst), bucket[0] + amount)
+    async def adjust(self, charges: Sequence[Charge], back: float) -> None:
+        now = self._clock()
+        for charge in charges:
+            bucket = self._level(charge.key, charge.limit, now)
+            bucket[0] = min(float(charge.limit.burst), bucket[0] + back)
+
+    async def close(self) -> None:
+        return None
+
+
+def open_buckets(settings: RateLimitSettings) -> Buckets:
+    """The store ``settings.backend`` names: memory, or Redis (``redis://``, ``rediss://``, ``unix://``)."""
+    if settings.backend == "memory":
+        return MemoryBuckets(settings.max_tracked)
+    from gateway.ratelimit.redis_buckets import RedisBuckets  # the `redis` extra, imported only when configured
+
+    return RedisBuckets(settings.backend, prefix=settings.redis_prefix, timeout_s=settings.redis_timeout_s)
 
 
 def _states(charges: Sequence[Charge], buckets: list[list[float]]) -> tuple[BucketState, ...]:

@@ -12,7 +12,8 @@ fit) before any upstream sees it, and counted in ``aligngate_rate_limited_total{
 ``user``, reason ``requests`` or ``tokens``). Every answer of a limited request, the 429 included, carries
 ``x-ratelimit-limit-*`` (the per-minute limit), ``x-ratelimit-remaining-*`` (what is left, whole units) and
 ``x-ratelimit-reset-*`` (until the bucket is full again, written as OpenAI writes it: ``20ms``, ``1.5s``,
-``6m0s``) for requests and for tokens, each of the bucket with the least left; they replace an upstream's own.
+``6m0s``) for requests and for tokens, each of the bucket with the least left; they replace an upstream's own. A
+request the store could not check (Redis unavailable: it fails open) carries the limits alone.
 
 Once the answer has been sent, a token reservation is settled (:func:`settling`): an error status gives it all back,
 an answer with ``usage`` (a body's, or a stream's last chunk with ``stream_options.include_usage``) is charged what
@@ -121,7 +122,8 @@ def _key_id(authorization: str | None) -> tuple[str, bytes | None]:
 
 
 class RateLimiter:
-    """Charges inference requests to their key's and user's buckets (one instance per worker process)."""
+    """Charges inference requests to their key's and user's buckets (one instance per worker process, and a new one
+    when ``server.rate_limits`` is reloaded, over the same ``buckets``)."""
 
     def __init__(self, settings: RateLimitSettings, buckets: Buckets | None = None) -> None:
         self.settings = settings
@@ -182,15 +184,20 @@ class RateLimiter:
             return
         else:
             back = float(admission.reserved - used)
-        for charge in admission.tokens:
-            await self.buckets.adjust(charge.key, charge.limit, back)
+        await self.buckets.adjust(admission.tokens, back)
 
 
 def _headers(charges: Sequence[Charge], labels: Sequence[tuple[ScopeName, Dimension]],
              decision: Decision) -> list[tuple[bytes, bytes]]:
     """OpenAI's ``x-ratelimit-*`` trio for each limited dimension, of the bucket with the least left (the refused
-    one, when a charge did not fit)."""
+    one, when a charge did not fit); of an unchecked decision (the store unavailable), the limits alone."""
     out: list[tuple[bytes, bytes]] = []
+    if decision.unchecked:
+        for dimension in _DIMENSIONS:
+            limits = [c.limit.per_minute for c, (_, dim) in zip(charges, labels, strict=True) if dim == dimension]
+            if limits:
+                out.append((b"x-ratelimit-limit-" + dimension.encode(), str(min(limits)).encode()))
+        return out
     for dimension in _DIMENSIONS:
         picked: tuple[Charge, BucketState] | None = None
         for i, (charge, state) in enumerate(zip(charges, decision.states, strict=True)):

@@ -234,6 +234,22 @@ def test_gateway_replicas_get_secrets_and_their_own_spill_volume() -> None:
     assert len(spills) == 2, "each replica needs its own spill volume"
 
 
+def test_the_redis_profile_shares_the_rate_limit_buckets() -> None:
+    doc = load_compose()
+    assert "redis" not in active_services(doc, {"published"})
+    assert "redis" in active_services(doc, {"published", "redis"})
+    env = _env(COMPOSE_PROFILES="published,redis", ALIGNGATE_RATE_LIMIT_BACKEND="redis://redis:6379/0")
+    services = interpolate_tree(doc, env)["services"]
+    assert _errors({**doc, "services": services}) == []
+    for replica in ("gateway-1", "gateway-2"):
+        backend = urlsplit(services[replica]["environment"]["ALIGNGATE_SERVER__RATE_LIMITS__BACKEND"])
+        assert backend.hostname == "redis" and backend.port == 6379
+        assert "redis" not in services[replica].get("depends_on", {})  # optional: the gateways fail open
+    command = services["redis"]["command"]
+    assert command[command.index("--maxmemory-policy") + 1] == "volatile-ttl"
+    assert _resolved()["services"]["gateway-1"]["environment"]["ALIGNGATE_SERVER__RATE_LIMITS__BACKEND"] == "memory"
+
+
 def test_gateway_environment_overrides_resolve_with_the_config() -> None:
     """The replicas' env (secrets) on top of the mounted config is a valid, authenticated, Postgres-backed gateway."""
     services = _resolved()["services"]

@@ -36,6 +36,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "secrets": {"apiKeys": ["sk-one", "sha256:" + "ab" * 32], "hfToken": "hf_x"},
         "serviceMonitor": {"enabled": True, "labels": {"release": "kube-prometheus-stack"}},
         "grafanaDashboard": {"enabled": True},
+        "redis": {"enabled": True},
         "ingress": {"enabled": True, "className": "nginx", "tls": [{"secretName": "tls", "hosts": ["a.example.com"]}]},
         "vllm": {"backend": {"replicas": 2, "gpus": 2}, "modelCache": {"existingClaim": "hf-cache"}},
     },
@@ -269,6 +270,27 @@ def test_bundled_postgres_url_reaches_the_bundled_service(monkeypatch: pytest.Mo
     assert url.password == secret and len(secret) >= 24
     annotations = by_kind(objs, "Secret")[f"{RELEASE}-postgresql"]["metadata"]["annotations"]
     assert annotations["helm.sh/resource-policy"] == "keep"
+
+
+def test_redis_enabled_is_the_rate_limit_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    settings, _ = gateway_settings({}, monkeypatch, tmp_path)
+    assert settings.server.rate_limits.backend == "memory"
+    assert not [o for o in objects({}) if o["metadata"]["labels"].get("app.kubernetes.io/component") == "redis"]
+    values = SCENARIOS["published-helpers-everything-on"]
+    settings, _ = gateway_settings(values, monkeypatch, tmp_path)
+    url = urlsplit(settings.server.rate_limits.backend)
+    objs = objects(values)
+    service = by_kind(objs, "Service")[url.hostname or ""]
+    assert url.scheme == "redis" and url.port == service["spec"]["ports"][0]["port"]
+    pod = by_kind(objs, "Deployment")[url.hostname or ""]["spec"]["template"]
+    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
+    args = pod["spec"]["containers"][0]["args"]
+    assert args[args.index("--maxmemory-policy") + 1] == "volatile-ttl"  # evicts buckets, which all expire
+    # limits given in the values keep the chart's backend
+    values = {**values, "config": {"server": {"rate_limits": {"per_key": {"requests_per_minute": 60}}}}}
+    settings, _ = gateway_settings(values, monkeypatch, tmp_path)
+    assert settings.server.rate_limits.backend == f"redis://{url.hostname}:6379/0"
+    assert settings.server.rate_limits.per_key.requests_per_minute == 60
 
 
 @pytest.mark.parametrize("scenario", ["defaults", "lora-helpers", "published-helpers-everything-on"])

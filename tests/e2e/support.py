@@ -254,6 +254,8 @@ class Gateway(ManagedProcess):
         self.db_path = Path(config["store"]["url"].removeprefix("sqlite:///"))
         cfg_path = log_dir / f"{tag}-{self.port}-{time.monotonic_ns()}.yaml"
         cfg_path.write_text(yaml.safe_dump(config), encoding="utf-8")
+        #: The config file it serves (a test may rewrite it and send SIGHUP).
+        self.config_path = cfg_path
         args = [sys.executable, "-m", "gateway", "serve", "--config", str(cfg_path), "--port", str(self.port)]
         if workers is not None:
             args += ["--workers", str(workers)]

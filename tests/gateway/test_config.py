@@ -445,3 +445,17 @@ def test_hardening_defaults_and_nested_env_overrides(monkeypatch: pytest.MonkeyP
     # the hand-over to workers keeps an override's unset fields unset (they inherit per_key)
     again = Settings.model_validate(orjson.loads(dump_resolved(s)))
     assert again.server.rate_limits.keys["sk-big"].tokens_per_minute is None
+
+
+def test_rate_limit_backend_is_memory_or_a_redis_url(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().server.rate_limits.backend == "memory"
+    assert not load_settings().server.rate_limits.redis
+    path = _write(tmp_path, "server: {rate_limits: {backend: 'redis://:pw@redis:6379/0', redis_timeout_s: 0.05}}\n")
+    limits = load_settings(path).server.rate_limits
+    assert limits.redis and limits.redis_timeout_s == 0.05 and limits.redis_prefix == "aligngate:rl"
+    monkeypatch.setenv("ALIGNGATE_SERVER__RATE_LIMITS__BACKEND", "rediss://cache:6380/1")
+    assert load_settings(path).server.rate_limits.backend == "rediss://cache:6380/1"
+    monkeypatch.delenv("ALIGNGATE_SERVER__RATE_LIMITS__BACKEND")
+    for bad in ("memcached://x:11211", "redis-server:6379", ""):
+        with pytest.raises(ConfigError, match="backend"):
+            load_settings(_write(tmp_path, f"server: {{rate_limits: {{backend: '{bad}'}}}}\n"))

@@ -66,11 +66,11 @@ async def test_adjust_gives_back_or_takes_more(clock: Clock) -> None:
     buckets = MemoryBuckets(clock=clock)
     tokens = Limit(per_minute=6000, burst=1000)
     await buckets.acquire([Charge(("t",), tokens, 800)])
-    await buckets.adjust(("t",), tokens, 700)  # reserved 800, used 100
+    await buckets.adjust([Charge(("t",), tokens, 800)], 700)  # reserved 800, used 100
     assert (await buckets.acquire([Charge(("t",), tokens, 0)])).states[0].remaining == 900
-    await buckets.adjust(("t",), tokens, -50)  # used more than reserved
+    await buckets.adjust([Charge(("t",), tokens, 800)], -50)  # used more than reserved
     assert (await buckets.acquire([Charge(("t",), tokens, 0)])).states[0].remaining == 850
-    await buckets.adjust(("t",), tokens, 10_000)  # never above the burst
+    await buckets.adjust([Charge(("t",), tokens, 800)], 10_000)  # never above the burst
     assert (await buckets.acquire([Charge(("t",), tokens, 0)])).states[0].remaining == 1000
 
 

@@ -47,6 +47,23 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 
 {{/* The bundled Postgres (charts/postgresql) names its Service and Secret "<release>-postgresql". */}}
+{{/* Labels of the Redis objects: not part-of aligngate, so the ServiceMonitor leaves its Service alone. */}}
+{{- define "aligngate.redisSelectorLabels" -}}
+app.kubernetes.io/name: redis
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: redis
+{{- end -}}
+
+{{- define "aligngate.redisLabels" -}}
+helm.sh/chart: {{ include "aligngate.chart" . }}
+{{ include "aligngate.redisSelectorLabels" . }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "aligngate.redisName" -}}
+{{- printf "%s-redis" (include "aligngate.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "aligngate.postgresqlName" -}}
 {{- printf "%s-postgresql" .Release.Name | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
@@ -111,6 +128,9 @@ ALIGNGATE_* environment variables from the Secret.
 {{- $arms = dict "control" 1 -}}
 {{- end -}}
 {{- $_ := set $generated "experiment" (dict "arms" $arms) -}}
+{{- end -}}
+{{- if .Values.redis.enabled -}}
+{{- $_ := set $generated.server "rate_limits" (dict "backend" (printf "redis://%s:6379/0" (include "aligngate.redisName" .))) -}}
 {{- end -}}
 {{- $config := mergeOverwrite $generated (deepCopy .Values.config) -}}
 {{- if not $config.experiment.arms -}}{{- $_ := set $config.experiment "arms" $arms -}}{{- end -}}
