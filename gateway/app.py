@@ -4,7 +4,7 @@
 the resolved settings through the environment). A :class:`GatewayApp` is plain ASGI: its lifespan starts and
 stops the backends, helpers and trace store, and every HTTP request goes through the request middleware
 (request id, timing, metrics, access log) to the one router (``gateway/routing.py``), where each route of
-``ROUTES`` is registered once.
+``ROUTES`` is registered once (``server.ui: false`` leaves out the web pages' routes, ``/ui`` and below).
 """
 
 from __future__ import annotations
@@ -35,6 +35,9 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
+from gateway.ui.api import UiApi
+from gateway.ui.routes import ROUTES as UI_ROUTES
+from gateway.ui.routes import is_ui_path
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
 from gateway.upstream.local import LocalBackend
@@ -43,7 +46,12 @@ from gateway.upstream.protocol import Backend
 logger = logging.getLogger(__name__)
 
 #: Every route of the gateway: (method, path, endpoint).
-ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES]
+ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES, *UI_ROUTES]
+
+
+def routes_for(settings: Settings) -> list[tuple[str, str, ASGIApp]]:
+    """The routes a gateway with ``settings`` serves: :data:`ROUTES`, less the web pages' with ``server.ui`` off."""
+    return [route for route in ROUTES if settings.server.ui or not is_ui_path(route[1])]
 
 Lifespan = Callable[["GatewayApp"], AbstractAsyncContextManager[None]]
 
@@ -54,7 +62,7 @@ async def _no_lifespan(app: GatewayApp) -> AsyncIterator[None]:
 
 
 class GatewayApp:
-    """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``store``,
+    """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``ui``, ``store``,
     ``settings``); endpoints reach them as ``scope["app"].state``."""
 
     def __init__(
@@ -140,6 +148,7 @@ def create_app(settings: Settings) -> GatewayApp:
                 rate_limits=RateLimiter(settings.server.rate_limits) if settings.server.rate_limits.enabled else None,
             )
             app.state.feedback = FeedbackService(store, auth, body_timeout_s=settings.server.body_timeout_s)
+            app.state.ui = UiApi(settings, store, auth)
             app.state.store = store
             yield
         finally:
@@ -152,7 +161,7 @@ def create_app(settings: Settings) -> GatewayApp:
             await engines.close()
             await session.close()
 
-    app = GatewayApp(ROUTES, lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
+    app = GatewayApp(routes_for(settings), lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
     app.state.settings = settings
     return app
 

@@ -141,6 +141,8 @@ class ServerSettings(_Section):
     max_concurrent_requests: int = Field(0, ge=0)
     #: Requests and tokens per minute per API key and per user (429 beyond them); per worker.
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    #: Serve the web pages and their JSON read API (``/ui``, ``/ui/api/*``); ``false``: those routes are 404.
+    ui: bool = True
 
     @field_validator("api_keys")
     @classmethod

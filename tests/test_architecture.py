@@ -32,7 +32,7 @@ GATEWAY_LAYERS: tuple[tuple[str, ...], ...] = (
     # the alignment pipeline
     ("pipeline.*",),
     # the services behind the routes, and the reports over the store
-    ("inference.*", "feedback.*", "ops.*", "report.*"),
+    ("inference.*", "feedback.*", "ops.*", "report.*", "ui.*"),
     # the application, the server and the command line
     ("app", "server", "cli", "__main__", "eval.*", "connections"),
 )
