@@ -4,8 +4,8 @@
 the resolved settings through the environment). A :class:`GatewayApp` is plain ASGI: its lifespan starts and
 stops the backends, helpers and trace store, and every HTTP request goes through the request middleware
 (request id, timing, metrics, access log) to the one router (``gateway/routing.py``), where each route of
-``ROUTES`` is registered once. Served by ``aligngate serve``, a worker reloads its API keys and rate limits on
-SIGHUP (``gateway/reload.py``).
+``ROUTES`` is registered once (``server.ui: false`` leaves out the web pages' routes, ``/ui`` and below).
+Served by ``aligngate serve``, a worker reloads its API keys and rate limits on SIGHUP (``gateway/reload.py``).
 """
 
 from __future__ import annotations
@@ -39,7 +39,9 @@ from gateway.reload import ConfigSource, Reloader
 from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
-from gateway.ui.pages import PAGE_ROUTES, is_ui_path
+from gateway.ui.api import UiApi
+from gateway.ui.pages import is_ui_path
+from gateway.ui.routes import ROUTES as UI_ROUTES
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
 from gateway.upstream.local import LocalBackend
@@ -48,7 +50,12 @@ from gateway.upstream.protocol import Backend
 logger = logging.getLogger(__name__)
 
 #: Every route of the gateway: (method, path, endpoint).
-ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES, *PAGE_ROUTES]
+ROUTES: list[tuple[str, str, ASGIApp]] = [*INFERENCE_ROUTES, *FEEDBACK_ROUTES, *OPS_ROUTES, *UI_ROUTES]
+
+
+def routes_for(settings: Settings) -> list[tuple[str, str, ASGIApp]]:
+    """The routes a gateway with ``settings`` serves: :data:`ROUTES`, less the web pages' with ``server.ui`` off."""
+    return [route for route in ROUTES if settings.server.ui or not is_ui_path(route[1])]
 
 Lifespan = Callable[["GatewayApp"], AbstractAsyncContextManager[None]]
 
@@ -59,7 +66,7 @@ async def _no_lifespan(app: GatewayApp) -> AsyncIterator[None]:
 
 
 class GatewayApp:
-    """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``store``,
+    """The gateway as an ASGI app. Services live in ``state`` (``inference``, ``feedback``, ``ui``, ``store``,
     ``settings``); endpoints reach them as ``scope["app"].state``."""
 
     def __init__(
@@ -159,6 +166,7 @@ def create_app(settings: Settings, reload_source: ConfigSource | None = None) ->
                 rate_limits=_limiter(settings, buckets),
             )
             app.state.feedback = FeedbackService(store, auth, body_timeout_s=settings.server.body_timeout_s)
+            app.state.ui = UiApi(settings, store, auth)
             app.state.store = store
             if reload_source is not None:
                 def apply(new: Settings) -> None:
@@ -186,9 +194,7 @@ def create_app(settings: Settings, reload_source: ConfigSource | None = None) ->
             await buckets.close()
             await session.close()
 
-    # server.ui: false leaves every /ui route out of the table (a 404 like any unknown path)
-    routes = ROUTES if settings.server.ui else [r for r in ROUTES if not is_ui_path(r[1])]
-    app = GatewayApp(routes, lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
+    app = GatewayApp(routes_for(settings), lifespan, max_concurrent_requests=settings.server.max_concurrent_requests)
     app.state.settings = settings
     return app
 

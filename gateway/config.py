@@ -165,6 +165,8 @@ class ServerSettings(_Section):
     max_concurrent_requests: int = Field(0, ge=0)
     #: Requests and tokens per minute per API key and per user (429 beyond them); per worker, or shared (Redis).
     rate_limits: RateLimitSettings = Field(default_factory=RateLimitSettings)
+    #: Serve the web pages and their JSON read API (``/ui``, ``/ui/api/*``); ``false``: those routes are 404.
+    ui: bool = True
 
     @field_validator("api_keys")
     @classmethod
@@ -174,8 +176,6 @@ class ServerSettings(_Section):
         return keys
     #: Debug only: log request bodies (prompts). Off by default; prompts never reach logs otherwise.
     log_request_bodies: bool = False
-    #: Serve the pages and their JSON API under ``/ui``; false: every ``/ui`` path is a 404.
-    ui: bool = True
 
 
 class LocalModelSettings(_Section):

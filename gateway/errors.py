@@ -101,6 +101,14 @@ class GatewayBusy(GatewayError):
     headers = {"Retry-After": "1"}
 
 
+class StoreUnavailableError(GatewayError):
+    """The trace store is disabled (``store.enabled: false``) or cannot answer now (503 ``store_unavailable``)."""
+
+    status = 503
+    type = "server_error"
+    code = "store_unavailable"
+
+
 class RateLimited(GatewayError):
     status = 429
     type = "rate_limit_error"

@@ -106,6 +106,11 @@ FEEDBACK = Counter(
     "aligngate_feedback", "Ratings received on POST /v1/feedback, by the rated request's arm and the rating (1, -1).",
     ["arm", "rating"],
 )
+PREFERENCES = Counter(
+    "aligngate_preferences",
+    "Pairwise preferences received on POST /v1/preferences, by the preferred request's arm (tie: neither).",
+    ["preferred_arm"],
+)
 STORE_RECORDS = Counter(
     "aligngate_store_records",
     "Trace-store records by what became of them: written, spilled (the database was unavailable), replayed "

@@ -1,4 +1,4 @@
-"""The route ``POST /v1/feedback``; the work is in ``service.py``."""
+"""The routes ``POST /v1/feedback`` and ``POST /v1/preferences``; the work is in ``service.py``."""
 
 from __future__ import annotations
 
@@ -17,4 +17,13 @@ async def feedback(request: Request) -> Response:
     return Response(orjson.dumps(answer.model_dump()), media_type="application/json")
 
 
-ROUTES: list[tuple[str, str, ASGIApp]] = [("POST", "/v1/feedback", endpoint(feedback))]
+async def preferences(request: Request) -> Response:
+    service: FeedbackService = request.app.state.feedback
+    answer = await service.prefer(request)
+    return Response(orjson.dumps(answer.model_dump()), media_type="application/json")
+
+
+ROUTES: list[tuple[str, str, ASGIApp]] = [
+    ("POST", "/v1/feedback", endpoint(feedback)),
+    ("POST", "/v1/preferences", endpoint(preferences)),
+]

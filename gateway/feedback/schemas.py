@@ -1,8 +1,8 @@
-"""The feedback request and response bodies."""
+"""The request and response bodies of ``POST /v1/feedback`` (ratings) and ``POST /v1/preferences`` (pairwise)."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictStr, field_validator
 
@@ -35,3 +35,30 @@ class FeedbackResponse(BaseModel):
     ok: bool = True
     request_id: str
     feedback_id: str
+
+
+#: Which of the two compared answers: ``a``, ``b``, or neither better (``tie``).
+Preferred = Literal["a", "b", "tie"]
+#: Which of the two was shown on the left.
+Side = Literal["a", "b"]
+
+
+class PreferenceRequest(BaseModel):
+    """``{"a": "<request id>", "b": "<request id>", "preferred": "a"|"b"|"tie", "left"?: "a"|"b", "comment"?: str}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    #: The ``X-Request-Id`` of the two compared responses (two different requests).
+    a: StrictStr = Field(min_length=1, max_length=128)
+    b: StrictStr = Field(min_length=1, max_length=128)
+    preferred: Preferred
+    #: Which answer the person saw on the left (for position-bias analysis).
+    left: Side | None = None
+    comment: StrictStr | None = Field(None, max_length=MAX_TEXT)
+
+
+class PreferenceResponse(BaseModel):
+    ok: bool = True
+    preference_id: str
+    a: str
+    b: str

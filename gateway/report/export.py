@@ -1,8 +1,10 @@
 """``aligngate data export``: training data for ``train/`` from the trace store's requests and feedback.
 
 Each kind is JSONL that :func:`train.data.loaders.load_gateway_export` (and ``load_any``) reads. Rows come in
-the order of their requests (request time, then id; the two rules of one request in the order below). Every
-request of the selection counts (forced-arm requests too: randomisation does not matter for training data).
+the order of their requests (request time, then id; the two rules of one request in the order below), then the
+pairwise rows in the order of their preferences (time, then id). Every request of the selection counts
+(forced-arm requests too: randomisation does not matter for training data). Every row carries ``source``: the
+rule that made it (``correction``, ``upvoted_alignment``, ``pairwise``, ``upvoted_rewrite``).
 Feedback is reduced per request as everywhere else: the **latest** rating counts, and "the correction" is the
 latest non-empty correction the request was given.
 
@@ -16,6 +18,12 @@ assistant message each):
 * ``upvoted_alignment`` — rule (b): a request the aligner ran on (an aligning arm), whose latest rating is +1,
   and whose final answer differs from the backend's raw answer. The user approved the corrected answer, so the
   correction (final) beats the raw answer.
+* ``pairwise`` — rule (c): a pairwise preference (``POST /v1/preferences``) between two requests of the selection
+  that got the same conversation: the preferred request's final answer beats the other's. The row also carries
+  ``rejected_request_id`` and ``preference_id`` (``request_id`` is the preferred request). Ties say neither is
+  better and are skipped (``tie``); so is a pair whose other request is not in the selection (``not_selected``:
+  another experiment, or before ``--since``), whose conversations differ (``different_prompts``), or whose two
+  answers are the same text (``identical``); each preference is a row of its own (no latest-counts reduction).
 * A request can give a row of each rule (an up-rated aligned answer the user still corrected: correction >
   final > raw, two consistent pairs).
 * Not exported, on purpose: a **down-rated** answer without a correction says that what the user saw was bad,
@@ -30,7 +38,7 @@ it): from rule (a), ``answer`` = the answer shown and ``correction`` = the user'
 ``answer`` = the raw answer and ``correction`` = the final (aligned, up-rated) answer. Same sources, same
 exclusions.
 
-**rewriter** ``{prompt, optimized_prompt, request_id}``: rule ``upvoted_rewrite`` — a request whose rewrite
+**rewriter** ``{prompt, optimized_prompt, request_id, source}``: rule ``upvoted_rewrite`` — a request whose rewrite
 was used (``rewritten_prompt`` stored: no guard kept the original) and whose latest rating is +1; ``prompt``
 is the text of the original last user message, ``optimized_prompt`` the rewrite. Down-rated rewrites are not
 used (the rating judges the answer, and a bad answer does not say what the better prompt was).
@@ -39,8 +47,9 @@ used (the rating judges the answer, and a bad answer does not say what the bette
 failed after it started: its answer may be cut off), ``no_text`` (the row has no text: ``store.log_bodies``
 was off), ``non_text_prompt`` (images, tool calls, or a completions prompt that is not a string),
 ``no_user_message``, ``no_answer`` (an answer without text), ``identical`` (the correction or rewrite equals
-what it would replace), ``unchanged`` (rule (b): the aligner kept the raw answer), ``not_rewritten`` (a
-guard or a failure kept the original prompt).
+what it would replace, or the two compared answers are the same), ``unchanged`` (rule (b): the aligner kept the
+raw answer), ``not_rewritten`` (a guard or a failure kept the original prompt), and for rule (c) ``tie``,
+``not_selected``, ``different_prompts``. For a pair, ``failed``, ``no_text`` and the like mean either request.
 """
 
 from __future__ import annotations
@@ -57,12 +66,13 @@ import orjson
 
 from gateway.config import ARMS, Arm
 from gateway.report import EXPORT_KINDS
-from gateway.report.source import FeedbackSummary, RequestRecord, Selection, read
+from gateway.report.source import FeedbackSummary, PreferenceRecord, RequestRecord, Selection, read
 from models.aligner import question_from_messages
 from models.wire.read import content_text
 
 __all__ = [
     "EXPORT_KINDS",
+    "PAIRWISE",
     "RULES",
     "ExportKind",
     "ExportResult",
@@ -79,9 +89,10 @@ ExportKind = Literal["preferences", "aligner", "rewriter"]
 CORRECTION = "correction"
 UPVOTED_ALIGNMENT = "upvoted_alignment"
 UPVOTED_REWRITE = "upvoted_rewrite"
-#: The rules of each kind, in the order they are applied to a request.
+PAIRWISE = "pairwise"
+#: The rules of each kind, in the order they are applied to a request (``pairwise``: to each preference).
 RULES: dict[str, tuple[str, ...]] = {
-    "preferences": (CORRECTION, UPVOTED_ALIGNMENT),
+    "preferences": (CORRECTION, UPVOTED_ALIGNMENT, PAIRWISE),
     "aligner": (CORRECTION, UPVOTED_ALIGNMENT),
     "rewriter": (UPVOTED_REWRITE,),
 }
@@ -242,13 +253,37 @@ def _rewriter_pair(rec: RequestRecord, fb: FeedbackSummary) -> Row:
         raise SkipRow("not_rewritten")
     if _same(rewritten, original):
         raise SkipRow("identical")
-    return {"prompt": original, "optimized_prompt": rewritten, "request_id": rec.id}
+    return {"prompt": original, "optimized_prompt": rewritten, "request_id": rec.id, "source": UPVOTED_REWRITE}
+
+
+def _pairwise(pref: PreferenceRecord, by_id: Mapping[str, RequestRecord]) -> Row:
+    """Rule (c): the preferred request's final answer beats the other's, given the same conversation."""
+    if pref.preferred not in ("a", "b"):
+        raise SkipRow("tie")
+    rec_a, rec_b = by_id.get(pref.request_a), by_id.get(pref.request_b)
+    if rec_a is None or rec_b is None:
+        raise SkipRow("not_selected")
+    chosen, rejected = (rec_a, rec_b) if pref.preferred == "a" else (rec_b, rec_a)
+    _check_ok(chosen)
+    _check_ok(rejected)
+    conversation = user_conversation(chosen)
+    if user_conversation(rejected) != conversation:
+        raise SkipRow("different_prompts")
+    better, worse = _text(chosen.final_answer), _text(rejected.final_answer)
+    if _same(better, worse):
+        raise SkipRow("identical")
+    row = _preference((conversation, better, worse), chosen.id, PAIRWISE)
+    row["rejected_request_id"] = rejected.id
+    row["preference_id"] = pref.id
+    return row
 
 
 def build_rows(
-    kind: str, requests: Sequence[RequestRecord], feedback: Mapping[str, FeedbackSummary]
+    kind: str, requests: Sequence[RequestRecord], feedback: Mapping[str, FeedbackSummary],
+    preferences: Sequence[PreferenceRecord] = (),
 ) -> ExportResult:
-    """The rows of ``kind`` from ``requests`` (in the order given) and their feedback summaries."""
+    """The rows of ``kind`` from ``requests`` (in the order given) and their feedback summaries, then (kind
+    ``preferences``) from the pairwise ``preferences`` between them (in the order given)."""
     if kind not in RULES:
         raise ValueError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
     result = ExportResult(kind, rules={rule: RuleCount() for rule in RULES[kind]})
@@ -285,6 +320,17 @@ def build_rows(
             result.not_used["down-rated answers without a correction"] += 1
         if fb.rating == 1 and _runs(rec, "aligner"):
             attempt(UPVOTED_ALIGNMENT, rec, fb)
+    if kind == "preferences":
+        by_id = {rec.id: rec for rec in requests}
+        count = result.rules[PAIRWISE]
+        for pref in preferences:
+            try:
+                row = _pairwise(pref, by_id)
+            except SkipRow as skip:
+                count.skipped[skip.reason] += 1
+                continue
+            result.rows.append(row)
+            count.written += 1
     return result
 
 
@@ -316,6 +362,6 @@ def export(
     if kind not in RULES:
         raise ValueError(f"unknown export kind {kind!r}; expected one of {', '.join(EXPORT_KINDS)}")
     snapshot = read(url, selection or Selection(), bodies=True, timeout_s=timeout_s)
-    result = build_rows(kind, snapshot.requests, snapshot.feedback)
+    result = build_rows(kind, snapshot.requests, snapshot.feedback, snapshot.preferences)
     write_jsonl(out, result.rows)
     return result

@@ -11,6 +11,11 @@
 * **Shadow runs.** With ``shadow=True``, :func:`read_store` also reads the ``shadow_runs`` row of each selected
   request that has one (:class:`ShadowRecord`; ``aligngate eval --from-store`` judges the answer served against
   the shadow correction). A store from before shadow mode simply has none.
+* **Pairwise preferences.** :func:`read_store` also reads the ``preferences`` rows (by time, then id) whose
+  ``request_a`` or ``request_b`` is among the requests the selection's experiment and ``since`` pick, **forced-arm
+  requests included** whatever ``include_forced`` says: the playground that asks people to compare two answers
+  forces each request's arm, so those comparisons are forced by design (the two arms answered the same prompt).
+  A store from before preferences (no table) simply has none.
 * **Errors a user can act on.** Every failure to reach or read the database is a :class:`StoreError` whose
   message names the store (password hidden) and the cause; an unknown experiment is an
   :class:`UnknownExperiment` that lists the experiments the store has.
@@ -21,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -46,6 +51,7 @@ __all__ = [
     "UnknownExperiment",
     "format_time",
     "parse_since",
+    "preference_record",
     "read",
     "read_store",
     "safe_url",
@@ -171,6 +177,7 @@ _META_COLUMNS = (
     "rewriter_ms", "aligner_ms", "rewriter_skipped", "aligner_skipped",
 )
 _BODY_COLUMNS = ("messages", "rewritten_prompt", "raw_answer", "final_answer")
+_PREFERENCE_COLUMNS = ("id", "time", "request_a", "request_b", "arm_a", "arm_b", "preferred", "left", "comment")
 _SHADOW_COLUMNS = (
     "id", "time", "arm", "skipped", "rewritten_prompt", "corrected", "rewriter_ms", "aligner_ms",
     "rewriter_skipped", "aligner_skipped",
@@ -285,6 +292,29 @@ async def _fetch_shadow(conn: AsyncConnection, where: list[sa.ColumnElement[bool
     return [dict(row._mapping) for row in result]
 
 
+async def _fetch_preferences(conn: AsyncConnection, where: list[sa.ColumnElement[bool]]) -> list[dict[str, Any]]:
+    """The ``preferences`` rows involving a request ``where`` selects (none when the table does not exist)."""
+    if not await conn.run_sync(lambda c: sa.inspect(c).has_table("preferences")):
+        return []
+    p = schema.preferences.c
+    selected = sa.select(schema.requests.c.id).where(*where)
+    result = await conn.execute(
+        sa.select(*[p[name] for name in _PREFERENCE_COLUMNS])
+        .where(sa.or_(p.request_a.in_(selected), p.request_b.in_(selected)))
+        .order_by(p.time, p.id)
+    )
+    return [dict(row._mapping) for row in result]
+
+
+def preference_record(row: Mapping[str, Any]) -> PreferenceRecord:
+    """A ``preferences`` row as a :class:`PreferenceRecord`."""
+    return PreferenceRecord(
+        id=str(row["id"]), time=float(row["time"]), request_a=str(row["request_a"]),
+        request_b=str(row["request_b"]), arm_a=str(row["arm_a"]), arm_b=str(row["arm_b"]),
+        preferred=str(row["preferred"]), left=row["left"], comment=row["comment"],
+    )
+
+
 def _shadow_record(row: dict[str, Any]) -> ShadowRecord:
     def ms(value: Any) -> float | None:
         return None if value is None else float(value)
@@ -375,7 +405,8 @@ async def read_store(
     timeout_s: float = 5.0,
     shadow: bool = False,
 ) -> Snapshot:
-    """The requests matching ``selection`` and their feedback (see the module docstring).
+    """The requests matching ``selection``, their feedback, and the preferences involving them (see the module
+    docstring).
 
     ``bodies``: also read the text columns (messages, rewritten prompt, answers). ``latest_by_default``: with
     no experiment in ``selection``, read only the most recent experiment (the one of the latest request).
@@ -387,6 +418,7 @@ async def read_store(
         async with engine.connect() as conn:
             experiments, experiment, rows, feedback_rows = await _fetch(conn, selection, bodies, latest_by_default)
             shadow_rows = await _fetch_shadow(conn, _where(selection, experiment)) if shadow else []
+            preference_rows = await _fetch_preferences(conn, _where(selection, experiment))
     except StoreError as exc:
         raise StoreError(f"cannot read the store {safe_url(url)!r}: {exc}") from None
     except Exception as exc:  # the database, its driver or the network: tell the user, no traceback
@@ -405,7 +437,9 @@ async def read_store(
     kept = {rec.id for rec in records}
     feedback = {rid: s for rid, s in _summaries(feedback_rows).items() if rid in kept}
     shadow_runs = {str(row["id"]): _shadow_record(row) for row in shadow_rows if str(row["id"]) in kept}
-    return Snapshot(safe_url(url), experiment, experiments, tuple(records), feedback, forced, shadow_runs)
+    preferences = tuple(preference_record(row) for row in preference_rows)
+    return Snapshot(safe_url(url), experiment, experiments, tuple(records), feedback, forced, shadow_runs,
+                    preferences)
 
 
 def read(

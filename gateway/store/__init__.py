@@ -1,1 +1,1 @@
-"""The trace store: requests and feedback in SQLite or Postgres, written off the request path."""
+"""The trace store: requests, feedback and preferences in SQLite or Postgres, written off the request path."""

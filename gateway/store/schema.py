@@ -10,6 +10,10 @@ Tables (SQLAlchemy Core, the same on SQLite and Postgres):
   request id (join ``requests`` on ``id``). A table of its own rather than columns of ``requests``: a shadow
   run ends after its request's row was queued (in any order with it, through spills and replays), and an
   insert-or-ignore by id keeps every write, replay included, independent and idempotent.
+* ``preferences`` — pairwise preferences (``POST /v1/preferences``): a person compared the answers of two requests
+  (``request_a``, ``request_b``, with their arms as they were when compared) and preferred one, or neither
+  (``tie``); ``left`` says which one was shown on the left (position bias). Like ``feedback``, the request ids are
+  indexed but not foreign keys, and every judgement is a row of its own.
 * ``schema_version`` — one row per applied version.
 
 ``upgrade`` is idempotent and safe to run from several processes at once: a fresh database gets the whole
@@ -116,6 +120,23 @@ shadow_runs = Table(
     Column("aligner_skipped", String()),
 )
 
+preferences = Table(
+    "preferences", metadata,
+    Column("id", String(64), primary_key=True),
+    #: When the preference was given, seconds since the epoch (UTC).
+    Column("time", Float, nullable=False),
+    Column("request_a", String(128), nullable=False),
+    Column("request_b", String(128), nullable=False),
+    #: The arms of the two requests (``requests.arm``).
+    Column("arm_a", String(), nullable=False),
+    Column("arm_b", String(), nullable=False),
+    #: ``a``, ``b`` or ``tie``.
+    Column("preferred", String(8), nullable=False),
+    #: Which request was shown on the left, ``a`` or ``b``; None when the client did not say.
+    Column("left", String(8)),
+    Column("comment", Text),
+)
+
 schema_version = Table(
     "schema_version", metadata,
     Column("version", Integer, primary_key=True, autoincrement=False),
@@ -128,10 +149,17 @@ INDEXES = (
     Index("ix_feedback_request_id", feedback.c.request_id, feedback.c.time),
 )
 
+#: Look-ups of the preferences that involve a request (created by migration 4, not 2: a v1 database has no table).
+PREFERENCE_INDEXES = (
+    Index("ix_preferences_request_a", preferences.c.request_a),
+    Index("ix_preferences_request_b", preferences.c.request_b),
+)
+
 #: Column names of each table, in order (what a record must carry).
 REQUEST_COLUMNS = tuple(c.name for c in requests.columns)
 FEEDBACK_COLUMNS = tuple(c.name for c in feedback.columns)
 SHADOW_COLUMNS = tuple(c.name for c in shadow_runs.columns)
+PREFERENCE_COLUMNS = tuple(c.name for c in preferences.columns)
 
 
 @dataclass(frozen=True)
@@ -155,12 +183,19 @@ def _v3_shadow_runs(conn: Connection) -> None:
     shadow_runs.create(conn, checkfirst=True)
 
 
+def _v4_preferences(conn: Connection) -> None:
+    preferences.create(conn, checkfirst=True)
+    for index in PREFERENCE_INDEXES:
+        index.create(conn, checkfirst=True)
+
+
 #: Every schema change, in order. Append only: a database records the last version it applied.
 MIGRATIONS: list[Migration] = [
     Migration(1, "requests and feedback tables", _v1_tables),
     Migration(2, "indexes for reports (time, experiment+arm) and feedback look-ups", _v2_indexes),
     Migration(3, "shadow_runs table (shadow mode: helpers run in the background on control traffic)",
               _v3_shadow_runs),
+    Migration(4, "preferences table (pairwise preferences between two requests' answers)", _v4_preferences),
 ]
 
 

@@ -1,4 +1,5 @@
-"""The trace store: one row per inference request and every feedback, written off the request path.
+"""The trace store: one row per inference request, and every feedback and pairwise preference, written off the
+request path.
 
 * **Never in the way.** ``submit`` (called by the middleware when a response has ended) puts a reference on
   a bounded ``asyncio.Queue`` and returns: O(1), no parsing, never raises. A background writer takes up to
@@ -45,9 +46,10 @@ from gateway.store.spill import SpillFiles
 
 logger = logging.getLogger(__name__)
 
-Table = Literal["requests", "feedback", "shadow_runs"]
+Table = Literal["requests", "feedback", "shadow_runs", "preferences"]
 _TABLES: dict[str, sa.Table] = {
     "requests": schema.requests, "feedback": schema.feedback, "shadow_runs": schema.shadow_runs,
+    "preferences": schema.preferences,
 }
 #: Records kept in memory when neither the database nor the spill file can take them.
 _BACKLOG_MAX = 100_000
@@ -82,7 +84,8 @@ def default_spill_path(url: str) -> Path:
     return Path("aligngate.spill")
 
 
-# ("request", (ctx, status, duration_s, overhead_s, finished)), ("feedback", row) or ("shadow", row)
+# ("request", (ctx, status, duration_s, overhead_s, finished)), ("feedback", row), ("preference", row) or
+# ("shadow", row)
 _Item = tuple[str, Any]
 
 
@@ -171,6 +174,10 @@ class Store:
 
     def submit_feedback(self, row: dict[str, Any]) -> None:
         self._put(("feedback", row))
+
+    def submit_preference(self, row: dict[str, Any]) -> None:
+        """Record a pairwise preference (a ``preferences`` row)."""
+        self._put(("preference", row))
 
     def submit_shadow(self, row: dict[str, Any]) -> None:
         """Record a shadow run (a ``shadow_runs`` row, ``records.shadow_row``): O(1), never raises."""
@@ -338,6 +345,8 @@ class Store:
                     rows.append(("requests", request_row(*payload)))
                 elif kind == "shadow":
                     rows.append(("shadow_runs", payload))
+                elif kind == "preference":
+                    rows.append(("preferences", payload))
                 else:
                     rows.append(("feedback", payload))
             except Exception:  # a bug here must cost one record, not the writer

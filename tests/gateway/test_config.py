@@ -69,6 +69,7 @@ def test_defaults() -> None:
     assert s.server.graceful_timeout_s == 30.0
     assert s.server.log_level == "info"
     assert s.server.log_request_bodies is False
+    assert s.server.ui is True
     assert s.backends == []
     assert s.helpers.rewriter is None and s.helpers.aligner is None
     assert s.experiment.name == "default"

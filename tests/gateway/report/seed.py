@@ -1,6 +1,6 @@
 """Seeded trace stores for the report and export tests: a real SQLite file whose schema the real ``Store``
-created (so it is whatever the gateway writes today), filled with direct inserts of ``requests``, ``feedback``
-and ``shadow_runs`` rows through the schema's own tables."""
+created (so it is whatever the gateway writes today), filled with direct inserts of ``requests``, ``feedback``,
+``shadow_runs`` and ``preferences`` rows through the schema's own tables."""
 
 from __future__ import annotations
 
@@ -61,8 +61,15 @@ def shadow_run(rid: str, t: float, arm: str = "align", **columns: Any) -> dict[s
     return row
 
 
+def pref(pid: str, t: float, a: str, b: str, preferred: str, *, arm_a: str = "align", arm_b: str = "control",
+         left: str | None = None, comment: str | None = None) -> dict[str, Any]:
+    """A ``preferences`` row: requests ``a`` and ``b`` compared, ``preferred`` one of a, b, tie."""
+    return {"id": pid, "time": t, "request_a": a, "request_b": b, "arm_a": arm_a, "arm_b": arm_b,
+            "preferred": preferred, "left": left, "comment": comment}
+
+
 def insert(url: str, requests: list[dict[str, Any]], feedback: list[dict[str, Any]] | None = None,
-           shadow_runs: list[dict[str, Any]] | None = None) -> None:
+           shadow_runs: list[dict[str, Any]] | None = None, preferences: list[dict[str, Any]] | None = None) -> None:
     engine = sa.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -72,6 +79,8 @@ def insert(url: str, requests: list[dict[str, Any]], feedback: list[dict[str, An
                 conn.execute(schema.feedback.insert(), feedback)
             if shadow_runs:
                 conn.execute(schema.shadow_runs.insert(), shadow_runs)
+            if preferences:
+                conn.execute(schema.preferences.insert(), preferences)
     finally:
         engine.dispose()
 
@@ -180,3 +189,37 @@ def export_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         fb("e14", later + 14, 1),
     ]
     return requests, feedback
+
+
+def pairwise_rows() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """The pairwise seed: requests compared two by two (forced arms, as the playground sends them), and one
+    preference per situation rule (c) must handle (p1..p9, in time order). See test_export.py."""
+    same = user("Which is the capital of France?")
+    requests = [
+        req("q1a", T0 + 1, "align", arm_forced=True, messages=same, raw_answer="Paris, I think.",
+            final_answer="Paris."),
+        req("q1b", T0 + 2, "control", arm_forced=True, messages=same, raw_answer="Lyon.", final_answer="Lyon."),
+        req("q2a", T0 + 3, "align", arm_forced=True, messages=user("Say yes."), final_answer="Yes."),
+        req("q2b", T0 + 4, "control", arm_forced=True, messages=user("Say no."), final_answer="No."),
+        req("q3a", T0 + 5, "align", arm_forced=True, messages=same, final_answer="Paris."),
+        req("q3b", T0 + 6, "control", arm_forced=True, status=502, messages=same),
+        req("q4a", T0 + 7, "align", arm_forced=True, messages=same, final_answer="Paris."),
+        req("q4b", T0 + 8, "control", arm_forced=True, messages=same, final_answer=" Paris. "),
+        req("q5a", T0 + 9, "align", arm_forced=True),  # log_bodies off: no text
+        req("q5b", T0 + 10, "control", arm_forced=True, messages=same, final_answer="Paris."),
+        req("o1", T0 + 11, "align", experiment="other", messages=same, final_answer="Paris!"),
+        req("o2", T0 + 12, "control", experiment="other", messages=same, final_answer="Marseille."),
+    ]
+    later = T0 + 1000
+    preferences = [
+        pref("p1", later + 1, "q1a", "q1b", "a", left="b", comment="right answer"),
+        pref("p2", later + 2, "q1b", "q1a", "b", arm_a="control", arm_b="align", left="a"),
+        pref("p3", later + 3, "q1a", "q1b", "tie"),
+        pref("p4", later + 4, "q2a", "q2b", "a"),  # different prompts
+        pref("p5", later + 5, "q3a", "q3b", "a"),  # b failed
+        pref("p6", later + 6, "q4a", "q4b", "b"),  # the same answer
+        pref("p7", later + 7, "q5a", "q5b", "b"),  # no text
+        pref("p8", later + 8, "q1a", "o2", "a"),  # across experiments
+        pref("p9", later + 9, "o1", "o2", "a"),  # experiment "other" only
+    ]
+    return requests, preferences

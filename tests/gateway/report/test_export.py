@@ -18,7 +18,7 @@ from gateway.pipeline.trace import Trace
 from gateway.report.export import ExportResult, build_rows, export
 from gateway.report.source import Selection, UnknownExperiment
 from gateway.store.store import Store
-from tests.gateway.report.seed import T0, create_store, export_rows, insert
+from tests.gateway.report.seed import T0, create_store, export_rows, insert, pairwise_rows
 from train.data.loaders import load_any, load_gateway_export
 
 
@@ -71,6 +71,7 @@ def test_preferences(export_store: str, tmp_path: Path) -> None:
     assert counts(result) == {
         "correction": (3, {"no_text": 1, "failed": 1, "identical": 1, "non_text_prompt": 1}),  # e7 e8 e11 e12
         "upvoted_alignment": (3, {"unchanged": 1, "no_text": 1}),  # e3 e7
+        "pairwise": (0, {}),  # no preferences in this store
     }
     assert dict(result.not_used) == {"down-rated answers without a correction": 1}  # e4: raw never beats final
     loaded = load_gateway_export(out, "preferences")
@@ -112,9 +113,10 @@ def test_rewriter(export_store: str, tmp_path: Path) -> None:
     result = export(export_store, "rewriter", out)
     assert lines(out) == [
         {"prompt": "tell me about cats", "optimized_prompt": "Describe the behaviour and care needs of domestic cats.",
-         "request_id": "e5"},
+         "request_id": "e5", "source": "upvoted_rewrite"},
         {"prompt": "Explain\ngravity",
-         "optimized_prompt": "Explain gravity to a curious teenager, with one everyday example.", "request_id": "e14"},
+         "optimized_prompt": "Explain gravity to a curious teenager, with one everyday example.", "request_id": "e14",
+         "source": "upvoted_rewrite"},
     ]
     # e6: a guard kept the original; e7: no text (log_bodies off); e11 was rated down
     assert counts(result) == {"upvoted_rewrite": (2, {"not_rewritten": 1, "no_text": 1})}
@@ -175,3 +177,54 @@ def test_export_of_what_the_gateway_itself_recorded(tmp_path: Path) -> None:
         "request_id": "rid-1", "source": "upvoted_alignment",
     }]
     assert len(load_gateway_export(out, "preferences")) == 1
+
+
+@pytest.fixture(scope="module")
+def pairwise_store(tmp_path_factory: pytest.TempPathFactory) -> str:
+    url = create_store(tmp_path_factory.mktemp("pairwise") / "pairwise.db")
+    requests, preferences = pairwise_rows()
+    insert(url, requests, preferences=preferences)
+    return url
+
+
+PARIS = [{"role": "user", "content": "Which is the capital of France?"}]
+
+
+def test_pairwise_preferences(pairwise_store: str, tmp_path: Path) -> None:
+    out = tmp_path / "pairwise.jsonl"
+    result = export(pairwise_store, "preferences", out, Selection(experiment="exp"))
+    rows = lines(out)
+    assert rows == [
+        {"prompt": PARIS, "chosen": [{"role": "assistant", "content": "Paris."}],
+         "rejected": [{"role": "assistant", "content": "Lyon."}], "request_id": "q1a", "source": "pairwise",
+         "rejected_request_id": "q1b", "preference_id": "p1"},
+        {"prompt": PARIS, "chosen": [{"role": "assistant", "content": "Paris."}],
+         "rejected": [{"role": "assistant", "content": "Lyon."}], "request_id": "q1a", "source": "pairwise",
+         "rejected_request_id": "q1b", "preference_id": "p2"},  # b of (q1b, q1a) is q1a
+    ]
+    # p3 a tie; p4 two prompts; p5 a failed request; p6 one answer twice; p7 no text; p8 o2 is of another
+    # experiment (not read); p9 involves none of the experiment's requests (not read at all)
+    assert counts(result) == {
+        "correction": (0, {}), "upvoted_alignment": (0, {}),
+        "pairwise": (2, {"tie": 1, "different_prompts": 1, "failed": 1, "identical": 1, "no_text": 1,
+                         "not_selected": 1}),
+    }
+    assert "pairwise: 2 written; skipped 6" in result.summary(out)
+    loaded = load_gateway_export(out, "preferences")
+    assert len(loaded) == 2 and loaded.n_skipped == 0
+    assert loaded[0] == {"prompt": PARIS, "chosen": rows[0]["chosen"], "rejected": rows[0]["rejected"]}
+    assert load_any(out).kind == "preferences"
+
+
+def test_pairwise_across_every_experiment(pairwise_store: str, tmp_path: Path) -> None:
+    out = tmp_path / "all.jsonl"
+    result = export(pairwise_store, "preferences", out)
+    assert [(r["preference_id"], r["request_id"], r["rejected_request_id"]) for r in lines(out)] == [
+        ("p1", "q1a", "q1b"), ("p2", "q1a", "q1b"), ("p8", "q1a", "o2"), ("p9", "o1", "o2")]
+    assert counts(result)["pairwise"] == (4, {"tie": 1, "different_prompts": 1, "failed": 1, "identical": 1,
+                                              "no_text": 1})
+
+
+def test_pairwise_rows_of_the_aligner_kind_are_none(pairwise_store: str, tmp_path: Path) -> None:
+    result = export(pairwise_store, "aligner", tmp_path / "a.jsonl")
+    assert result.rows == [] and "pairwise" not in result.rules

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import create_async_engine
 
 from gateway.config import StoreSettings
 from gateway.context import Capture, RequestContext
@@ -83,8 +84,14 @@ async def test_postgres_store_writes_upgrades_and_survives_an_outage(pg: LocalPo
         submit(store, "c0")
         await settle(lambda: _count(store, 351))
         assert await ids(store) == sorted([f"a{i}" for i in range(250)] + [f"b{i}" for i in range(100)] + ["c0"])
+        store.submit_preference({"id": "p1", "request_a": "b1", "request_b": "a1", "time": time.time(),
+                                 "arm_a": "align", "arm_b": "align", "preferred": "b", "left": "a",
+                                 "comment": None})
+        await store.flush()
         fb = await store.query(sa.select(schema.feedback))
         assert [(f["request_id"], f["rating"], f["correction"]) for f in fb] == [("b1", -1, "better")]
+        prefs = await store.query(sa.select(schema.preferences))
+        assert [(p["request_a"], p["request_b"], p["preferred"], p["left"]) for p in prefs] == [("b1", "a1", "b", "a")]
         assert not spill_files(tmp_path)
     finally:
         await store.close()
@@ -94,6 +101,38 @@ async def test_postgres_store_writes_upgrades_and_survives_an_outage(pg: LocalPo
         assert len(await ids(again)) == 351
     finally:
         await again.close()
+
+
+async def test_a_v3_postgres_database_gets_the_preferences_table(pg: LocalPostgres, tmp_path: Path) -> None:
+    """A database as a gateway before preferences left it (versions 1-3, no ``preferences`` table) is upgraded in
+    place to version 4, keeping its rows, and preferences are written there."""
+    settings = StoreSettings(url=pg.url, spill_path=str(tmp_path / "pg.spill"), timeout_s=2, flush_interval_s=0.05)
+    store = Store(settings)
+    await store.start()
+    try:
+        engine = create_async_engine(store.url)
+        async with engine.begin() as conn:  # back to version 3
+            await conn.execute(sa.text("DROP TABLE IF EXISTS preferences"))
+            await conn.execute(sa.delete(schema.schema_version))
+            await conn.execute(schema.schema_version.insert(), [{"version": v, "applied": 0.0} for v in (1, 2, 3)])
+        await engine.dispose()
+    finally:
+        await store.close()
+    upgraded = Store(settings)
+    await upgraded.start()
+    try:
+        versions = await upgraded.query(sa.select(schema.schema_version.c.version).order_by("version"))
+        assert [v["version"] for v in versions] == [1, 2, 3, 4]
+        submit(upgraded, "v3-r")
+        upgraded.submit_preference({"id": "p-v3", "request_a": "v3-r", "request_b": "a1", "time": time.time(),
+                                    "arm_a": "align", "arm_b": "align", "preferred": "tie", "left": None,
+                                    "comment": "same"})
+        await upgraded.flush()
+        prefs = await upgraded.query(sa.select(schema.preferences).where(schema.preferences.c.id == "p-v3"))
+        assert [(p["preferred"], p["comment"]) for p in prefs] == [("tie", "same")]
+        assert "v3-r" in await ids(upgraded)
+    finally:
+        await upgraded.close()
 
 
 async def _count(store: Store, n: int) -> bool:

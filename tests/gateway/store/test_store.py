@@ -263,13 +263,15 @@ async def test_a_fresh_database_gets_the_latest_schema_in_wal_mode(tmp_path: Pat
     db = tmp_path / "sub" / "dir" / "t.db"  # missing directories are created
     await opened(settings(db))
     assert _versions(db) == [schema.latest_version()]
-    assert {i.name for i in schema.INDEXES} <= _indexes(db)
+    assert {i.name for i in schema.INDEXES + schema.PREFERENCE_INDEXES} <= _indexes(db)
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         cols = [r[1] for r in conn.execute("PRAGMA table_info(requests)")]
         shadow_cols = [r[1] for r in conn.execute("PRAGMA table_info(shadow_runs)")]
+        preference_cols = [r[1] for r in conn.execute("PRAGMA table_info(preferences)")]
     assert cols == list(schema.REQUEST_COLUMNS)
     assert shadow_cols == list(schema.SHADOW_COLUMNS)
+    assert preference_cols == list(schema.PREFERENCE_COLUMNS)
 
 
 V1_DDL = """
@@ -295,10 +297,11 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
         conn.executescript(V1_DDL)
     assert _indexes(db) == set()
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2, 3]
-    assert {i.name for i in schema.INDEXES} <= _indexes(db)
+    assert _versions(db) == [1, 2, 3, 4]
+    assert {i.name for i in schema.INDEXES + schema.PREFERENCE_INDEXES} <= _indexes(db)
     assert [r["id"] for r in rows(db)] == ["old"]  # kept
     assert rows(db, "shadow_runs") == []  # v3: the shadow_runs table
+    assert rows(db, "preferences") == []  # v4: the preferences table
     submit(store, "new")
     await store.flush()
     assert {r["id"] for r in rows(db)} == {"old", "new"}
@@ -306,7 +309,7 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
     again = Store(settings(db))  # idempotent: nothing left to do
     await again.start()
     await again.close()
-    assert _versions(db) == [1, 2, 3]
+    assert _versions(db) == [1, 2, 3, 4]
 
 
 async def test_a_new_migration_runs_once(tmp_path: Path, opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -342,10 +345,46 @@ async def test_a_v2_database_gets_the_shadow_runs_table(tmp_path: Path, opened: 
                                           "INSERT INTO schema_version VALUES (1, 0); "
                                           "INSERT INTO schema_version VALUES (2, 0);"))
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2, 3]
+    assert _versions(db) == [1, 2, 3, 4]
     store.submit_shadow(shadow_row("old", "exp", "align", time.time(), bodies=True, corrected="better"))
     await store.flush()
     assert [(r["id"], r["corrected"]) for r in rows(db, "shadow_runs")] == [("old", "better")]
+
+
+V3_DDL = V1_DDL.replace(
+    "INSERT INTO schema_version VALUES (1, 0);",
+    "INSERT INTO schema_version VALUES (1, 0); INSERT INTO schema_version VALUES (2, 0); "
+    "INSERT INTO schema_version VALUES (3, 0); "
+    "CREATE TABLE shadow_runs (id VARCHAR(128) PRIMARY KEY, time FLOAT NOT NULL, experiment VARCHAR NOT NULL, "
+    "arm VARCHAR NOT NULL, skipped VARCHAR, rewritten_prompt TEXT, corrected TEXT, rewriter_ms FLOAT, "
+    "aligner_ms FLOAT, rewriter_skipped VARCHAR, aligner_skipped VARCHAR);",
+)
+
+
+def preference(pid: str, a: str = "old", b: str = "new", preferred: str = "a", **kw: Any) -> dict[str, Any]:
+    return {"id": pid, "time": time.time(), "request_a": a, "request_b": b, "arm_a": "align", "arm_b": "control",
+            "preferred": preferred, "left": kw.pop("left", "b"), "comment": kw.pop("comment", None), **kw}
+
+
+async def test_a_v3_database_gets_the_preferences_table(tmp_path: Path, opened: Any) -> None:
+    db = tmp_path / "v3.db"
+    with sqlite3.connect(db) as conn:
+        conn.executescript(V3_DDL)
+    store = await opened(settings(db))
+    assert _versions(db) == [1, 2, 3, 4]
+    assert {i.name for i in schema.PREFERENCE_INDEXES} <= _indexes(db)
+    submit(store, "new")
+    store.submit_preference(preference("p1", comment="clearer"))
+    await store.flush()
+    got = rows(db, "preferences")
+    assert [(r["id"], r["request_a"], r["request_b"], r["arm_a"], r["arm_b"], r["preferred"], r["left"],
+             r["comment"]) for r in got] == [("p1", "old", "new", "align", "control", "a", "b", "clearer")]
+    assert [r["id"] for r in rows(db)] == ["old", "new"]
+    await store.close()
+    again = Store(settings(db))  # idempotent
+    await again.start()
+    await again.close()
+    assert _versions(db) == [1, 2, 3, 4]
 
 
 async def test_a_newer_database_is_left_alone(tmp_path: Path, opened: Any) -> None:
@@ -413,6 +452,28 @@ async def test_shadow_runs_are_written_spilled_and_replayed_once(tmp_path: Path,
     assert (by_id["r1"]["rewritten_prompt"], by_id["r1"]["corrected"], by_id["r1"]["aligner_ms"]) == (
         "better prompt", "better answer", 2.5)
     assert (by_id["r2"]["skipped"], by_id["r2"]["corrected"]) == ("saturated", None)  # bodies off: no text
+
+
+async def test_preferences_are_written_spilled_and_replayed_once(tmp_path: Path, opened: Any) -> None:
+    """Preference rows go through the same queue, spill file and replay as feedback; by id, once."""
+    blocker = tmp_path / "data"
+    blocker.write_text("not a directory")
+    db = blocker / "t.db"
+    store = await opened(StoreSettings(url=f"sqlite:///{db}", spill_path=str(tmp_path / "t.spill"), retry_s=0.2,
+                                       flush_interval_s=0.02))
+    row = preference("p1", a="r1", b="r2", preferred="tie", left=None)
+    store.submit_preference(row)
+    store.submit_preference(row)  # the same preference twice (a replay) is one row
+    store.submit_preference(preference("p2", a="r2", b="r1", preferred="b"))
+    await store.flush()
+    assert spilled_lines(tmp_path) == 3
+    blocker.unlink()  # the outage ends
+    submit(store, "r1")
+    await eventually(lambda: count(db, "preferences") == 2 and count(db) == 1, what="replay")
+    await eventually(lambda: spilled_lines(tmp_path) == 0, what="spill files removed")
+    by_id = {r["id"]: r for r in rows(db, "preferences")}
+    assert (by_id["p1"]["preferred"], by_id["p1"]["left"]) == ("tie", None)
+    assert (by_id["p2"]["request_a"], by_id["p2"]["preferred"]) == ("r2", "b")
 
 
 async def test_a_failed_write_that_did_commit_is_not_doubled(tmp_path: Path, opened: Any,
