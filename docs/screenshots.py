@@ -3,7 +3,7 @@
 Starts what the browser tests start (a fake backend, fake rewriter and aligner servers, a gateway with the
 trace store in a temporary folder), drives Debian's headless Chromium (``tests/e2e/browser.py``), and writes
 ``docs/ui-playground.png`` (a prompt through control and rewrite+align: the rewrite and the correction as word
-diffs) and ``docs/ui-experiment.png`` (the experiment tab after a few rated requests).
+diffs) and ``docs/ui-experiment.png`` (the experiment tab after 60 made-up users' requests, made-up ratings).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,6 +51,8 @@ def main() -> int:
             driver = start_chromium(1400, 900)
             try:
                 shoot(driver, gw.url)
+                simulate_traffic(gw.url)
+                shoot_experiment(driver)
             finally:
                 driver.quit()
         finally:
@@ -78,9 +82,28 @@ def shoot(driver, url: str) -> None:  # type: ignore[no-untyped-def]
             driver.find_element(By.ID, "new-conversation").click()
     time.sleep(0.5)
     driver.save_screenshot(str(DOCS / "ui-playground.png"))
+
+
+def simulate_traffic(url: str, users: int = 60) -> None:
+    """Requests of ``users`` made-up users through the experiment's assignment (the playground forces its arms,
+    which the A/B report leaves out), two of three rated 👍 and the rest 👎: made-up ratings, for the picture."""
+    with httpx.Client(base_url=url, timeout=30) as client:
+        for i in range(users):
+            body = {"model": "llama-3-8b-instruct", "messages": [{"role": "user", "content": f"q{i}"}]}
+            resp = client.post("/v1/chat/completions", headers={"X-Aligngate-User": f"user-{i}"}, json=body)
+            resp.raise_for_status()
+            rating = 1 if i % 3 else -1
+            client.post("/v1/feedback", json={"request_id": resp.headers["x-request-id"], "rating": rating})
+    time.sleep(1.5)  # the store's writer flushes within store.flush_interval_s
+
+
+def shoot_experiment(driver) -> None:  # type: ignore[no-untyped-def]
+    wait = WebDriverWait(driver, 15, poll_frequency=0.05)
+    driver.set_window_size(1400, 1500)
     driver.find_element(By.ID, "tab-button-experiment").click()
+    driver.find_element(By.ID, "experiment-refresh").click()
     wait.until(lambda d: d.find_element(By.ID, "experiment-refresh").is_enabled()
-               and d.find_element(By.ID, "experiment-report").text)
+               and d.find_elements(By.CSS_SELECTOR, "#experiment-arms table"))
     time.sleep(0.3)
     driver.save_screenshot(str(DOCS / "ui-experiment.png"))
     print(f"wrote {DOCS / 'ui-playground.png'} and {DOCS / 'ui-experiment.png'}")

@@ -216,10 +216,6 @@ def test_the_pairwise_choice_is_stored(ui: UiStack, driver: Any) -> None:
                     and by_css(d, "#compare-message").text, "the answer to the choice")
     assert wait_for(lambda: ui.gw.log_lines("/v1/preferences"), what="POST /v1/preferences in the access log")
     db = str(ui.gw.db_path)
-    if not has_table(db, "preferences"):
-        assert "does not record preferences yet" in message
-        pytest.skip("the store has no `preferences` table yet (POST /v1/preferences is the ui-prefs branch's): "
-                    "the page's POST was made and its 404 shown; the row check runs once it is merged")
     assert "Recorded" in message and "Left was" in message
     stored = wait_for(lambda: rows(db, 'SELECT request_a, request_b, preferred, "left" FROM preferences'),
                       what="the preference row")
@@ -254,29 +250,33 @@ def test_a_failing_helper_shows_in_its_own_pane(ui: UiStack, driver: Any) -> Non
 
 
 def test_the_experiment_and_traces_tabs(ui: UiStack, driver: Any) -> None:
-    api = httpx.get(f"{ui.gw.url}/ui/api/experiment", headers={"Authorization": f"Bearer {KEY}"})
+    auth = {"Authorization": f"Bearer {KEY}"}
+    # the playground forces its arms, which the A/B report leaves out: one request the experiment assigned
+    assigned = httpx.post(f"{ui.gw.v1}/chat/completions", headers=auth, timeout=30,
+                          json={"model": MODEL, "messages": [{"role": "user", "content": "assigned"}]})
+    assert assigned.status_code == 200, assigned.text
+
+    def reported() -> bool:
+        answer = httpx.get(f"{ui.gw.url}/ui/api/experiment", headers=auth, timeout=10).json()
+        return answer["report"] is not None
+
+    wait_for(reported, what="the assigned request in the report")
     by_css(driver, "#tab-button-experiment").click()
     until(driver, lambda d: visible(d, "tab-experiment") and not visible(d, "tab-playground"), "the experiment tab")
-    if api.status_code == 200:
-        table = until(driver, lambda d: all_css(d, "#experiment-arms table"), "the arms table")[0]
-        assert "control" in table.text
-    else:  # the JSON API is not in this build: the tab says what it needs
-        text = until(driver, lambda d: by_css(d, "#experiment-report").text, "the experiment message")
-        assert "needs the trace store" in text and str(api.status_code) in text
     by_css(driver, "#experiment-refresh").click()
+    table = until(driver, lambda d: all_css(d, "#experiment-arms table"), "the arms table")[0]
+    assert "control" in table.text
+    srm = by_css(driver, "#experiment-srm").text
+    assert "Sample-ratio check: not run: a single arm is configured" in srm and "control 1 100.0% 100.0%" in srm
+    assert all_css(driver, "#experiment-guardrails table")
     until(driver, lambda d: by_css(d, "#experiment-refresh").is_enabled(), "the refresh")
 
-    traces = httpx.get(f"{ui.gw.url}/ui/api/traces", headers={"Authorization": f"Bearer {KEY}"})
     by_css(driver, "#tab-button-traces").click()
     until(driver, lambda d: visible(d, "tab-traces"), "the traces tab")
-    if traces.status_code == 200:
-        row = until(driver, lambda d: all_css(d, f'#traces-list tr[data-id="{ui.shared["control"]}"]'), "the row")[0]
-        row.click()
-        story = until(driver, lambda d: by_css(d, "#trace-detail").text, "the trace")
-        assert ui.shared["control"] in story
-    else:
-        text = until(driver, lambda d: by_css(d, "#traces-list").text, "the traces message")
-        assert "need the trace store" in text
+    row = until(driver, lambda d: all_css(d, f'#traces-list tr[data-id="{ui.shared["control"]}"]'), "the row")[0]
+    row.click()
+    story = until(driver, lambda d: by_css(d, "#trace-detail").text, "the trace")
+    assert ui.shared["control"] in story
     by_css(driver, "#tab-button-playground").click()
     assert driver.current_url.endswith("#playground")
 
