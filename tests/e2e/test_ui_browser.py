@@ -79,9 +79,12 @@ def driver(ui: UiStack) -> Iterator[Any]:
 
 
 def until(driver: Any, predicate: Any, what: str, timeout: float = WAIT_S) -> Any:
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(lambda d: predicate(d), message=what)
+    # a re-render may replace an element between finding it and reading it: ask again
+    wait = WebDriverWait(driver, timeout, poll_frequency=0.05, ignored_exceptions=(StaleElementReferenceException,))
+    return wait.until(lambda d: predicate(d), message=what)
 
 
 def by_css(root: Any, css: str) -> Any:
@@ -263,20 +266,19 @@ def test_the_experiment_and_traces_tabs(ui: UiStack, driver: Any) -> None:
     wait_for(reported, what="the assigned request in the report")
     by_css(driver, "#tab-button-experiment").click()
     until(driver, lambda d: visible(d, "tab-experiment") and not visible(d, "tab-playground"), "the experiment tab")
+    until(driver, lambda d: by_css(d, "#experiment-refresh").is_enabled(), "the first load")
     by_css(driver, "#experiment-refresh").click()
-    table = until(driver, lambda d: all_css(d, "#experiment-arms table"), "the arms table")[0]
-    assert "control" in table.text
-    srm = by_css(driver, "#experiment-srm").text
+    until(driver, lambda d: by_css(d, "#experiment-refresh").is_enabled(), "the refresh")
+    until(driver, lambda d: "control" in by_css(d, "#experiment-arms table").text, "the arms table")
+    srm = until(driver, lambda d: by_css(d, "#experiment-srm").text, "the sample-ratio section")
     assert "Sample-ratio check: not run: a single arm is configured" in srm and "control 1 100.0% 100.0%" in srm
     assert all_css(driver, "#experiment-guardrails table")
-    until(driver, lambda d: by_css(d, "#experiment-refresh").is_enabled(), "the refresh")
 
     by_css(driver, "#tab-button-traces").click()
     until(driver, lambda d: visible(d, "tab-traces"), "the traces tab")
     row = until(driver, lambda d: all_css(d, f'#traces-list tr[data-id="{ui.shared["control"]}"]'), "the row")[0]
     row.click()
-    story = until(driver, lambda d: by_css(d, "#trace-detail").text, "the trace")
-    assert ui.shared["control"] in story
+    until(driver, lambda d: ui.shared["control"] in by_css(d, "#trace-detail").text, "the trace")
     by_css(driver, "#tab-button-playground").click()
     assert driver.current_url.endswith("#playground")
 
