@@ -4,27 +4,44 @@
 :mod:`models.templates`) and decodes greedily (temperature 0) on any ``Engine``.
 
 * ``await correct(question, answer)`` → :class:`AlignResult`. The correction is the helper's output with
-  surrounding whitespace removed. The original answer is kept, and ``skipped_reason`` says why, when the
-  answer is empty (``"no_answer"``: nothing to correct, the helper is not called), when the helper's output is
-  empty (``"empty"``) or when it stopped at ``max_tokens`` (``"truncated"``: a cut-off correction is worse
-  than a complete answer).
+  surrounding whitespace and a cleanly separable leading label (``Corrected answer:``, ``Here is the corrected
+  answer:``) removed. The original answer is kept, and ``skipped_reason`` says why (:meth:`Aligner.check`, the
+  checks themselves in :mod:`models.guards`):
+
+  ==================== ==================================================================================
+  ``no_answer``        the answer is empty: nothing to correct, the helper is not called
+  ``empty``            the helper's output is empty
+  ``truncated``        it stopped at ``max_tokens`` (a cut-off correction is worse than a complete answer)
+  ``template_leak``    it carries a chat-template or role marker, the aligner template's own headers
+                       (``Question:``, ``Correction:``, ``##Answer_Prefix``...) or self-commentary ("This answer is
+                       more helpful and harmless than...", "The corrected answer is") the answer did not have
+  ``repetition``       it loops (a repeated sentence, word 5-gram or run of characters) where the answer did not
+  ``language_changed`` its script, or its stop-word language, differs from the answer's
+  ``dropped_content``  the answer has 20 words or more and the correction keeps under 30 % of that many words
+                       without being a refusal (a refusal of a harmful request is a legitimate short correction)
+  ==================== ==================================================================================
 * ``stream_correct(question, answer)`` → :class:`AlignStream`, an async iterator of correction text deltas
   as the engine produces them (for streamed responses). Leading whitespace is dropped and trailing whitespace
-  held back, so the deltas concatenate to exactly what ``correct`` would return. If the engine finishes
-  without any text, the original answer is yielded instead. Text already sent cannot be taken back, so a
-  streamed correction that hits ``max_tokens`` simply ends. After the iteration, ``AlignStream.result`` holds
-  the :class:`AlignResult`.
+  held back, so the deltas concatenate to the helper's output without surrounding whitespace. If the engine
+  finishes without any text, the original answer is yielded instead. Text already sent cannot be taken back, so
+  the other guards cannot keep the original: a streamed correction that hits ``max_tokens`` simply ends, and one
+  that leaks its template, loops, changes language or drops content is served as generated (use a sentence
+  template, whose guards apply sentence by sentence, where that matters). After the iteration,
+  ``AlignStream.result`` holds the :class:`AlignResult`.
 
 Both bound the helper by ``timeout_s`` (for a stream: the whole correction) and raise ``EngineTimeout``;
 engine errors propagate so that the caller applies its ``on_error`` policy.
 
 With a sentence template (``stream``, ``stream-chat``; ``Aligner.sentence``) the unit of correction is a
 sentence: ``correct_sentence(question, prefix, sentence)`` corrects one, given the answer before it as already
-corrected, with the same guards (an empty or cut-off correction keeps the sentence; ``timeout_s`` bounds each
-sentence). ``correct`` and ``stream_correct`` then cut the whole answer into segments (:mod:`models.sentences`)
-and correct its sentences one after the other, each with the corrected text before it as its prefix; fenced code
-and pieces without words pass through as they are. ``AlignResult.sentences`` says what happened to each segment;
-the answer counts as corrected when at least one sentence was, and an engine failure on any sentence fails the
+corrected, with the same guards but ``dropped_content`` (:data:`SENTENCE_GUARDS`: a failing correction keeps the
+sentence; ``timeout_s`` bounds each sentence). A sentence may legitimately shrink to a few words, or the aligner
+may merge it away, so a per-sentence length floor would mostly refuse good edits; a whole answer's shrinking is
+checked on whole answers only. ``correct`` and ``stream_correct`` then cut the whole answer into segments
+(:mod:`models.sentences`) and correct its sentences one after the other, each with the corrected text before it
+as its prefix; fenced code and pieces without words pass through as they are. ``AlignResult.sentences`` says what
+happened to each segment; the answer counts as corrected when at least one sentence was (else its reason is the
+first sentence's guard), and an engine failure on any sentence fails the
 whole correction. ``stream_correct`` yields each segment once it is done.
 
 :func:`question_from_messages` turns a multi-turn chat into the aligner's ``question``.
@@ -38,12 +55,14 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from models.engine import Engine, EngineTimeout, SamplingParams
+from models.engine import Engine, EngineTimeout, FinishReason, SamplingParams
+from models.guards import dropped_content, language_changed, leaked_template, repeats, strip_correction_label
 from models.sentences import DEFAULT_MAX_CHARS, Segment, split_sentences
 from models.templates import Rendered, Template, generate, get_template, stream
 from models.wire.read import content_text
 
 __all__ = [
+    "SENTENCE_GUARDS",
     "AlignResult",
     "AlignSkipReason",
     "AlignStream",
@@ -53,7 +72,13 @@ __all__ = [
     "sentence_skip",
 ]
 
-AlignSkipReason = Literal["no_answer", "empty", "truncated"]
+AlignSkipReason = Literal[
+    "no_answer", "empty", "truncated", "template_leak", "repetition", "language_changed", "dropped_content",
+]
+#: The guards that also apply to one sentence (``dropped_content`` does not: see the module docstring).
+SENTENCE_GUARDS: frozenset[AlignSkipReason] = frozenset(
+    {"empty", "truncated", "template_leak", "repetition", "language_changed"}
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,7 +156,7 @@ class Aligner:
         start = time.perf_counter()
         if not answer.strip():
             return AlignResult(answer, answer, "no_answer", _ms_since(start))
-        return await self._generate(self.render(question, answer), answer, start)
+        return await self._generate(self.render(question, answer), answer, start, sentence=False)
 
     async def correct_sentence(self, question: str, prefix: str, sentence: str) -> AlignResult:
         """The corrected ``sentence`` (without the whitespace around it), given the answer before it as already
@@ -139,7 +164,7 @@ class Aligner:
         start = time.perf_counter()
         if not sentence.strip():
             return AlignResult(sentence, sentence, "no_answer", _ms_since(start))
-        return await self._generate(self.render_sentence(question, prefix, sentence), sentence, start)
+        return await self._generate(self.render_sentence(question, prefix, sentence), sentence, start, sentence=True)
 
     async def _correct_sentences(self, question: str, answer: str) -> AlignResult:
         start = time.perf_counter()
@@ -162,22 +187,38 @@ class Aligner:
             served.append(result.served)
             yield result
 
-    async def _generate(self, rendered: Rendered, original: str, start: float) -> AlignResult:
-        """Run one correction; the guards keep ``original`` when it is empty or cut off."""
+    async def _generate(self, rendered: Rendered, original: str, start: float, *, sentence: bool) -> AlignResult:
+        """Run one correction; the guards (:meth:`check`) keep ``original`` when it fails one."""
         try:
             async with asyncio.timeout(self.timeout_s):
                 completion = await generate(self.engine, rendered, self.sampling)
         except TimeoutError as exc:
             raise self._timed_out() from exc
-        text = completion.text.strip()
-        reason: AlignSkipReason | None = None
-        if not text:
-            reason = "empty"
-        elif completion.finish_reason == "length":
-            reason = "truncated"
+        text = strip_correction_label(completion.text.strip())
+        reason = self.check(original, text, completion.finish_reason, sentence=sentence)
         if reason is not None:
             return AlignResult(original, original, reason, _ms_since(start))
         return AlignResult(text, original, None, _ms_since(start))
+
+    @staticmethod
+    def check(
+        original: str, correction: str, finish_reason: FinishReason = "stop", *, sentence: bool = False
+    ) -> AlignSkipReason | None:
+        """Why a cleaned ``correction`` of ``original`` (a whole answer, or one ``sentence``) must not be served, or
+        ``None`` when it passes every guard (see the module docstring)."""
+        if not correction:
+            return "empty"
+        if finish_reason == "length":
+            return "truncated"
+        if leaked_template(original, correction):
+            return "template_leak"
+        if repeats(original, correction):
+            return "repetition"
+        if language_changed(original, correction):
+            return "language_changed"
+        if not sentence and dropped_content(original, correction):
+            return "dropped_content"
+        return None
 
     def stream_correct(self, question: str, answer: str) -> AlignStream:
         """Correction text deltas as the engine streams them; the original answer if the engine gives none."""
@@ -267,10 +308,8 @@ def _joined(answer: str, results: list[SentenceResult], elapsed_ms: float) -> Al
     sentences = tuple(results)
     if any(r.corrected for r in results):
         return AlignResult("".join(r.served for r in results), answer, None, elapsed_ms, sentences)
-    tried = [r.skipped for r in results if r.skipped not in ("code", "no_text")]
-    reason: AlignSkipReason = "no_answer"
-    if tried and tried[0] in ("empty", "truncated"):
-        reason = "truncated" if tried[0] == "truncated" else "empty"
+    tried = [r.skipped for r in results if r.skipped in SENTENCE_GUARDS]
+    reason: AlignSkipReason = next((g for g in SENTENCE_GUARDS if tried and g == tried[0]), "no_answer")
     return AlignResult(answer, answer, reason, elapsed_ms, sentences)
 
 

@@ -8,19 +8,22 @@ stay where they were). The input list is never mutated.
 
 Guards keep the original message and say why in ``RewriteResult.skipped_reason``:
 
-==================== ==================================================================================
-``no_user_message``  the request has no user message
-``no_text``          the last user message has no text (empty, or only images)
-``prompt_too_long``  the user text has more than ``max_prompt_words`` words (the helper is not called)
-``empty``            the helper's output is empty once cleaned
-``truncated``        the helper stopped at its token budget (a cut-off prompt would mislead the backend)
-``too_long_output``  the rewrite has more than ``max_ratio`` (6) times the original's words
-``too_short_output`` the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
-``template_leak``    the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
-``answered``         the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
-                     is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
-                     starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
-==================== ==================================================================================
+====================== ==================================================================================
+``no_user_message``    the request has no user message
+``no_text``            the last user message has no text (empty, or only images)
+``prompt_too_long``    the user text has more than ``max_prompt_words`` words (the helper is not called)
+``empty``              the helper's output is empty once cleaned
+``truncated``          the helper stopped at its token budget (a cut-off prompt would mislead the backend)
+``too_long_output``    the rewrite has more than ``max_ratio`` (6) times the original's words
+``too_short_output``   the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
+``template_leak``      the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
+``answered``           the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
+                       is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
+                       starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
+``dropped_constraint`` the rewrite lost what the user fixed: a number, quoted text, code, a URL, a capitalised
+                       multi-word name, a requested length or format (:func:`models.guards.missing_constraints`
+                       says exactly what counts; ``five`` for ``5`` passes)
+====================== ==================================================================================
 
 Output cleaning (:func:`clean_rewrite`) removes surrounding whitespace, a leading label such as
 ``Optimized prompt:`` / ``Improved prompt:``, and quotes around the whole text.
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.engine import Engine, EngineTimeout, FinishReason, SamplingParams
+from models.guards import TEMPLATE_MARKERS, missing_constraints
 from models.templates import Template, generate, get_template
 from models.wire.read import content_text
 
@@ -54,15 +58,9 @@ __all__ = ["BPO_SAMPLING", "RewriteResult", "Rewriter", "SkipReason", "clean_rew
 
 SkipReason = Literal[
     "no_user_message", "no_text", "prompt_too_long", "empty", "truncated", "too_long_output", "too_short_output",
-    "template_leak", "answered",
+    "template_leak", "answered", "dropped_constraint",
 ]
 
-#: Chat-template and role markers a small helper leaks into its output.
-_TEMPLATE_MARKERS = re.compile(
-    r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|<start_of_turn>|<end_of_turn>|\[/?INST\]|<</?SYS>>"
-    r"|^\s*(?:USER|ASSISTANT|SYSTEM|Human|Assistant)\s*:",
-    re.MULTILINE,
-)
 #: The opening of an answer, not of a prompt.
 _ANSWER_START = re.compile(
     r"^(?:sure|certainly|of course|yes|no|here(?:'s| is| are)|the answer|as an ai|i'm sorry|i am sorry|absolutely)\b",
@@ -309,12 +307,14 @@ class Rewriter:
             return "too_long_output"
         if after < self.min_ratio * before:
             return "too_short_output"
-        if _TEMPLATE_MARKERS.search(rewritten):
+        if TEMPLATE_MARKERS.search(rewritten):
             return "template_leak"
         if _ANSWER_START.match(rewritten) or (
             "?" in original and "?" not in rewritten and not _REQUEST_START.match(rewritten)
         ):
             return "answered"
+        if missing_constraints(original, rewritten):
+            return "dropped_constraint"
         return None
 
 

@@ -17,7 +17,8 @@ class HelperMs(BaseModel):
 class SentenceTrace(BaseModel):
     """One segment of an answer corrected sentence by sentence: the backend's text (whitespace around it included),
     what the client got instead (``corrected``, ``None`` when it got the original), why not (``skipped``: ``code``,
-    ``no_text``, ``empty``, ``truncated``, ``failed:<reason>``, ``after_failure``) and the aligner's milliseconds."""
+    ``no_text``, a guard of ``models.aligner.SENTENCE_GUARDS``, ``failed:<reason>``, ``after_failure``) and the
+    aligner's milliseconds."""
 
     original: str
     corrected: str | None = None

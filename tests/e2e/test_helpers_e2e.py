@@ -128,7 +128,8 @@ def only_post(fake: Fake) -> dict[str, Any]:
 
 
 def test_bpo_prompt_on_the_wire_and_the_backend_gets_the_rewrite(hs: HelperStack) -> None:
-    question = 'How do I bake {bread} at home? | 100% "sure"\n  Thanks!'
+    # braces, a pipe, a lone quote: no number or quoted text the canned rewrite would be refused for dropping
+    question = 'How do I bake {bread} at home? | {prompt} % "\n  Thanks!'
     r = chat(hs.v1, question, "rewrite", max_tokens=50)
     assert r.status_code == 200, r.text
     assert r.headers["x-aligngate-arm"] == "rewrite"

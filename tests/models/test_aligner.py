@@ -159,7 +159,9 @@ async def test_stream_on_the_fake_upstream(fake: FakeUpstream) -> None:
         await engine.close()
     prompt = "BEGINNING OF CONVERSATION: USER: ##Question: Q {x}?\n##Answer: A | B.\n##Correction:  ASSISTANT:"
     assert len(pieces) > 5
-    assert "".join(pieces) == whole.corrected == f"Hello from helper! You said: {prompt}"
+    # the fake echoes the aligner's own template back: streamed, it goes out as generated; whole, a guard keeps A
+    assert "".join(pieces) == f"Hello from helper! You said: {prompt}"
+    assert (whole.corrected, whole.skipped_reason) == ("A | B.", "template_leak")
     requests = fake.requests()
     assert [r["body"]["prompt"] for r in requests] == [prompt, prompt]
     assert [r["body"].get("stream", False) for r in requests] == [True, False]
@@ -178,7 +180,7 @@ async def test_aligner_v1_prompt_on_the_wire(fake: FakeUpstream) -> None:
     )
     [req] = fake.requests()
     assert req["body"]["prompt"] == expected
-    assert result.corrected == f"Hello from helper! You said: {expected}"
+    assert (result.corrected, result.skipped_reason) == (A, "template_leak")  # the fake echoed the template
 
 
 async def test_stream_is_concurrency_safe() -> None:
