@@ -101,6 +101,9 @@ class RewriteResult:
     cached: bool = False
     #: The rewrite came from an identical request's helper call that was already in flight.
     shared: bool = False
+    #: The prompt and completion tokens of the helper call this request made (0 when cached, shared or not called).
+    helper_prompt_tokens: int = 0
+    helper_completion_tokens: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -180,9 +183,13 @@ class _TTLCache:
         self._items.clear()
 
 
+#: One helper call's outcome: the accepted rewrite or why not, and its prompt and completion tokens.
+_Generated = tuple[str | None, SkipReason | None, tuple[int, int]]
+
+
 @dataclass(slots=True)
 class _Flight:
-    task: asyncio.Task[tuple[str | None, SkipReason | None]]
+    task: asyncio.Task[_Generated]
     waiters: int = 0
 
 
@@ -235,22 +242,27 @@ class Rewriter:
         key = (self.template.name, original)
         cached = self.cache.get(key)
         shared = False
+        spent = (0, 0)
         if cached is not None:
             rewritten: str | None = cached
             reason: SkipReason | None = None
         else:
-            (rewritten, reason), shared = await self._single_flight(key, original)
+            (rewritten, reason, spent), shared = await self._single_flight(key, original)
+            if shared:
+                spent = (0, 0)  # counted once, on the request that made the call
         if rewritten is None:
-            return _skip(given, original, reason, start)
+            return dataclasses.replace(_skip(given, original, reason, start), helper_prompt_tokens=spent[0],
+                                       helper_completion_tokens=spent[1])
         out = list(given)
         out[index] = _with_text(given[index], rewritten)
         return RewriteResult(
-            out, original, rewritten, None, _ms_since(start), cached=cached is not None, shared=shared
+            out, original, rewritten, None, _ms_since(start), cached=cached is not None, shared=shared,
+            helper_prompt_tokens=spent[0], helper_completion_tokens=spent[1],
         )
 
     async def _single_flight(
         self, key: tuple[str, str], original: str
-    ) -> tuple[tuple[str | None, SkipReason | None], bool]:
+    ) -> tuple[_Generated, bool]:
         """The outcome of the helper call for ``key``: a new call, or the one already in flight (shared)."""
         flight = self._inflight.get(key)
         shared = flight is not None
@@ -279,7 +291,7 @@ class Rewriter:
         refused anyway (about 2 tokens a word, with room for short prompts), so the helper stops there."""
         return min(self.sampling.max_tokens, math.ceil(self.max_ratio * _word_count(original) * 2) + 16)
 
-    async def _generate(self, key: tuple[str, str], original: str) -> tuple[str | None, SkipReason | None]:
+    async def _generate(self, key: tuple[str, str], original: str) -> _Generated:
         rendered = self.template.render({"prompt": original})
         sampling = dataclasses.replace(self.sampling, max_tokens=self.token_budget(original))
         try:
@@ -291,10 +303,11 @@ class Rewriter:
             ) from exc
         text = clean_rewrite(completion.text)
         reason = self.check(original, text, completion.finish_reason)
+        spent = (completion.prompt_tokens, completion.completion_tokens)
         if reason is not None:
-            return None, reason
+            return None, reason, spent
         self.cache.put(key, text)
-        return text, None
+        return text, None, spent
 
     def check(self, original: str, rewritten: str, finish_reason: FinishReason = "stop") -> SkipReason | None:
         """Why a cleaned rewrite of ``original`` must not be used, or ``None`` when it passes every guard."""
