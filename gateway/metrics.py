@@ -60,7 +60,8 @@ HELPER_FAILURES = Counter(
 )
 HELPER_SKIPS = Counter(
     "aligngate_helper_skips",
-    "Helper outputs a guard discarded, keeping the original (reason: empty, too_long_output, ...).",
+    "Helper outputs a guard discarded, keeping the original (reason: empty, too_long_output, dropped_constraint, "
+    "template_leak, repetition, ...).",
     ["helper", "reason"],
 )
 ALIGNER_SENTENCES = Counter(

@@ -8,19 +8,22 @@ stay where they were). The input list is never mutated.
 
 Guards keep the original message and say why in ``RewriteResult.skipped_reason``:
 
-==================== ==================================================================================
-``no_user_message``  the request has no user message
-``no_text``          the last user message has no text (empty, or only images)
-``prompt_too_long``  the user text has more than ``max_prompt_words`` words (the helper is not called)
-``empty``            the helper's output is empty once cleaned
-``truncated``        the helper stopped at its token budget (a cut-off prompt would mislead the backend)
-``too_long_output``  the rewrite has more than ``max_ratio`` (6) times the original's words
-``too_short_output`` the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
-``template_leak``    the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
-``answered``         the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
-                     is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
-                     starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
-==================== ==================================================================================
+====================== ==================================================================================
+``no_user_message``    the request has no user message
+``no_text``            the last user message has no text (empty, or only images)
+``prompt_too_long``    the user text has more than ``max_prompt_words`` words (the helper is not called)
+``empty``              the helper's output is empty once cleaned
+``truncated``          the helper stopped at its token budget (a cut-off prompt would mislead the backend)
+``too_long_output``    the rewrite has more than ``max_ratio`` (6) times the original's words
+``too_short_output``   the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
+``template_leak``      the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
+``answered``           the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
+                       is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
+                       starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
+``dropped_constraint`` the rewrite lost what the user fixed: a number, quoted text, code, a URL, a capitalised
+                       multi-word name, a requested length or format (:func:`models.guards.missing_constraints`
+                       says exactly what counts; ``five`` for ``5`` passes)
+====================== ==================================================================================
 
 Output cleaning (:func:`clean_rewrite`) removes surrounding whitespace, a leading label such as
 ``Optimized prompt:`` / ``Improved prompt:``, and quotes around the whole text.
@@ -47,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from models.engine import Engine, EngineTimeout, FinishReason, SamplingParams
+from models.guards import TEMPLATE_MARKERS, missing_constraints
 from models.templates import Template, generate, get_template
 from models.wire.read import content_text
 
@@ -54,15 +58,9 @@ __all__ = ["BPO_SAMPLING", "RewriteResult", "Rewriter", "SkipReason", "clean_rew
 
 SkipReason = Literal[
     "no_user_message", "no_text", "prompt_too_long", "empty", "truncated", "too_long_output", "too_short_output",
-    "template_leak", "answered",
+    "template_leak", "answered", "dropped_constraint",
 ]
 
-#: Chat-template and role markers a small helper leaks into its output.
-_TEMPLATE_MARKERS = re.compile(
-    r"<\|im_start\|>|<\|im_end\|>|<\|endoftext\|>|<start_of_turn>|<end_of_turn>|\[/?INST\]|<</?SYS>>"
-    r"|^\s*(?:USER|ASSISTANT|SYSTEM|Human|Assistant)\s*:",
-    re.MULTILINE,
-)
 #: The opening of an answer, not of a prompt.
 _ANSWER_START = re.compile(
     r"^(?:sure|certainly|of course|yes|no|here(?:'s| is| are)|the answer|as an ai|i'm sorry|i am sorry|absolutely)\b",
@@ -103,6 +101,9 @@ class RewriteResult:
     cached: bool = False
     #: The rewrite came from an identical request's helper call that was already in flight.
     shared: bool = False
+    #: The prompt and completion tokens of the helper call this request made (0 when cached, shared or not called).
+    helper_prompt_tokens: int = 0
+    helper_completion_tokens: int = 0
 
 
 # ---------------------------------------------------------------------------------------------- cleaning
@@ -182,9 +183,13 @@ class _TTLCache:
         self._items.clear()
 
 
+#: One helper call's outcome: the accepted rewrite or why not, and its prompt and completion tokens.
+_Generated = tuple[str | None, SkipReason | None, tuple[int, int]]
+
+
 @dataclass(slots=True)
 class _Flight:
-    task: asyncio.Task[tuple[str | None, SkipReason | None]]
+    task: asyncio.Task[_Generated]
     waiters: int = 0
 
 
@@ -237,22 +242,27 @@ class Rewriter:
         key = (self.template.name, original)
         cached = self.cache.get(key)
         shared = False
+        spent = (0, 0)
         if cached is not None:
             rewritten: str | None = cached
             reason: SkipReason | None = None
         else:
-            (rewritten, reason), shared = await self._single_flight(key, original)
+            (rewritten, reason, spent), shared = await self._single_flight(key, original)
+            if shared:
+                spent = (0, 0)  # counted once, on the request that made the call
         if rewritten is None:
-            return _skip(given, original, reason, start)
+            return dataclasses.replace(_skip(given, original, reason, start), helper_prompt_tokens=spent[0],
+                                       helper_completion_tokens=spent[1])
         out = list(given)
         out[index] = _with_text(given[index], rewritten)
         return RewriteResult(
-            out, original, rewritten, None, _ms_since(start), cached=cached is not None, shared=shared
+            out, original, rewritten, None, _ms_since(start), cached=cached is not None, shared=shared,
+            helper_prompt_tokens=spent[0], helper_completion_tokens=spent[1],
         )
 
     async def _single_flight(
         self, key: tuple[str, str], original: str
-    ) -> tuple[tuple[str | None, SkipReason | None], bool]:
+    ) -> tuple[_Generated, bool]:
         """The outcome of the helper call for ``key``: a new call, or the one already in flight (shared)."""
         flight = self._inflight.get(key)
         shared = flight is not None
@@ -281,7 +291,7 @@ class Rewriter:
         refused anyway (about 2 tokens a word, with room for short prompts), so the helper stops there."""
         return min(self.sampling.max_tokens, math.ceil(self.max_ratio * _word_count(original) * 2) + 16)
 
-    async def _generate(self, key: tuple[str, str], original: str) -> tuple[str | None, SkipReason | None]:
+    async def _generate(self, key: tuple[str, str], original: str) -> _Generated:
         rendered = self.template.render({"prompt": original})
         sampling = dataclasses.replace(self.sampling, max_tokens=self.token_budget(original))
         try:
@@ -293,10 +303,11 @@ class Rewriter:
             ) from exc
         text = clean_rewrite(completion.text)
         reason = self.check(original, text, completion.finish_reason)
+        spent = (completion.prompt_tokens, completion.completion_tokens)
         if reason is not None:
-            return None, reason
+            return None, reason, spent
         self.cache.put(key, text)
-        return text, None
+        return text, None, spent
 
     def check(self, original: str, rewritten: str, finish_reason: FinishReason = "stop") -> SkipReason | None:
         """Why a cleaned rewrite of ``original`` must not be used, or ``None`` when it passes every guard."""
@@ -309,12 +320,14 @@ class Rewriter:
             return "too_long_output"
         if after < self.min_ratio * before:
             return "too_short_output"
-        if _TEMPLATE_MARKERS.search(rewritten):
+        if TEMPLATE_MARKERS.search(rewritten):
             return "template_leak"
         if _ANSWER_START.match(rewritten) or (
             "?" in original and "?" not in rewritten and not _REQUEST_START.match(rewritten)
         ):
             return "answered"
+        if missing_constraints(original, rewritten):
+            return "dropped_constraint"
         return None
 
 

@@ -23,6 +23,7 @@ from gateway import metrics
 from gateway.errors import GatewayError
 from models.aligner import Aligner, AlignResult, AlignStream
 from models.engine import EngineError
+from models.limits import ClientLimits
 from models.rewriter import Rewriter
 from models.wire.errors import engine_failure
 
@@ -44,6 +45,8 @@ class RewriteOutcome:
     rewritten: str | None
     skipped: str | None
     elapsed_s: float
+    #: The helper call's prompt and completion tokens (``None``: no call made: cached, shared, failed, skipped).
+    tokens: dict[str, int] | None = None
 
 
 @dataclass(slots=True)
@@ -52,7 +55,7 @@ class AlignOutcome:
     corrected: bool
     skipped: str | None
     elapsed_s: float
-    #: With a sentence template: what happened to each segment (see ``models.aligner.SentenceResult``).
+    #: The aligner's result (``None`` when it failed): segments with a sentence template, tokens, finish.
     result: AlignResult | None = None
 
 
@@ -64,6 +67,8 @@ class SentenceOutcome:
     text: str
     skipped: str | None
     elapsed_s: float
+    #: The aligner's result on the sentence (``None`` when it failed).
+    result: AlignResult | None = None
 
     @property
     def corrected(self) -> bool:
@@ -103,6 +108,12 @@ class Helpers:
         self.aligner_stream = aligner_stream
 
     @property
+    def aligner_max_tokens(self) -> int:
+        """The aligner's own bound on a correction's tokens."""
+        assert self.aligner is not None
+        return self.aligner.sampling.max_tokens
+
+    @property
     def sentence_stream(self) -> bool:
         """Whether streamed answers are corrected sentence by sentence while the backend generates them."""
         return self.aligner is not None and self.aligner.sentence and self.aligner_stream == "sentence"
@@ -128,13 +139,17 @@ class Helpers:
             metrics.HELPER_DURATION.labels("rewriter").observe(elapsed)
         if result.skipped_reason is not None:
             metrics.HELPER_SKIPS.labels("rewriter", result.skipped_reason).inc()
-        return RewriteOutcome(result.messages, result.rewritten, result.skipped_reason, elapsed)
+        spent = (result.helper_prompt_tokens, result.helper_completion_tokens)
+        tokens = {"prompt_tokens": spent[0], "completion_tokens": spent[1]} if any(spent) else None
+        return RewriteOutcome(result.messages, result.rewritten, result.skipped_reason, elapsed, tokens)
 
-    async def correct(self, question: str, answer: str) -> AlignOutcome:
+    async def correct(
+        self, question: str, answer: str, limits: ClientLimits | None = None, *, answer_cut: bool = False
+    ) -> AlignOutcome:
         assert self.aligner is not None
         start = time.perf_counter()
         try:
-            result = await self.aligner.correct(question, answer)
+            result = await self.aligner.correct(question, answer, limits, answer_cut=answer_cut)
         except EngineError as exc:
             skipped = self._failed("aligner", self.aligner_on_error, exc)
             return AlignOutcome(answer, False, skipped, time.perf_counter() - start)
@@ -143,17 +158,18 @@ class Helpers:
         if result.skipped_reason is not None:
             metrics.HELPER_SKIPS.labels("aligner", result.skipped_reason).inc()
         count_sentences(result)
-        return AlignOutcome(result.corrected, result.skipped_reason is None, result.skipped_reason, elapsed,
-                            result if result.sentences else None)
+        return AlignOutcome(result.corrected, result.skipped_reason is None, result.skipped_reason, elapsed, result)
 
-    async def correct_sentence(self, question: str, prefix: str, sentence: str) -> SentenceOutcome:
+    async def correct_sentence(
+        self, question: str, prefix: str, sentence: str, *, max_tokens: int | None = None
+    ) -> SentenceOutcome:
         """One sentence (without the whitespace around it) after ``prefix`` (the answer so far, as served), with
         the policy applied: ``skip`` keeps the sentence (``failed:<reason>``), ``fail`` raises ``HelperFailed``.
         Counts the sentence; the per-answer metrics are the caller's (:meth:`answer_corrected`)."""
         assert self.aligner is not None
         start = time.perf_counter()
         try:
-            result = await self.aligner.correct_sentence(question, prefix, sentence)
+            result = await self.aligner.correct_sentence(question, prefix, sentence, max_tokens=max_tokens)
         except EngineError as exc:
             metrics.ALIGNER_SENTENCES.labels("failed").inc()
             skipped = self._failed("aligner", self.aligner_on_error, exc)
@@ -161,7 +177,7 @@ class Helpers:
         elapsed = time.perf_counter() - start
         metrics.ALIGNER_SENTENCE_DURATION.observe(elapsed)
         metrics.ALIGNER_SENTENCES.labels("kept" if result.skipped_reason else "corrected").inc()
-        return SentenceOutcome(result.corrected, result.skipped_reason, elapsed)
+        return SentenceOutcome(result.corrected, result.skipped_reason, elapsed, result)
 
     @staticmethod
     def passed_sentences(outcome: Literal["code", "uncorrected"], n: int = 1) -> None:
@@ -178,9 +194,9 @@ class Helpers:
         if skipped is not None and not skipped.startswith("failed:"):
             metrics.HELPER_SKIPS.labels("aligner", skipped).inc()
 
-    def stream_correct(self, question: str, answer: str) -> CorrectionStream:
+    def stream_correct(self, question: str, answer: str, limits: ClientLimits | None = None) -> CorrectionStream:
         assert self.aligner is not None
-        return CorrectionStream(self, self.aligner.stream_correct(question, answer), answer)
+        return CorrectionStream(self, self.aligner.stream_correct(question, answer, limits), answer)
 
 
 class CorrectionStream:

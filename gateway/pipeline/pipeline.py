@@ -36,9 +36,11 @@ from gateway.errors import GatewayError, error_frame
 from gateway.pipeline.helpers import CorrectionStream, Helpers
 from gateway.pipeline.sentences import SentenceStream
 from gateway.pipeline.trace import SentenceTrace, Trace
+from gateway.pipeline.usage import add_aligner_tokens, delivered_usage
 from gateway.respond import EventStream, relay_result, relay_stream, upstream_headers
 from gateway.upstream.protocol import Backend, UpstreamResult
-from models.aligner import question_from_messages
+from models.aligner import AlignResult, question_from_messages
+from models.limits import ClientLimits
 from models.wire.chunks import ChunkWriter
 from models.wire.read import choice_text, set_choice_text, usage_counts
 from models.wire.sse import DONE, encode_event
@@ -139,6 +141,7 @@ class Pipeline:
         trace.helper_ms.rewriter = round(outcome.elapsed_s * 1000, 3)
         trace.rewritten_prompt = outcome.rewritten
         trace.rewriter_skipped = outcome.skipped
+        trace.helper_tokens["rewriter"] = outcome.tokens
 
     # ------------------------------------------------------------------ step 2: backend
 
@@ -187,8 +190,9 @@ class Pipeline:
         data = req.parsed()
         capture = req.ctx.capture
         include_usage = bool((data.get("stream_options") or {}).get("include_usage"))
+        limits = ClientLimits.of_request(data, req.chat)  # read before the body is changed for the backend
         if req.stream and self.helpers.sentence_stream:
-            return await self._align_sentences(req, trace, question, include_usage)
+            return await self._align_sentences(req, trace, question, include_usage, limits)
         if req.stream:
             data["stream"] = False
             data.pop("stream_options", None)
@@ -202,8 +206,8 @@ class Pipeline:
         if capture is not None:
             capture.prompt_tokens, capture.completion_tokens = usage_counts(answer)
         if req.stream:
-            return await self._stream_corrected(req, trace, question, answer, include_usage, result)
-        await self._align_all(req, trace, question, answer)
+            return await self._stream_corrected(req, trace, question, answer, include_usage, result, limits)
+        await self._align_all(req, trace, question, answer, limits)
         if capture is not None:
             capture.raw_answer = _first_choice(trace.original_content)
             choices = answer.get("choices") or []
@@ -213,7 +217,7 @@ class Pipeline:
         return relay_result(result, _dumps(answer))
 
     async def _align_sentences(
-        self, req: PipelineRequest, trace: Trace, question: str, include_usage: bool
+        self, req: PipelineRequest, trace: Trace, question: str, include_usage: bool, limits: ClientLimits
     ) -> ASGIApp:
         """Stream the backend's answer and correct it sentence by sentence as it comes."""
         ctx = req.ctx
@@ -227,14 +231,20 @@ class Pipeline:
             return relay_result(opened)
         ctx.replica = opened.replica_index
         stream = SentenceStream(ctx, self.helpers, opened, question=question, chat=req.chat,
-                                include_usage=include_usage, trace=trace, trace_on=req.trace_on)
+                                include_usage=include_usage, trace=trace, trace_on=req.trace_on, limits=limits)
         ctx.track(stream)
         return EventStream(ctx, stream.events(), upstream_headers(opened.headers))
 
-    async def _align_all(self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any]) -> None:
+    async def _align_all(
+        self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], limits: ClientLimits
+    ) -> None:
         choices = answer.get("choices") or []
         slots = [choice_text(c, req.chat) for c in choices]
-        tasks = [asyncio.ensure_future(self.helpers.correct(question, text)) for text in slots if text is not None]
+        tasks = [
+            asyncio.ensure_future(self.helpers.correct(question, text, limits,
+                                                       answer_cut=choice.get("finish_reason") == "length"))
+            for choice, text in zip(choices, slots, strict=True) if text is not None
+        ]
         try:
             outcomes = await req.ctx.waited(asyncio.gather(*tasks))
         except BaseException:
@@ -255,8 +265,15 @@ class Pipeline:
             originals.append(text)
             skipped.append(outcome.skipped)
             sentences.append([SentenceTrace.of(r) for r in outcome.result.sentences] if outcome.result else None)
-            if outcome.corrected:
+            ended = outcome.result.finish_reason if outcome.result is not None else None
+            if outcome.corrected or ended is not None:
                 set_choice_text(choice, req.chat, outcome.text)
+            if ended is not None:
+                choice["finish_reason"] = ended
+        results = [o.result for o in outcomes]
+        add_aligner_tokens(trace, results)
+        if "usage" in answer:
+            answer["usage"] = delivered_usage(answer["usage"], len(choices), results, trace)
         trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
         trace.original_content = originals[0] if len(originals) == 1 else originals
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
@@ -265,7 +282,7 @@ class Pipeline:
 
     async def _stream_corrected(
         self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool,
-        result: UpstreamResult,
+        result: UpstreamResult, limits: ClientLimits,
     ) -> ASGIApp:
         """Stream the correction of a whole backend answer, choice after choice."""
         ctx = req.ctx
@@ -277,7 +294,7 @@ class Pipeline:
         first: tuple[CorrectionStream, str] | None = None
         if texts and texts[0] is not None:
             # Wait for the first corrected text before answering, so that on_error=fail can still be a 502.
-            stream = self.helpers.stream_correct(question, texts[0])
+            stream = self.helpers.stream_correct(question, texts[0], limits)
             ctx.track(stream)
             try:
                 first = (stream, await stream.first())
@@ -285,7 +302,7 @@ class Pipeline:
                 await stream.aclose()
                 raise
         chunks = ChunkWriter.for_answer(answer, req.chat, include_usage)
-        events = self._correction_events(req, trace, question, choices, texts, chunks, first)
+        events = self._correction_events(req, trace, question, choices, texts, chunks, first, limits)
         return EventStream(ctx, events, upstream_headers(result.headers))
 
     async def _correction_events(
@@ -297,11 +314,13 @@ class Pipeline:
         texts: list[str | None],
         chunks: ChunkWriter,
         first: tuple[CorrectionStream, str] | None,
+        limits: ClientLimits,
     ) -> AsyncGenerator[bytes, None]:
         """The stream's events; ``first`` is choice 0's correction stream and its first delta."""
         ctx = req.ctx
         skipped: list[str | None] = []
         sentences: list[list[SentenceTrace] | None] = []
+        results: list[AlignResult | None] = []
         # choice 0's corrected text, for the trace store (kept only when it records bodies)
         sent: list[str] | None = [] if ctx.capture is not None and ctx.capture.bodies else None
         aligner_s = 0.0
@@ -318,7 +337,7 @@ class Pipeline:
                     if i == 0 and first is not None:
                         stream, delta = first
                     else:
-                        stream = self.helpers.stream_correct(question, text)
+                        stream = self.helpers.stream_correct(question, text, limits)
                         ctx.track(stream)
                         delta = await stream.first()
                     if delta:
@@ -331,10 +350,15 @@ class Pipeline:
                         yield chunks.text(index, delta)
                     skipped.append(stream.skipped)
                     result = stream.result
+                    results.append(result)
                     sentences.append([SentenceTrace.of(r) for r in result.sentences] if result else None)
                     aligner_s = max(aligner_s, stream.waited_s)
                     stream = None
+                    if result is not None and result.finish_reason is not None:
+                        choice = {**choice, "finish_reason": result.finish_reason}
                 yield chunks.finish(index, choice.get("finish_reason"))
+            add_aligner_tokens(trace, results)
+            chunks.usage = delivered_usage(chunks.usage, len(choices), results, trace)
             trace.helper_ms.aligner = round(aligner_s * 1000, 3)
             trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
             if self.helpers.aligner is not None and self.helpers.aligner.sentence:

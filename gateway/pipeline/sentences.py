@@ -39,8 +39,10 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamBroken, error_frame
 from gateway.pipeline.helpers import HelperFailed, Helpers
 from gateway.pipeline.trace import SentenceTrace, Trace
+from gateway.pipeline.usage import add_aligner_tokens, delivered_usage
 from gateway.upstream.protocol import StreamHandle
-from models.aligner import sentence_skip
+from models.aligner import AlignResult, SentenceResult, sentence_skip
+from models.limits import Budget, ClientLimits
 from models.sentences import Segment, SentenceSplitter
 from models.wire.chunks import ChunkWriter
 from models.wire.read import chunk_choices, stream_error, usage_counts
@@ -89,6 +91,9 @@ class _Choice:
     raw: list[str] = field(default_factory=list)
     served: list[str] = field(default_factory=list)
     sentences: list[SentenceTrace] = field(default_factory=list)
+    #: What the aligner did on each segment, for the delivered ``usage``.
+    results: list[SentenceResult] = field(default_factory=list)
+    budget: Budget = field(default_factory=Budget)
     aligner_s: float = 0.0
     #: ``failed:<reason>`` once the aligner has failed on this choice (the rest goes out uncorrected).
     failed: str | None = None
@@ -114,7 +119,7 @@ class SentenceStream:
 
     def __init__(
         self, ctx: RequestContext, helpers: Helpers, upstream: StreamHandle, *, question: str, chat: bool,
-        include_usage: bool, trace: Trace, trace_on: bool,
+        include_usage: bool, trace: Trace, trace_on: bool, limits: ClientLimits | None = None,
     ) -> None:
         assert helpers.aligner is not None
         self.ctx = ctx
@@ -125,6 +130,7 @@ class SentenceStream:
         self.include_usage = include_usage
         self.trace = trace
         self.trace_on = trace_on
+        self.limits = limits or ClientLimits()
         #: Seconds the response waited for its next event (on the backend or the aligner).
         self.waited_s = 0.0
         self._max_chars = helpers.aligner.max_sentence_chars
@@ -132,6 +138,8 @@ class SentenceStream:
         self._out: asyncio.Queue[_Out] = asyncio.Queue()
         self._writer: ChunkWriter | None = None
         self._complete = False
+        #: The backend's ``usage``, once the client's has been made to say what was delivered.
+        self._backend_usage: Any = None
 
     # ------------------------------------------------------------------ the response's events
 
@@ -254,7 +262,8 @@ class SentenceStream:
     def _choice(self, index: int) -> _Choice:
         choice = self._choices.get(index)
         if choice is None:
-            choice = self._choices[index] = _Choice(index, SentenceSplitter(self._max_chars))
+            splitter = SentenceSplitter(self._max_chars)
+            choice = self._choices[index] = _Choice(index, splitter, budget=Budget(self.limits))
             choice.task = asyncio.ensure_future(self._correct(choice))
         return choice
 
@@ -275,7 +284,11 @@ class SentenceStream:
                     continue
                 text = await self._segment(choice, item)
                 choice.served.append(text)
-                self._send(choice, self._writer_now().text(choice.index, text))
+                if text:
+                    self._send(choice, self._writer_now().text(choice.index, text))
+                if choice.budget.ended is not None:  # the client's max_tokens or stop: the rest is not sent
+                    self._send(choice, self._writer_now().finish(choice.index, choice.budget.ended))
+                    break
         except GatewayError as exc:  # HelperFailed: on_error fail
             self._out.put_nowait(exc)
             return
@@ -302,21 +315,32 @@ class SentenceStream:
         skip = sentence_skip(segment)
         if skip is None and choice.failed is not None:
             skip = "after_failure"
+        budget = choice.budget
         if skip is not None:
             self.helpers.passed_sentences("code" if skip in ("code", "no_text") else "uncorrected")
             choice.sentences.append(SentenceTrace(original=segment.text, skipped=skip))
-            return segment.text
+            served = budget.take(segment.text, None)
+            choice.results.append(SentenceResult(segment.text, served, skip, 0.0))
+            return served
         prefix = "".join(choice.served).strip()
-        outcome = await self.helpers.correct_sentence(self.question, prefix, segment.body)  # HelperFailed: fail
+        outcome = await self.helpers.correct_sentence(  # HelperFailed: fail
+            self.question, prefix, segment.body, max_tokens=budget.cap(self.helpers.aligner_max_tokens)
+        )
         choice.aligner_s += outcome.elapsed_s
         ms = round(outcome.elapsed_s * 1000, 3)
         if outcome.failed:
             choice.failed = outcome.skipped
+        result = outcome.result
+        spent = (result.helper_prompt_tokens, result.helper_completion_tokens) if result is not None else (0, 0)
         if not outcome.corrected:
             choice.sentences.append(SentenceTrace(original=segment.text, skipped=outcome.skipped, ms=ms))
-            return segment.text
-        served = segment.replaced(outcome.text)
+            served = budget.take(segment.text, None)
+            choice.results.append(SentenceResult(segment.text, served, outcome.skipped, ms, spent=spent))
+            return served
+        tokens = result.tokens if result is not None else None
+        served = budget.take(segment.replaced(outcome.text), tokens)
         choice.sentences.append(SentenceTrace(original=segment.text, corrected=served, ms=ms))
+        choice.results.append(SentenceResult(segment.text, served, None, ms, tokens, spent))
         return served
 
     # ------------------------------------------------------------------ the end: trace, metrics, store
@@ -336,6 +360,22 @@ class SentenceStream:
             trace.original_content, trace.aligner_skipped, trace.sentences = originals[0], skipped[0], sentences[0]
         else:
             trace.original_content, trace.aligner_skipped, trace.sentences = originals, skipped, sentences
+        results = [self._result(c) for c in text]
+        add_aligner_tokens(trace, results)
+        if self._writer is not None:
+            self._backend_usage = self._writer.usage
+            self._writer.usage = delivered_usage(self._writer.usage, len(choices), results, trace)
+
+    @staticmethod
+    def _result(choice: _Choice) -> AlignResult:
+        """The choice as the aligner's result would say it (for ``usage``)."""
+        raw, served = "".join(choice.raw), "".join(choice.served)
+        corrected = any(r.corrected for r in choice.results)
+        return AlignResult(
+            served, raw, None if corrected else "no_answer", choice.aligner_s * 1000, tuple(choice.results),
+            sum(r.tokens or 0 for r in choice.results), choice.budget.ended,
+            sum(r.spent[0] for r in choice.results), sum(r.spent[1] for r in choice.results),
+        )
 
     def _capture(self) -> None:
         capture = self.ctx.capture
@@ -345,5 +385,6 @@ class SentenceStream:
         if first is not None and capture.bodies:
             capture.raw_answer = "".join(first.raw) if first.raw else None
             capture.final_answer = "".join(first.served) if first.served else None
-        if self._writer is not None:
-            capture.prompt_tokens, capture.completion_tokens = usage_counts({"usage": self._writer.usage})
+        if self._writer is not None:  # the backend's own counts, as on every arm
+            usage = self._writer.usage if self._backend_usage is None else self._backend_usage
+            capture.prompt_tokens, capture.completion_tokens = usage_counts({"usage": usage})

@@ -17,7 +17,8 @@ class HelperMs(BaseModel):
 class SentenceTrace(BaseModel):
     """One segment of an answer corrected sentence by sentence: the backend's text (whitespace around it included),
     what the client got instead (``corrected``, ``None`` when it got the original), why not (``skipped``: ``code``,
-    ``no_text``, ``empty``, ``truncated``, ``failed:<reason>``, ``after_failure``) and the aligner's milliseconds."""
+    ``no_text``, a guard of ``models.aligner.SENTENCE_GUARDS``, ``failed:<reason>``, ``after_failure``) and the
+    aligner's milliseconds."""
 
     original: str
     corrected: str | None = None
@@ -35,6 +36,10 @@ class SentenceTrace(BaseModel):
 Sentences = list[SentenceTrace] | list[list[SentenceTrace] | None]
 
 
+def _no_helper_tokens() -> dict[str, dict[str, int] | None]:
+    return {"rewriter": None, "aligner": None}
+
+
 class Trace(BaseModel):
     """The README's trace object ("Arms and the pipeline"), plus why a helper left its input unchanged
     (``*_skipped``: a guard or a failure). ``sentences`` is there only when the aligner corrected sentence by
@@ -49,6 +54,9 @@ class Trace(BaseModel):
     rewriter_skipped: str | None = None
     aligner_skipped: str | list[str | None] | None = None
     sentences: Sentences | None = None
+    #: What each helper spent on the request (every call, kept or not): ``{"prompt_tokens", "completion_tokens"}``
+    #: per helper, ``None`` for a helper that made no call.
+    helper_tokens: dict[str, dict[str, int] | None] = Field(default_factory=_no_helper_tokens)
 
     def as_json(self) -> dict[str, Any]:
         data = self.model_dump()

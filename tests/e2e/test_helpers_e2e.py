@@ -43,6 +43,9 @@ ALIGNER_V2 = "BEGINNING OF CONVERSATION: USER: ##Question: {question}\n##Answer:
 REWRITE = "Explain step by step how to bake a simple loaf of bread at home, with safe oven temperatures."
 CORRECTION = "Here is a careful and helpful answer: knead, proof, then bake at 220 C for 30 minutes."
 MODEL = "m"
+#: A long correction (the fake counts a word a token): the client's max_tokens and stop must still hold.
+LONG = ("Knead the dough well. Let it rise for an hour. Then bake it at 220 C for thirty minutes until golden and "
+        "hollow when tapped underneath, and let it cool on a rack before slicing it.")
 TOKEN_DELAY_S = 0.05
 
 
@@ -75,10 +78,12 @@ class HelperStack:
     backend: Fake
     rewriter: Fake
     aligner: Fake
+    long_aligner: Fake
     v1: Gateway  # aligner-v1, on_error skip
     v2: Gateway  # aligner-v2
     down_skip: Gateway  # both helpers on a closed port, on_error skip
     down_fail: Gateway  # both helpers on a closed port, on_error fail
+    long: Gateway  # an aligner whose correction is LONG
 
 
 @pytest.fixture(scope="module")
@@ -87,6 +92,7 @@ def hs(module_procs: Procs) -> HelperStack:
     rw = module_procs.fake("rewriter", 0, "--reply", REWRITE)
     # streamed corrections come word by word, TOKEN_DELAY_S apart (whole answers are not delayed)
     al = module_procs.fake("aligner", 0, "--reply", CORRECTION, "--token-delay-s", str(TOKEN_DELAY_S))
+    long_al = module_procs.fake("long-aligner", 0, "--reply", LONG)
     closed = f"http://127.0.0.1:{free_port()}/v1"
 
     def gw(helpers: dict[str, Any], tag: str) -> Gateway:
@@ -96,17 +102,18 @@ def hs(module_procs: Procs) -> HelperStack:
         return module_procs.gateway(config, tag=tag)
 
     return HelperStack(
-        be, rw, al,
+        be, rw, al, long_al,
         v1=gw(helpers_config(rw.v1, al.v1, "aligner-v1", "skip"), "helpers-v1"),
         v2=gw(helpers_config(rw.v1, al.v1, "aligner-v2", "skip"), "helpers-v2"),
         down_skip=gw(helpers_config(closed, closed, "aligner-v1", "skip"), "helpers-down-skip"),
         down_fail=gw(helpers_config(closed, closed, "aligner-v1", "fail"), "helpers-down-fail"),
+        long=gw(helpers_config(rw.v1, long_al.v1, "aligner-v1", "skip"), "helpers-long"),
     )
 
 
 @pytest.fixture(autouse=True)
 def _reset(hs: HelperStack) -> Iterator[None]:
-    for fake in (hs.backend, hs.rewriter, hs.aligner):
+    for fake in (hs.backend, hs.rewriter, hs.aligner, hs.long_aligner):
         fake.reset()
     yield
 
@@ -129,7 +136,8 @@ def only_post(fake: Fake) -> dict[str, Any]:
 
 
 def test_bpo_prompt_on_the_wire_and_the_backend_gets_the_rewrite(hs: HelperStack) -> None:
-    question = 'How do I bake {bread} at home? | 100% "sure"\n  Thanks!'
+    # braces, a pipe, a lone quote: no number or quoted text the canned rewrite would be refused for dropping
+    question = 'How do I bake {bread} at home? | {prompt} % "\n  Thanks!'
     r = chat(hs.v1, question, "rewrite", max_tokens=50)
     assert r.status_code == 200, r.text
     assert r.headers["x-aligngate-arm"] == "rewrite"
@@ -375,3 +383,59 @@ def test_readyz_shows_each_helpers_start_up_probe(module_procs: Procs) -> None:
     assert (aligner["status"], aligner["reason"]) == ("failed", "error")
     assert len(rw.posts()) == 1  # once
     assert gw.log_lines("helper probe: rewriter warning")
+
+
+# ---------------------------------------------------------------- what the client asked for holds
+
+
+def _ask(gw: Gateway, stream: bool, **fields: Any) -> tuple[str, str | None, Any]:
+    """(text, finish_reason, usage) of an align-arm chat through the SDK."""
+    with gw.client() as client:
+        kwargs: dict[str, Any] = {"model": MODEL, "messages": [{"role": "user", "content": "How do I bake bread?"}],
+                                  "extra_headers": {"X-Aligngate-Arm": "align"}, **fields}
+        if not stream:
+            answer = client.chat.completions.create(**kwargs)
+            return answer.choices[0].message.content or "", answer.choices[0].finish_reason, answer.usage
+        chunks = list(client.chat.completions.create(stream=True, stream_options={"include_usage": True}, **kwargs))
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+    return text, finish, chunks[-1].usage
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_max_tokens_holds_on_the_correction_and_usage_says_what_was_delivered(hs: HelperStack, stream: bool) -> None:
+    text, finish, usage = _ask(hs.long, stream, max_tokens=5)
+    # the backend's answer was cut at 5 tokens, so the correction may be cut there too, and says so
+    assert text == " ".join(LONG.split()[:5]) and finish == "length"
+    sent = only_post(hs.long_aligner)["body"]
+    assert sent["max_tokens"] == 5  # the aligner's own generation capped at the client's limit
+    assert usage is not None and usage.completion_tokens == 5 and usage.total_tokens == usage.prompt_tokens + 5
+    extra = usage.model_extra or {}
+    assert extra["aligngate"]["backend_completion_tokens"] == 5
+    assert extra["aligngate"]["aligner"]["completion_tokens"] == 5 and extra["aligngate"]["rewriter"] is None
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_stop_sequences_hold_on_the_correction(hs: HelperStack, stream: bool) -> None:
+    text, finish, usage = _ask(hs.long, stream, stop=["Then"], max_tokens=200)
+    assert text == "Knead the dough well. Let it rise for an hour." and finish == "stop"
+    assert only_post(hs.long_aligner)["body"]["stop"] == ["Then"]
+    assert usage is not None and 0 < usage.completion_tokens < len(LONG.split())
+
+
+def test_a_correction_longer_than_an_uncut_answer_allows_keeps_the_answer(hs: HelperStack) -> None:
+    r = chat(hs.long, "Hi", "align", max_tokens=20)  # the backend's answer fits in 20: not cut
+    body = r.json()
+    assert body["choices"][0]["message"]["content"] == hello("Hi")
+    assert body["choices"][0]["finish_reason"] == "stop"
+    assert body["aligngate"]["aligner_skipped"] == "truncated"
+    assert body["aligngate"]["helper_tokens"]["aligner"]["completion_tokens"] == 20
+    assert body["usage"]["completion_tokens"] == len(hello("Hi").split())
+
+
+def test_completions_respect_max_tokens_too(hs: HelperStack) -> None:
+    r = hs.long.http.post("/v1/completions", json={"model": MODEL, "prompt": "Bake bread", "max_tokens": 4},
+                          headers={"X-Aligngate-Arm": "align"})
+    choice = r.json()["choices"][0]
+    assert choice["text"] == " ".join(LONG.split()[:4]) and choice["finish_reason"] == "length"
+    assert r.json()["usage"]["completion_tokens"] == 4

@@ -105,7 +105,11 @@ def test_the_sdk_streams_each_corrected_sentence_and_the_trace(ss: SentenceStack
     assert "".join(contents) == SERVED
     assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
     last = chunks[-1]
-    assert last.choices == [] and last.usage is not None and last.usage.completion_tokens == 30
+    assert last.choices == [] and last.usage is not None
+    # every sentence corrected: usage counts the corrections by the aligner's count, the backend's 30 aside
+    extra = (last.usage.model_extra or {})["aligngate"]
+    assert extra["backend_completion_tokens"] == 30
+    assert last.usage.completion_tokens == extra["aligner"]["completion_tokens"] == len(SERVED.split())
     trace = (last.model_extra or {})["aligngate"]
     assert trace["arm"] == "align" and trace["original_content"] == REPLY
     assert [(s["original"], s["corrected"], s["skipped"]) for s in trace["sentences"]] == [

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from models.aligner import Aligner, AlignResult, SentenceResult, question_from_messages
+from models.aligner import Aligner, SentenceResult, question_from_messages
 from models.engine import ChatTurn, EngineError, EngineTimeout, SamplingParams
 from models.remote import RemoteEngine
 from models.templates import TemplateError
@@ -75,7 +75,8 @@ def test_rewriter_template_is_refused() -> None:
                                                             ("Half a corr", "length", "truncated")])
 async def test_fallbacks_keep_the_original(output: str, finish: Any, reason: Any) -> None:
     result = await Aligner(ScriptedEngine([output], finish_reason=finish)).correct(Q, A)
-    assert result == AlignResult(A, A, reason, result.elapsed_ms)
+    assert (result.corrected, result.original, result.skipped_reason, result.tokens) == (A, A, reason, None)
+    assert result.helper_prompt_tokens > 0  # the helper's tokens are spent all the same
 
 
 async def test_empty_answer_is_not_sent() -> None:
@@ -159,7 +160,9 @@ async def test_stream_on_the_fake_upstream(fake: FakeUpstream) -> None:
         await engine.close()
     prompt = "BEGINNING OF CONVERSATION: USER: ##Question: Q {x}?\n##Answer: A | B.\n##Correction:  ASSISTANT:"
     assert len(pieces) > 5
-    assert "".join(pieces) == whole.corrected == f"Hello from helper! You said: {prompt}"
+    # the fake echoes the aligner's own template back: streamed, it goes out as generated; whole, a guard keeps A
+    assert "".join(pieces) == f"Hello from helper! You said: {prompt}"
+    assert (whole.corrected, whole.skipped_reason) == ("A | B.", "template_leak")
     requests = fake.requests()
     assert [r["body"]["prompt"] for r in requests] == [prompt, prompt]
     assert [r["body"].get("stream", False) for r in requests] == [True, False]
@@ -178,7 +181,7 @@ async def test_aligner_v1_prompt_on_the_wire(fake: FakeUpstream) -> None:
     )
     [req] = fake.requests()
     assert req["body"]["prompt"] == expected
-    assert result.corrected == f"Hello from helper! You said: {expected}"
+    assert (result.corrected, result.skipped_reason) == (A, "template_leak")  # the fake echoed the template
 
 
 async def test_stream_is_concurrency_safe() -> None:

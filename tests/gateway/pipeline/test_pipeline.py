@@ -36,7 +36,7 @@ ORIGINAL = f"Answer 0: {QUESTION}"  # the fake backend's answer to QUESTION
 AFTER_REWRITE = f"Answer 0: {REWRITTEN}"  # ... and to the rewritten question
 TRACE = {"X-Aligngate-Trace": "1"}
 TRACE_KEYS = {"request_id", "arm", "rewritten_prompt", "original_content", "helper_ms", "rewriter_skipped",
-              "aligner_skipped"}
+              "aligner_skipped", "helper_tokens"}
 TOOLS: list[Any] = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
 
 
@@ -142,6 +142,7 @@ async def test_control_with_the_trace_header() -> None:
         assert trace_of(r) == {
             "request_id": r.headers["x-request-id"], "arm": "control", "rewritten_prompt": None,
             "original_content": None, "helper_ms": {"rewriter": None, "aligner": None},
+            "helper_tokens": {"rewriter": None, "aligner": None},
             "rewriter_skipped": None, "aligner_skipped": None,
         }
         r = await c.chat(arm("control", trace=True), stream=True)
@@ -306,7 +307,12 @@ async def test_align_chat_corrects_the_answer() -> None:
     assert choice["message"] == {"role": "assistant", "content": CORRECTED + ORIGINAL}
     assert choice["logprobs"] is None  # they described the uncorrected tokens
     assert choice["finish_reason"] == "stop"
-    assert body["usage"]["total_tokens"] == 9 and body["id"] == "chatcmpl-1"
+    assert body["id"] == "chatcmpl-1"
+    # usage counts the correction as delivered (the aligner engine's count), the backend's own count aside
+    aligner_tokens = {"prompt_tokens": 1, "completion_tokens": 7}
+    assert body["usage"] == {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12, "aligngate": {
+        "backend_completion_tokens": 4, "rewriter": None, "aligner": aligner_tokens}}
+    assert body["aligngate"]["helper_tokens"] == {"rewriter": None, "aligner": aligner_tokens}
     [sent] = c.backend_bodies()
     assert not sent.get("stream")
     assert sent["messages"][-1]["content"] == QUESTION
@@ -496,7 +502,9 @@ async def test_streamed_alignment_with_include_usage() -> None:
         events, trace = stream_trace(r)
         *body, last = events
         assert last["choices"] == []
-        assert last["usage"] == {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9}
+        assert last["usage"]["aligngate"]["backend_completion_tokens"] == 4
+        delivered = last["usage"]["aligngate"]["aligner"]["completion_tokens"]
+        assert last["usage"]["completion_tokens"] == delivered and last["usage"]["total_tokens"] == 5 + delivered
         assert all("usage" in e and e["usage"] is None for e in body)
         assert chat_text(events) == CORRECTED + ORIGINAL
         assert trace["arm"] == "align"
@@ -506,7 +514,8 @@ async def test_streamed_alignment_with_include_usage() -> None:
             stream_options={"include_usage": True}, extra_headers=arm("align"),
         )
         chunks = [chunk async for chunk in stream]
-        assert chunks[-1].choices == [] and chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 9
+        assert chunks[-1].choices == [] and chunks[-1].usage is not None
+        assert chunks[-1].usage.total_tokens == 12  # the SDK parses usage.aligngate too
         assert all(ch.usage is None for ch in chunks[:-1])
 
 

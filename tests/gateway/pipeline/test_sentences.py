@@ -32,7 +32,7 @@ SENTENCES = ["First sentence here. ", "Second one, e.g. with 3.14 in it! ", "Thi
 FIXED = [CORRECTED + s.strip() for s in SENTENCES]
 SERVED = "CORRECTED: First sentence here. CORRECTED: Second one, e.g. with 3.14 in it! CORRECTED: Third?"
 TRACE_KEYS = {"request_id", "arm", "rewritten_prompt", "original_content", "helper_ms", "rewriter_skipped",
-              "aligner_skipped", "sentences"}
+              "aligner_skipped", "sentences", "helper_tokens"}
 
 
 def rig_(aligner: AlignerEngine | None = None, **kwargs: Any) -> Rig:
