@@ -14,6 +14,9 @@ protocol only). :class:`GuardedHttpToolsProtocol` adds both, below ASGI, where n
   ``request_header_fields_too_large`` and disconnected, at once — bytes are counted as they arrive, so a header
   that never ends is caught as well.
 
+A refused request pipelined behind others on its connection waits for their answers: they are answered as
+usual, then the refusal is sent and the connection closed (nothing after the refused request is read).
+
 Both cost a request well under a microsecond or two: the deadline is a coarse one (``gateway/deadlines.py``, no timer
 handle per request), and the size is counted per received chunk, the exact size of the parsed headers being
 worked out only for a request whose chunks exceed the limit.
@@ -74,6 +77,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._chunk = 0
         self._too_large = False
         self._refused = False
+        #: A refusal's answer waiting for the answers of the requests pipelined before it (b"": none to send).
+        self._deferred: bytes | None = None
 
     # ------------------------------------------------------------------ the connection
 
@@ -112,6 +117,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
             self._arm()
 
     def on_headers_complete(self) -> None:
+        if self._too_large:  # a request pipelined after a refused one, in the same chunk
+            return
         self._in_head = False
         self._disarm()
         if self._head_received > self._max_header_bytes and self._head_size() > self._max_header_bytes:
@@ -132,6 +139,20 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         if not self._too_large:
             super().on_message_complete()
 
+    def on_response_complete(self) -> None:
+        deferred = self._deferred
+        if deferred is None or self.pipeline:  # no refusal waiting, or requests before it still to be answered
+            super().on_response_complete()
+            return
+        # the last answer before the refused request has been sent: now the refusal, and the connection closes
+        self._deferred = None
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        if deferred:
+            self.transport.write(deferred)
+        self.transport.close()
+
     # ------------------------------------------------------------------ refusals
 
     def _arm(self) -> None:
@@ -151,14 +172,19 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(error, "Request Timeout", "header_timeout", answer=self._head_started)
 
     def _refuse(self, error: GatewayError, reason: str, metric: str, *, answer: bool = True) -> None:
-        """Answer ``error`` (unless ``answer`` is false, or a previous request's response is still being sent) and
-        close the connection."""
+        """Answer ``error`` (unless ``answer`` is false) and close the connection. When requests pipelined before
+        this one are still being answered, they are answered first (reading stops meanwhile: nothing more is
+        parsed), then this answer is sent and the connection closed (``on_response_complete``)."""
         self._refused = True
         self._disarm()
-        busy = self.cycle is not None and not self.cycle.response_complete
-        if answer and not busy:
-            self.transport.write(raw_error_response(error.status, reason, error))
-        self.transport.close()
+        answer_bytes = raw_error_response(error.status, reason, error) if answer else b""
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._deferred = answer_bytes
+            self.flow.pause_reading()
+        else:
+            if answer_bytes:
+                self.transport.write(answer_bytes)
+            self.transport.close()
         metrics.rejected(metric)
         client = self.client
         access_logger.info('%s "- -" %s rid=- outcome=%s', client[0] if client else "-",

@@ -160,6 +160,9 @@ class Reloader:
         except (NotImplementedError, RuntimeError, ValueError, AttributeError):
             return False
         self._loop = loop
+        # a worker of several starts with SIGHUP blocked (gateway/server.py): one sent during its start-up is
+        # delivered now
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
         return True
 
     def uninstall(self) -> None:

@@ -5,11 +5,15 @@ to the workers through the environment, with where they came from (``gateway/rel
 uvicorn stops accepting connections and lets in-flight requests, streams included, finish for up to
 ``server.graceful_timeout_s`` seconds. SIGHUP reloads the API keys and rate limits in each worker: with N > 1
 the supervising process forwards it to every worker (uvicorn's own supervisor would restart them all) and
-resolves the settings again for workers it starts later; before a worker is ready to reload, SIGHUP is ignored.
+resolves the settings again for workers it starts later. A worker that dies (even by SIGKILL) is replaced by uvicorn's
+supervisor. Workers start with SIGHUP blocked and ignored (what a process started by exec inherits, where a handler
+would become the default action and a SIGHUP during its start-up would kill it): one sent before a worker is ready
+waits, and is handled once the worker has installed its reload (``gateway/reload.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import ipaddress
 import logging
@@ -20,6 +24,7 @@ import shutil
 import signal
 import tempfile
 import threading
+from collections.abc import Iterator
 from types import FrameType
 from typing import Any, cast
 
@@ -74,6 +79,19 @@ def _exit_cleanly(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+@contextlib.contextmanager
+def _sighup_held() -> Iterator[None]:
+    """Start workers inside this: SIGHUP blocked and ignored in this process meanwhile, so that a worker started now
+    inherits both (a SIGHUP sent to this process meanwhile waits, and is handled once the block is lifted)."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    handler = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
 class _Supervisor:
     """The supervising process of N workers: what it does on SIGHUP."""
 
@@ -96,6 +114,19 @@ class _Supervisor:
         supervisor = self
 
         class Forwarding(Multiprocess):
+            # every way uvicorn starts a worker: at start, replacing a dead one, SIGTTIN
+            def init_processes(self) -> None:
+                with _sighup_held():
+                    super().init_processes()
+
+            def keep_subprocess_alive(self) -> None:
+                with _sighup_held():
+                    super().keep_subprocess_alive()
+
+            def handle_ttin(self) -> None:
+                with _sighup_held():
+                    super().handle_ttin()
+
             def handle_hup(self) -> None:
                 supervisor.reload()
                 logger.info("SIGHUP: forwarded to %d workers (each reloads its API keys and rate limits)",

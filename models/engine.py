@@ -70,6 +70,19 @@ class EngineTimeout(EngineError):
     """The engine did not answer in time (maps to 504)."""
 
 
+class PromptTooLong(EngineError):
+    """The prompt, tokenized, does not fit the model's context: a request the client must shorten (a local backend
+    answers it 400 ``context_length_exceeded``, as OpenAI and vLLM do; elsewhere it is an ``EngineError``)."""
+
+    def __init__(self, prompt_tokens: int, context: int) -> None:
+        super().__init__(f"the prompt has {prompt_tokens} tokens; the model's context is {context}")
+        self.prompt_tokens = prompt_tokens
+        self.context = context
+
+    def __reduce__(self) -> tuple[type[PromptTooLong], tuple[int, int]]:
+        return type(self), (self.prompt_tokens, self.context)
+
+
 @runtime_checkable
 class Engine(Protocol):
     """An inference engine; implementations must be safe to call concurrently from one event loop."""

@@ -22,7 +22,10 @@ Request mapping (bodies are validated again with the request schemas, ``models.w
   unknown field (vLLM extras such as ``top_k`` or ``repetition_penalty``), and ``stream`` in ``fetch``
   (a whole JSON answer is always returned there).
 
-Errors: engine failures become OpenAI-shaped error results, after the table in ``models.wire.errors``:
+Errors: a prompt longer than the model's context (``PromptTooLong``, found when the engine tokenizes it) is answered
+400 ``invalid_request_error``/``context_length_exceeded`` with ``param`` ``messages`` (chat) or ``prompt``
+(completions), as OpenAI and vLLM answer it. Other engine failures become OpenAI-shaped error results, after the
+table in ``models.wire.errors``:
 ``EngineOverloaded`` 503 (``overloaded_error``/``engine_overloaded``), ``EngineTimeout`` or ``timeout_s`` passing
 504 (``upstream_error``/``upstream_timeout``), any other ``EngineError`` 502 (``upstream_error``/``engine_error``);
 an unexpected exception is logged with its traceback and answered 502 without it. In a stream, a failure
@@ -57,6 +60,7 @@ from models.engine import (
     EngineError,
     EngineOverloaded,
     EngineTimeout,
+    PromptTooLong,
     SamplingParams,
 )
 from models.wire.chunks import ChunkWriter, usage_object
@@ -333,7 +337,7 @@ class LocalBackend:
                 raise self._failure(TimeoutError()) from None
             payload = first[1]
             if isinstance(payload, Exception):
-                raise self._failure(payload)
+                raise self._failure(payload, plan)
             if payload is None:
                 raise self._failure(EngineError("the engine ended the stream without an answer"))
         except GatewayError as exc:
@@ -405,7 +409,7 @@ class LocalBackend:
         except GatewayError:
             raise
         except Exception as exc:  # TimeoutError (ours or the engine's), EngineError, or an engine bug
-            raise self._failure(exc) from None
+            raise self._failure(exc, plan) from None
 
     async def _pump(self, plan: _Plan, call: int, queue: asyncio.Queue[_Item]) -> None:
         """Feed one engine stream into ``queue``; cancelling this task closes the engine's generator."""
@@ -426,9 +430,17 @@ class LocalBackend:
                     logger.exception("backend %s: closing a local engine stream failed", self.name)
         queue.put_nowait((call, None))
 
-    def _failure(self, exc: BaseException) -> GatewayError:
+    def _failure(self, exc: BaseException, plan: _Plan | None = None) -> GatewayError:
         """The error result for an engine call that failed before any response was sent. The engine's own text
-        goes to the log (with the request id), never to the client."""
+        goes to the log (with the request id), never to the client. A prompt longer than the model's context is
+        the client's to fix: 400 ``context_length_exceeded``, not counted against the backend."""
+        if isinstance(exc, PromptTooLong):
+            param = "prompt" if plan is not None and plan.route == "completions" else "messages"
+            return BadRequest(
+                f"This model's maximum context length is {exc.context} tokens. However, your {param} resulted in "
+                f"{exc.prompt_tokens} tokens. Please reduce the length of the {param}.",
+                param=param, code="context_length_exceeded",
+            )
         what = f"The local engine of '{self.name}'"
         if isinstance(exc, EngineOverloaded):
             message = f"{what} is overloaded; retry later."

@@ -21,7 +21,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from models.engine import EngineError
+from models.engine import EngineError, PromptTooLong
 from models.local.detok import IncrementalDetokenizer, StopText
 from models.local.kvcache import BatchKV, new_cache
 from models.local.loader import LoadedModel
@@ -153,12 +153,7 @@ class BatchWorker:
             if not ids:
                 self._post(request, EngineError("the prompt is empty"))
             elif len(ids) >= self._loaded.max_positions:
-                self._post(
-                    request,
-                    EngineError(
-                        f"the prompt has {len(ids)} tokens; the model's context is {self._loaded.max_positions}"
-                    ),
-                )
+                self._post(request, PromptTooLong(len(ids), self._loaded.max_positions))
             else:
                 ready.append((request, ids))
         admitted: list[tuple[Request, list[int]]] = []

@@ -135,6 +135,41 @@ def test_oversized_headers_are_a_431(gw: Gateway, complete: bool) -> None:
     assert _rejected(gw, "header_too_large") - before == 1
 
 
+def _responses(raw: bytes) -> list[tuple[int, dict[str, str], Any]]:
+    """The responses sent one after the other on one connection (each with a ``content-length``)."""
+    out = []
+    while raw:
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status, headers, _ = _response(head + b"\r\n\r\n")
+        size = int(headers["content-length"])
+        out.append((status, headers, json.loads(rest[:size]) if size else None))
+        raw = rest[size:]
+    return out
+
+
+@pytest.mark.parametrize("before", [1, 2], ids=["one-good", "two-good"])
+@pytest.mark.parametrize("complete", [True, False], ids=["large-headers", "header-without-end"])
+def test_pipelined_oversized_headers_after_good_requests_are_a_431_once_those_are_answered(
+    gw: Gateway, complete: bool, before: int
+) -> None:
+    rejected = _rejected(gw, "header_too_large")
+    body = json.dumps({**CHAT, "max_tokens": 4}).encode()
+    good = (b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    big = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * (MAX_HEADER_BYTES + 100)
+    with _connect(gw) as sock:
+        sock.sendall(good * before + big + (b"\r\n\r\n" if complete else b""))  # one write: pipelined
+        raw, waited = _read_all(sock)
+    assert waited < TIMEOUT_S * 0.8  # refused at once, not at the header deadline
+    answers = _responses(raw)
+    assert [status for status, _, _ in answers] == [200] * before + [431], raw
+    for _, headers, data in answers[:-1]:  # answered normally
+        assert headers.get("connection") != "close" and data["object"] == "chat.completion"
+    _, headers, data = answers[-1]
+    assert headers["connection"] == "close" and data["error"]["code"] == "request_header_fields_too_large"
+    assert _rejected(gw, "header_too_large") - rejected == 1
+
+
 def test_headers_under_the_limit_are_served(gw: Gateway) -> None:
     r = httpx.get(f"{gw.url}/healthz", headers={"X-Fine": "a" * (MAX_HEADER_BYTES // 2)}, timeout=10)
     assert r.status_code == 200

