@@ -5,28 +5,15 @@ one limit together (each with memory buckets would allow it twice), a Redis kill
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from tests.e2e.support import Gateway, Procs, Stack, backend, gateway_config, metric_sum, wait_for
 from tests.fakes.redis import LocalRedis
-from tests.system import missing
 
 BURST = 4
 CHAT = {"model": "alpha", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[LocalRedis]:
-    found = LocalRedis.find()
-    if found is None:
-        missing(LocalRedis.missing)
-    try:
-        yield found
-    finally:
-        found.destroy()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,21 +18,6 @@ from gateway.store.store import Store
 from tests.gateway.pipeline.support import MODEL, Rig, make_rig
 
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "how to bake bread"}]}
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[Store] = []
-
-    async def open_store(**kw: Any) -> Store:
-        store = Store(StoreSettings(url=f"sqlite:///{tmp_path / 'fb.db'}", **kw))
-        await store.start()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
 
 
 @pytest.fixture

@@ -5,32 +5,14 @@ aligngate_preferences_total{preferred_arm}."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
 from gateway import metrics
-from gateway.config import StoreSettings
-from gateway.store.store import Store
 from tests.gateway.feedback.test_feedback import answered, call, db_rows
 from tests.gateway.pipeline.support import Rig, make_rig
-
-
-@pytest.fixture
-async def stores(tmp_path: Path) -> AsyncIterator[Callable[..., Any]]:
-    opened: list[Store] = []
-
-    async def open_store(**kw: Any) -> Store:
-        store = Store(StoreSettings(url=f"sqlite:///{tmp_path / 'pref.db'}", **kw))
-        await store.start()
-        opened.append(store)
-        return store
-
-    yield open_store
-    for store in opened:
-        await store.close()
 
 
 @pytest.fixture

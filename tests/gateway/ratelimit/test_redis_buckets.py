@@ -7,7 +7,7 @@ import asyncio
 import logging
 import socket
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio as aioredis
@@ -20,29 +20,17 @@ from gateway.ratelimit.limiter import RateLimiter
 from gateway.ratelimit.redis_buckets import RedisBuckets, redacted, redis_key
 from models.wire.schemas import ChatCompletionRequest
 from tests.fakes.redis import LocalRedis
-from tests.system import missing
 
 SLOW = Limit(per_minute=6, burst=3)  # one every 10 s: no refill within a test
 FAST = Limit(per_minute=60_000, burst=100)  # a thousand a second
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[LocalRedis]:
-    found = LocalRedis.find()
-    if found is None:
-        missing(LocalRedis.missing)
-    try:
-        yield found
-    finally:
-        found.destroy()
-
-
 @pytest.fixture
-async def buckets(server: LocalRedis) -> AsyncIterator[RedisBuckets]:
-    if not server.ping():
-        server.start()
-    server.command("FLUSHALL")
-    store = RedisBuckets(server.url, timeout_s=0.5)
+async def buckets(redis_server: LocalRedis) -> AsyncIterator[RedisBuckets]:
+    if not redis_server.ping():
+        redis_server.start()
+    redis_server.command("FLUSHALL")
+    store = RedisBuckets(redis_server.url, timeout_s=0.5)
     try:
         yield store
     finally:
@@ -93,11 +81,11 @@ async def test_settling_gives_back_and_takes_more_never_above_the_burst(buckets:
     assert (await buckets.acquire([Charge(charge.key, tokens, 0)])).states[0].remaining == 1000
 
 
-async def test_keys_are_digests_under_the_prefix_and_expire_once_full(server: LocalRedis,
+async def test_keys_are_digests_under_the_prefix_and_expire_once_full(redis_server: LocalRedis,
                                                                      buckets: RedisBuckets) -> None:
     await buckets.acquire([Charge(("key", "sk-secret-digest", "requests"), SLOW, 1),
                            Charge(("user", "sk-secret-digest", "alice", "requests"), SLOW, 1)])
-    client = aioredis.Redis.from_url(server.url)
+    client = aioredis.Redis.from_url(redis_server.url)
     try:
         names = sorted(k.decode() for k in await client.keys("*"))
         assert len(names) == 2 and all(n.startswith("aligngate:rl:{") for n in names)
@@ -110,7 +98,8 @@ async def test_keys_are_digests_under_the_prefix_and_expire_once_full(server: Lo
         await client.aclose()
     # a bucket full again is deleted, not kept
     await buckets.adjust([Charge(("key", "sk-secret-digest", "requests"), SLOW, 1)], 1)
-    assert server.command("EXISTS", redis_key("aligngate:rl", ("key", "sk-secret-digest", "requests"))) == b":0\r\n"
+    key = redis_key("aligngate:rl", ("key", "sk-secret-digest", "requests"))
+    assert redis_server.command("EXISTS", key) == b":0\r\n"
 
 
 def test_urls_lose_their_password_in_logs() -> None:
@@ -164,14 +153,14 @@ async def test_a_hanging_redis_fails_open_within_the_timeout(caplog: pytest.LogC
         silent.close()
 
 
-async def test_redis_down_fails_open_logs_once_and_recovers(server: LocalRedis, buckets: RedisBuckets,
+async def test_redis_down_fails_open_logs_once_and_recovers(redis_server: LocalRedis, buckets: RedisBuckets,
                                                             caplog: pytest.LogCaptureFixture,
                                                             monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(redis_buckets, "RETRY_S", 0.2)
     charge = Charge(("key", "k5", "requests"), Limit(per_minute=6, burst=1), 1)
     assert (await buckets.acquire([charge])).allowed
     assert not (await buckets.acquire([charge])).allowed
-    server.kill()
+    redis_server.kill()
     failed, skipped = errors("acquire", "connection"), errors("acquire", "down")
     with caplog.at_level(logging.WARNING, logger=redis_buckets.__name__):
         for _ in range(20):
@@ -181,7 +170,7 @@ async def test_redis_down_fails_open_logs_once_and_recovers(server: LocalRedis, 
     assert errors("acquire", "down") == skipped + 19
     assert errors("settle", "down") >= 1
     assert len([r for r in caplog.records if "pass unchecked" in r.getMessage()]) == 1
-    server.start()
+    redis_server.start()
     await asyncio.sleep(0.25)
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger=redis_buckets.__name__):
