@@ -232,10 +232,10 @@ async def test_shadow_corrections_are_gated_too(store: Store) -> None:
 
 def test_config_errors_name_the_gate(tmp_path: Path) -> None:
     aligner = {"url": "http://a.invalid/v1", "model": "a"}
-    with pytest.raises(ConfigError, match="helpers.aligner.gate does not work with .*stream: sentence"):
+    with pytest.raises(ConfigError, match=r"helpers.aligner.gate does not work with .*stream: sentence"):
         load_settings(None, {"helpers": {"aligner": {**aligner, "stream": "sentence",
                                                      "gate": {"reward_model": str(tmp_path)}}}})
-    with pytest.raises(ConfigError, match="helpers.rewriter.gate"):
+    with pytest.raises(ConfigError, match=r"helpers.rewriter.gate"):
         load_settings(None, {"helpers": {"rewriter": {**aligner, "gate": {"reward_model": str(tmp_path)}}}})
     missing = Settings.model_validate({
         "backends": [{"name": "m", "urls": ["http://b.invalid"]}],
