@@ -302,6 +302,10 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
     assert [r["id"] for r in rows(db)] == ["old"]  # kept
     assert rows(db, "shadow_runs") == []  # v3: the shadow_runs table
     assert rows(db, "preferences") == []  # v4: the preferences table
+    with sqlite3.connect(db) as conn:  # v5: the reward gate's columns, added to the tables as they were
+        assert [r[1] for r in conn.execute("PRAGMA table_info(requests)")] == list(schema.REQUEST_COLUMNS)
+        assert [r[1] for r in conn.execute("PRAGMA table_info(shadow_runs)")] == list(schema.SHADOW_COLUMNS)
+    assert rows(db)[0]["gate_decision"] is None
     submit(store, "new")
     await store.flush()
     assert {r["id"] for r in rows(db)} == {"old", "new"}
