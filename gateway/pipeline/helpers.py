@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from gateway import metrics
 from gateway.errors import GatewayError
@@ -26,6 +26,9 @@ from models.engine import EngineError
 from models.limits import ClientLimits
 from models.rewriter import Rewriter
 from models.wire.errors import engine_failure
+
+if TYPE_CHECKING:
+    from gateway.pipeline.gate import Gate
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +93,8 @@ def count_sentences(result: AlignResult) -> None:
 
 
 class Helpers:
-    """The configured rewriter and aligner (either may be absent) with their error policies."""
+    """The configured rewriter and aligner (either may be absent) with their error policies, and the aligner's
+    reward gate when configured."""
 
     def __init__(
         self,
@@ -100,9 +104,12 @@ class Helpers:
         rewriter_on_error: OnError = "skip",
         aligner_on_error: OnError = "skip",
         aligner_stream: StreamMode = "buffer",
+        gate: Gate | None = None,
     ) -> None:
         self.rewriter = rewriter
         self.aligner = aligner
+        #: The aligner's reward gate (``gateway/pipeline/gate.py``); None: every correction is served.
+        self.gate = gate
         self.rewriter_on_error = rewriter_on_error
         self.aligner_on_error = aligner_on_error
         self.aligner_stream = aligner_stream

@@ -10,7 +10,11 @@ Each step runs only when the request's arm asks for it; the control arm is this 
 3. **align** (``align``, ``rewrite+align``) every text choice of the answer (tool-call choices pass through
    uncorrected); for a streamed request the correction itself is streamed as the aligner generates it, or, with
    ``helpers.aligner.stream: sentence``, the backend is streamed and each sentence is corrected and sent while
-   the backend goes on generating (``gateway/pipeline/sentences.py``);
+   the backend goes on generating (``gateway/pipeline/sentences.py``). With the aligner's reward gate
+   (``helpers.aligner.gate``, ``gateway/pipeline/gate.py``) each correction is scored against the answer it
+   corrects and served only when it scores higher (by more than the margin): the correction is made whole and
+   gated before anything is sent, and a streamed request gets the gated answer as a stream of whole choices
+   (each choice's text in one chunk);
 4. **respond**, with the ``aligngate`` trace object when ``X-Aligngate-Trace: 1`` asked for it (the last chunk of
    a stream). The upstream's own response headers are passed on (``gateway/respond.py``).
 
@@ -33,9 +37,10 @@ from starlette.types import ASGIApp
 from gateway.config import Arm
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, error_frame
-from gateway.pipeline.helpers import CorrectionStream, Helpers
+from gateway.pipeline.gate import GateVerdict
+from gateway.pipeline.helpers import AlignOutcome, CorrectionStream, Helpers
 from gateway.pipeline.sentences import SentenceStream
-from gateway.pipeline.trace import SentenceTrace, Trace
+from gateway.pipeline.trace import GateTrace, SentenceTrace, Trace
 from gateway.pipeline.usage import add_aligner_tokens, delivered_usage
 from gateway.respond import EventStream, relay_result, relay_stream, upstream_headers
 from gateway.upstream.protocol import Backend, UpstreamResult
@@ -69,6 +74,9 @@ class PipelineRequest:
     stream: bool
     #: The parsed body (a mutable copy), once a step has read it.
     data: dict[str, Any] | None = None
+    #: The user's own messages (read before any rewrite; a completions prompt as one user turn), which the
+    #: aligner's reward gate scores answers to.
+    prompt_messages: list[dict[str, Any]] | None = None
 
     @property
     def chat(self) -> bool:
@@ -104,6 +112,8 @@ class Pipeline:
             if req.ctx.capture is not None:
                 req.ctx.capture.trace = trace
         question = self._question(req) if req.arm.aligns else ""
+        if req.arm.aligns and self.helpers.gate is not None:
+            req.prompt_messages = self._prompt_messages(req)
         if req.arm.rewrites:
             assert trace is not None
             await self._rewrite(req, trace)
@@ -124,6 +134,15 @@ class Pipeline:
             return question_from_messages(data.get("messages") or [])
         prompt = data.get("prompt")
         return prompt if isinstance(prompt, str) else ""
+
+    @staticmethod
+    def _prompt_messages(req: PipelineRequest) -> list[dict[str, Any]]:
+        """The user's own messages, copied before any rewrite (a completions prompt string: one user turn)."""
+        data = req.parsed()
+        if req.chat:
+            return [dict(m) for m in data.get("messages") or [] if isinstance(m, dict)]
+        prompt = data.get("prompt")
+        return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else []
 
     async def _rewrite(self, req: PipelineRequest, trace: Trace) -> None:
         data = req.parsed()
@@ -205,13 +224,17 @@ class Pipeline:
             return relay_result(result)
         if capture is not None:
             capture.prompt_tokens, capture.completion_tokens = usage_counts(answer)
-        if req.stream:
+        if req.stream and self.helpers.gate is None:
             return await self._stream_corrected(req, trace, question, answer, include_usage, result, limits)
         await self._align_all(req, trace, question, answer, limits)
+        choices = answer.get("choices") or []
         if capture is not None:
             capture.raw_answer = _first_choice(trace.original_content)
-            choices = answer.get("choices") or []
             capture.final_answer = choice_text(choices[0], req.chat) if choices else None
+        if req.stream:  # gated: the whole answer, streamed choice by choice
+            chunks = ChunkWriter.for_answer(answer, req.chat, include_usage)
+            events = self._whole_events(req, trace, choices, chunks)
+            return EventStream(req.ctx, events, upstream_headers(result.headers))
         if req.trace_on:
             answer["aligngate"] = trace.as_json()
         return relay_result(result, _dumps(answer))
@@ -251,34 +274,76 @@ class Pipeline:
             for task in tasks:  # one failed (on_error=fail): the other corrections are not wanted any more
                 task.cancel()
             raise
-        it = iter(outcomes)
+        verdicts = await self._gate(req, [t for t in slots if t is not None], outcomes)
+        it = iter(zip(outcomes, verdicts, strict=True))
         originals: list[str | None] = []
         skipped: list[str | None] = []
         sentences: list[list[SentenceTrace] | None] = []
+        gates: list[GateTrace | None] = []
+        served: list[AlignResult | None] = []  # the aligner's result of each choice served corrected
         for choice, text in zip(choices, slots, strict=True):
             if text is None:
                 originals.append(None)
                 skipped.append("tool_calls")
                 sentences.append(None)
+                gates.append(None)
                 continue
-            outcome = next(it)
+            outcome, verdict = next(it)
             originals.append(text)
-            skipped.append(outcome.skipped)
             sentences.append([SentenceTrace.of(r) for r in outcome.result.sentences] if outcome.result else None)
+            gates.append(verdict)
+            if verdict is not None and verdict.skipped is not None:  # the gate kept the backend's answer
+                skipped.append(verdict.skipped)
+                served.append(None)
+                continue
+            skipped.append(outcome.skipped)
+            served.append(outcome.result)
             ended = outcome.result.finish_reason if outcome.result is not None else None
             if outcome.corrected or ended is not None:
                 set_choice_text(choice, req.chat, outcome.text)
             if ended is not None:
                 choice["finish_reason"] = ended
-        results = [o.result for o in outcomes]
-        add_aligner_tokens(trace, results)
+        add_aligner_tokens(trace, [o.result for o in outcomes])
         if "usage" in answer:
-            answer["usage"] = delivered_usage(answer["usage"], len(choices), results, trace)
+            answer["usage"] = delivered_usage(answer["usage"], len(choices), served, trace)
+        if any(g is not None for g in gates):
+            trace.gate = gates[0] if len(gates) == 1 else gates
         trace.helper_ms.aligner = round(max((o.elapsed_s for o in outcomes), default=0.0) * 1000, 3)
         trace.original_content = originals[0] if len(originals) == 1 else originals
         trace.aligner_skipped = skipped[0] if len(skipped) == 1 else skipped
         if self.helpers.aligner is not None and self.helpers.aligner.sentence:
             trace.sentences = sentences[0] if len(sentences) == 1 else sentences
+
+    async def _gate(
+        self, req: PipelineRequest, texts: list[str], outcomes: list[AlignOutcome]
+    ) -> list[GateVerdict | None]:
+        """The reward gate's verdict on each text choice's correction (None: not judged: no gate, no correction)."""
+        gate = self.helpers.gate
+        judged = [i for i, o in enumerate(outcomes) if o.corrected] if gate is not None else []
+        verdicts: list[GateVerdict | None] = [None] * len(outcomes)
+        if gate is None or not judged:
+            return verdicts
+        pairs = [(texts[i], outcomes[i].text) for i in judged]
+        for i, verdict in zip(judged, await req.ctx.waited(gate.judge(req.prompt_messages or [], pairs)),
+                              strict=True):
+            verdicts[i] = verdict
+        return verdicts
+
+    async def _whole_events(
+        self, req: PipelineRequest, trace: Trace, choices: list[dict[str, Any]], chunks: ChunkWriter
+    ) -> AsyncGenerator[bytes, None]:
+        """A whole (corrected and gated) answer as a stream: each choice opened, its text (or tool calls) in one
+        chunk, finished; then the usage and trace chunk."""
+        for i, choice in enumerate(choices):
+            index = choice.get("index", i)
+            yield chunks.role(index)
+            text = choice_text(choice, req.chat)
+            if text is None:
+                yield chunks.tool_calls(index, choice)
+            elif text:
+                yield chunks.text(index, text)
+            yield chunks.finish(index, choice.get("finish_reason"))
+        yield chunks.last({"aligngate": trace.as_json()} if req.trace_on else None) + DONE
 
     async def _stream_corrected(
         self, req: PipelineRequest, trace: Trace, question: str, answer: dict[str, Any], include_usage: bool,

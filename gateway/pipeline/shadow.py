@@ -19,7 +19,10 @@ on real traffic before giving an arm any weight.
   a shadow rewrite stores the rewrite only, and a shadow correction corrects the answer the user actually got.
   The answer comes from what the capture already holds for the store (the relayed body, or the relayed SSE
   events, which a sampled stream keeps in full even with ``store.log_bodies`` off) and is parsed in the
-  background task, once; unsampled requests pay nothing for it.
+  background task, once; unsampled requests pay nothing for it. With the aligner's reward gate
+  (``helpers.aligner.gate``) a shadow correction is scored against the answer too, as a live one would be: the
+  scores and decision go into the row (``gate_*``), and a correction the gate would not have served is stored as
+  not accepted (``aligner_skipped: gate_kept_raw``, no ``corrected``).
 * **Bounded.** At most ``experiment.shadow.max_concurrent`` runs are in flight per worker; a sampled request
   beyond that is skipped, not queued (``skipped: saturated``). The helpers are the live ones (a shadow rewrite
   also fills the rewriter's cache), so shadow runs compete with live traffic for them: size the share to their
@@ -48,6 +51,7 @@ from typing import Any, Protocol, TypeVar
 from gateway import metrics
 from gateway.config import ShadowSettings
 from gateway.context import Capture, RequestContext
+from gateway.pipeline.gate import KEPT_RAW, decide, failure_reason
 from gateway.pipeline.helpers import Helpers
 from gateway.store.records import relayed_answer, request_data, shadow_row
 from models.aligner import AlignResult, question_from_messages
@@ -233,7 +237,7 @@ class ShadowRunner:
         if self.rewrites:
             parts.append(self._rewrite(messages))
         if self.aligns:
-            parts.append(self._align(question, relayed_answer(cap)))
+            parts.append(self._align(question, relayed_answer(cap), messages or []))
         fields: dict[str, Any] = {}
         for part in await asyncio.gather(*parts):
             fields.update(part)
@@ -257,7 +261,7 @@ class ShadowRunner:
         fields["rewriter_skipped"] = result.skipped_reason
         return fields
 
-    async def _align(self, question: str, answer: str | None) -> dict[str, Any]:
+    async def _align(self, question: str, answer: str | None, messages: list[dict[str, Any]]) -> dict[str, Any]:
         if answer is None:  # tool calls or non-text content: nothing the aligner can correct
             return {"aligner_skipped": "no_answer"}
         aligner = self.helpers.aligner
@@ -273,6 +277,27 @@ class ShadowRunner:
         else:
             fields["corrected"] = result.corrected
         fields["aligner_skipped"] = result.skipped_reason
+        if result.skipped_reason is None and self.helpers.gate is not None:
+            fields.update(await self._gate(messages, answer, result.corrected))
+        return fields
+
+    async def _gate(self, messages: list[dict[str, Any]], answer: str, corrected: str) -> dict[str, Any]:
+        """The aligner's reward gate on the shadow correction: the scores, and what a live request would have
+        served (``gate_kept_raw``: the correction is not stored as accepted)."""
+        gate = self.helpers.gate
+        assert gate is not None
+        try:
+            [(raw, better)] = await gate.scores(messages, [(answer, corrected)])
+        except Exception as exc:  # TimeoutError included: never the client's problem
+            reason = failure_reason(exc)
+            metrics.SHADOW_HELPER_FAILURES.labels("gate", reason).inc()
+            logger.warning("shadow gate failed (%s): %r", reason, exc)
+            return {"aligner_skipped": f"failed:gate_{reason}", "corrected": None}
+        fields: dict[str, Any] = {"gate_raw_score": round(raw, 6), "gate_corrected_score": round(better, 6),
+                                  "gate_decision": decide(raw, better, gate.margin)}
+        if fields["gate_decision"] == "raw":
+            metrics.SHADOW_HELPER_SKIPS.labels("aligner", KEPT_RAW).inc()
+            fields.update(aligner_skipped=KEPT_RAW, corrected=None)
         return fields
 
     @staticmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -31,6 +31,15 @@ class SentenceTrace(BaseModel):
                    skipped=result.skipped, ms=round(result.elapsed_ms, 3) if result.elapsed_ms else None)
 
 
+class GateTrace(BaseModel):
+    """The aligner's reward gate on one choice: the reward model's score of the backend's answer (``raw``) and of
+    its correction, and which was served (``None`` scores: the gate failed, ``aligner_skipped`` says why)."""
+
+    raw: float | None = None
+    corrected: float | None = None
+    decision: Literal["corrected", "raw"]
+
+
 #: Per choice, like ``original_content``: one list of segments, or (``n`` > 1) one per choice (``None``: a
 #: choice without text, such as tool calls).
 Sentences = list[SentenceTrace] | list[list[SentenceTrace] | None]
@@ -43,7 +52,7 @@ def _no_helper_tokens() -> dict[str, dict[str, int] | None]:
 class Trace(BaseModel):
     """The README's trace object ("Arms and the pipeline"), plus why a helper left its input unchanged
     (``*_skipped``: a guard or a failure). ``sentences`` is there only when the aligner corrected sentence by
-    sentence."""
+    sentence, ``gate`` only when the aligner's reward gate judged a correction."""
 
     request_id: str
     arm: str
@@ -54,6 +63,8 @@ class Trace(BaseModel):
     rewriter_skipped: str | None = None
     aligner_skipped: str | list[str | None] | None = None
     sentences: Sentences | None = None
+    #: The reward gate per choice, like ``original_content`` (``None``: a choice it did not judge: no correction).
+    gate: GateTrace | list[GateTrace | None] | None = None
     #: What each helper spent on the request (every call, kept or not): ``{"prompt_tokens", "completion_tokens"}``
     #: per helper, ``None`` for a helper that made no call.
     helper_tokens: dict[str, dict[str, int] | None] = Field(default_factory=_no_helper_tokens)
@@ -62,4 +73,6 @@ class Trace(BaseModel):
         data = self.model_dump()
         if self.sentences is None:
             del data["sentences"]
+        if self.gate is None:
+            del data["gate"]
         return data

@@ -3,7 +3,8 @@ and a shadow run into a ``shadow_runs`` row.
 
 The hot path left references only (``Capture``): the client's body, the upstream's answer bytes or the
 relayed SSE pieces, the pipeline's trace. Here they are parsed once: the messages, choice 0's answer before
-and after correction, the token counts. With ``log_bodies`` off every text field stays empty.
+and after correction, the token counts, the aligner's reward gate on choice 0 (``gate_*``). With ``log_bodies``
+off every text field stays empty.
 """
 
 from __future__ import annotations
@@ -109,6 +110,7 @@ def shadow_row(
     request_id: str, experiment: str, arm: str, finished: float, *, bodies: bool, skipped: str | None = None,
     rewritten_prompt: str | None = None, corrected: str | None = None, rewriter_ms: float | None = None,
     aligner_ms: float | None = None, rewriter_skipped: str | None = None, aligner_skipped: str | None = None,
+    gate_raw_score: float | None = None, gate_corrected_score: float | None = None, gate_decision: str | None = None,
 ) -> dict[str, Any]:
     """The ``shadow_runs`` row of a shadow run (``finished``: wall-clock time at its end); with ``bodies`` off
     (``store.log_bodies``) the texts stay empty."""
@@ -124,6 +126,9 @@ def shadow_row(
         "aligner_ms": aligner_ms,
         "rewriter_skipped": rewriter_skipped,
         "aligner_skipped": aligner_skipped,
+        "gate_raw_score": gate_raw_score,
+        "gate_corrected_score": gate_corrected_score,
+        "gate_decision": gate_decision,
     }
 
 
@@ -181,4 +186,15 @@ def request_row(
         "completion_tokens": completion_tokens,
         "rewriter_skipped": _first(getattr(trace, "rewriter_skipped", None)),
         "aligner_skipped": _first(getattr(trace, "aligner_skipped", None)),
+        **gate_fields(_first(getattr(trace, "gate", None))),
+    }
+
+
+def gate_fields(gate: Any) -> dict[str, Any]:
+    """The ``gate_*`` columns of the reward gate's verdict on a choice (``pipeline.trace.GateTrace``; None: not
+    judged)."""
+    return {
+        "gate_raw_score": getattr(gate, "raw", None),
+        "gate_corrected_score": getattr(gate, "corrected", None),
+        "gate_decision": getattr(gate, "decision", None),
     }

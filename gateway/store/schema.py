@@ -16,6 +16,9 @@ Tables (SQLAlchemy Core, the same on SQLite and Postgres):
   indexed but not foreign keys, and every judgement is a row of its own.
 * ``schema_version`` — one row per applied version.
 
+Version 5 adds nullable columns (the aligner's reward gate) to ``requests`` and ``shadow_runs`` with ``ALTER TABLE
+... ADD COLUMN``, each only when missing; rows written by an older gateway leave them NULL.
+
 ``upgrade`` is idempotent and safe to run from several processes at once: a fresh database gets the whole
 current schema at once; an older one runs the missing steps of :data:`MIGRATIONS` in order, each step
 idempotent itself (``checkfirst``), all in one transaction (Postgres: under an advisory lock).
@@ -86,6 +89,11 @@ requests = Table(
     #: Why a helper left its input unchanged: a guard (``too_long_output`` ...) or ``failed:<reason>``.
     Column("rewriter_skipped", String()),
     Column("aligner_skipped", String()),
+    #: The aligner's reward gate on choice 0 (``helpers.aligner.gate``): the reward model's scores of the raw
+    #: answer and of its correction, and which was served (``corrected``, ``raw``); None when it did not judge.
+    Column("gate_raw_score", Float),
+    Column("gate_corrected_score", Float),
+    Column("gate_decision", String(16)),
 )
 
 feedback = Table(
@@ -118,7 +126,14 @@ shadow_runs = Table(
     #: Why a helper's output was not accepted: a guard (``too_long_output`` ...) or ``failed:<reason>``.
     Column("rewriter_skipped", String()),
     Column("aligner_skipped", String()),
+    #: The aligner's reward gate on the shadow correction, as on ``requests``.
+    Column("gate_raw_score", Float),
+    Column("gate_corrected_score", Float),
+    Column("gate_decision", String(16)),
 )
+
+#: Columns added by migration 5 (the aligner's reward gate), by table.
+GATE_COLUMNS = ("gate_raw_score", "gate_corrected_score", "gate_decision")
 
 preferences = Table(
     "preferences", metadata,
@@ -189,6 +204,16 @@ def _v4_preferences(conn: Connection) -> None:
         index.create(conn, checkfirst=True)
 
 
+def _v5_gate_columns(conn: Connection) -> None:
+    for table in (requests, shadow_runs):
+        present = {c["name"] for c in inspect(conn).get_columns(table.name)}
+        for name in GATE_COLUMNS:
+            if name not in present:
+                column = table.c[name]
+                kind = column.type.compile(dialect=conn.dialect)
+                conn.execute(text(f'ALTER TABLE "{table.name}" ADD COLUMN "{name}" {kind}'))
+
+
 #: Every schema change, in order. Append only: a database records the last version it applied.
 MIGRATIONS: list[Migration] = [
     Migration(1, "requests and feedback tables", _v1_tables),
@@ -196,6 +221,8 @@ MIGRATIONS: list[Migration] = [
     Migration(3, "shadow_runs table (shadow mode: helpers run in the background on control traffic)",
               _v3_shadow_runs),
     Migration(4, "preferences table (pairwise preferences between two requests' answers)", _v4_preferences),
+    Migration(5, "gate_raw_score, gate_corrected_score, gate_decision on requests and shadow_runs (the aligner's "
+              "reward gate)", _v5_gate_columns),
 ]
 
 

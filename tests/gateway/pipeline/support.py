@@ -34,6 +34,7 @@ from gateway.errors import UpstreamBroken
 from gateway.feedback.service import FeedbackService
 from gateway.inference.service import InferenceService
 from gateway.pipeline.arms import ArmChooser
+from gateway.pipeline.gate import Gate
 from gateway.pipeline.helpers import Helpers, OnError, StreamMode
 from gateway.pipeline.pipeline import Pipeline
 from gateway.pipeline.shadow import ShadowRunner
@@ -358,15 +359,18 @@ def make_rig(
     api_keys: list[str] | None = None,
     experiment: str = "default",
     shadow: ShadowSettings | None = None,
+    gate: Gate | None = None,
 ) -> Rig:
     """The gateway's routers and middleware around a ``FakeBackend`` and the fake helpers (as ``create_app``);
-    ``aligner_engine``: the aligner runs on that engine instead of the fake one."""
+    ``aligner_engine``: the aligner runs on that engine instead of the fake one; ``gate``: the aligner's reward
+    gate."""
     rw = (rewriter or RewriterEngine()) if with_rewriter else None
     al = (aligner or AlignerEngine()) if with_aligner else None
     helpers = Helpers(
         Rewriter(rw, rewriter_template, timeout_s=rewriter_timeout_s) if rw is not None else None,
         Aligner(aligner_engine or al, aligner_template, timeout_s=aligner_timeout_s) if al is not None else None,
         rewriter_on_error=rewriter_on_error, aligner_on_error=aligner_on_error, aligner_stream=aligner_stream,
+        gate=gate,
     )
     remote = HelperSettings(url="http://helpers.invalid/v1", model="helper")
     helper_settings = HelpersSettings(rewriter=remote if rw is not None else None,

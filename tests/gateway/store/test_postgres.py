@@ -122,7 +122,7 @@ async def test_a_v3_postgres_database_gets_the_preferences_table(pg: LocalPostgr
     await upgraded.start()
     try:
         versions = await upgraded.query(sa.select(schema.schema_version.c.version).order_by("version"))
-        assert [v["version"] for v in versions] == [1, 2, 3, 4]
+        assert [v["version"] for v in versions] == [1, 2, 3, 4, 5]
         submit(upgraded, "v3-r")
         upgraded.submit_preference({"id": "p-v3", "request_a": "v3-r", "request_b": "a1", "time": time.time(),
                                     "arm_a": "align", "arm_b": "align", "preferred": "tie", "left": None,

@@ -297,11 +297,15 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
         conn.executescript(V1_DDL)
     assert _indexes(db) == set()
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2, 3, 4]
+    assert _versions(db) == [1, 2, 3, 4, 5]
     assert {i.name for i in schema.INDEXES + schema.PREFERENCE_INDEXES} <= _indexes(db)
     assert [r["id"] for r in rows(db)] == ["old"]  # kept
     assert rows(db, "shadow_runs") == []  # v3: the shadow_runs table
     assert rows(db, "preferences") == []  # v4: the preferences table
+    with sqlite3.connect(db) as conn:  # v5: the reward gate's columns, added to the tables as they were
+        assert [r[1] for r in conn.execute("PRAGMA table_info(requests)")] == list(schema.REQUEST_COLUMNS)
+        assert [r[1] for r in conn.execute("PRAGMA table_info(shadow_runs)")] == list(schema.SHADOW_COLUMNS)
+    assert rows(db)[0]["gate_decision"] is None
     submit(store, "new")
     await store.flush()
     assert {r["id"] for r in rows(db)} == {"old", "new"}
@@ -309,7 +313,7 @@ async def test_an_older_database_is_upgraded_in_place(tmp_path: Path, opened: An
     again = Store(settings(db))  # idempotent: nothing left to do
     await again.start()
     await again.close()
-    assert _versions(db) == [1, 2, 3, 4]
+    assert _versions(db) == [1, 2, 3, 4, 5]
 
 
 async def test_a_new_migration_runs_once(tmp_path: Path, opened: Any, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -345,7 +349,7 @@ async def test_a_v2_database_gets_the_shadow_runs_table(tmp_path: Path, opened: 
                                           "INSERT INTO schema_version VALUES (1, 0); "
                                           "INSERT INTO schema_version VALUES (2, 0);"))
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2, 3, 4]
+    assert _versions(db) == [1, 2, 3, 4, 5]
     store.submit_shadow(shadow_row("old", "exp", "align", time.time(), bodies=True, corrected="better"))
     await store.flush()
     assert [(r["id"], r["corrected"]) for r in rows(db, "shadow_runs")] == [("old", "better")]
@@ -371,7 +375,7 @@ async def test_a_v3_database_gets_the_preferences_table(tmp_path: Path, opened: 
     with sqlite3.connect(db) as conn:
         conn.executescript(V3_DDL)
     store = await opened(settings(db))
-    assert _versions(db) == [1, 2, 3, 4]
+    assert _versions(db) == [1, 2, 3, 4, 5]
     assert {i.name for i in schema.PREFERENCE_INDEXES} <= _indexes(db)
     submit(store, "new")
     store.submit_preference(preference("p1", comment="clearer"))
@@ -384,7 +388,7 @@ async def test_a_v3_database_gets_the_preferences_table(tmp_path: Path, opened: 
     again = Store(settings(db))  # idempotent
     await again.start()
     await again.close()
-    assert _versions(db) == [1, 2, 3, 4]
+    assert _versions(db) == [1, 2, 3, 4, 5]
 
 
 async def test_a_newer_database_is_left_alone(tmp_path: Path, opened: Any) -> None:

@@ -1,6 +1,8 @@
 """Tiny models built in the test, no hub: a byte-fallback BPE tokenizer and two small Llama models.
 
 - ``build_random``: a 2-layer random Llama (context-dependent output; batching and cache bugs show).
+- ``build_random_reward``: a 2-layer random Llama sequence classifier with one output (a reward model as
+  ``models.reward`` loads it: the score at the last non-pad token), saved whole so every load scores alike.
   Its EOS and byte-token logits are pinned to 0 while the others are scaled up, so greedy runs rarely end
   early and write whole tokens (random byte tokens make invalid UTF-8, which decoders render variously).
 - ``build_scripted``: a Llama whose attention and MLP are zeroed, so the next token depends only on the
@@ -17,7 +19,13 @@ from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LlamaConfig,
+    LlamaForCausalLM,
+    LlamaForSequenceClassification,
+    PreTrainedTokenizerFast,
+)
 
 CORPUS = [
     "the quick brown fox jumps over the lazy dog",
@@ -98,6 +106,19 @@ def build_random(path: Path, seed: int = 0) -> Path:
             if token.startswith("<0x"):
                 model.lm_head.weight[index] = 0.0
     return _save(model, tokenizer, path)
+
+
+def build_random_reward(path: Path, seed: int = 0) -> Path:
+    tokenizer = build_tokenizer()
+    torch.manual_seed(seed)
+    config = _config(tokenizer, layers=2)
+    config.num_labels = 1
+    model = LlamaForSequenceClassification(config).eval()
+    with torch.no_grad():
+        model.score.weight.mul_(50.0)  # scores of different texts differ clearly
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
 
 
 @dataclass(frozen=True)
