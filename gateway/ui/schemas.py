@@ -155,6 +155,10 @@ class RequestRow(BaseModel):
     completion_tokens: int | None
     rewriter_skipped: str | None
     aligner_skipped: str | None
+    #: The aligner's reward gate (``helpers.aligner.gate``): scores of choice 0 and what it served; None without one.
+    gate_raw_score: float | None = None
+    gate_corrected_score: float | None = None
+    gate_decision: str | None = None
 
 
 class FeedbackRow(BaseModel):
@@ -182,6 +186,10 @@ class ShadowRow(BaseModel):
     aligner_ms: float | None
     rewriter_skipped: str | None
     aligner_skipped: str | None
+    #: The aligner's reward gate (``helpers.aligner.gate``): scores of choice 0 and what it served; None without one.
+    gate_raw_score: float | None = None
+    gate_corrected_score: float | None = None
+    gate_decision: str | None = None
 
 
 class PreferenceRow(BaseModel):
