@@ -6,13 +6,17 @@ Candidates, all on the same fp32 Hugging Face weights (the built-in GGUF de-quan
 - ``hf-static``: the same with ``cache_implementation="static"`` (a preallocated KV cache, no compile);
 - ``engine-torch``: today's ``LocalEngine`` (``models/local``, runtime ``torch``) through its async interface;
 - ``engine-ct2``: the same ``LocalEngine`` with runtime ``ctranslate2`` (fp32, and ``int8`` weights);
-- ``ct2-float32`` / ``ct2-int8``: CTranslate2 directly (``generate_tokens`` for one, ``generate_batch`` for 16).
+- ``ct2-float32`` / ``ct2-int8``: CTranslate2 directly (``generate_tokens`` for one, ``generate_batch`` for 16);
+- ``ortgenai-fp32`` / ``ortgenai-int4``: ONNX Runtime GenAI (its model builder's export, then its ``Generator``;
+  only where ``onnxruntime-genai``, ``onnx`` and ``onnx_ir`` are installed).
 
 For every candidate: tokens/s for one request and for ``--concurrency`` concurrent (batched) requests, the
 time to the first token of one request, its load (and conversion) time, and how many of ``--prompts``
 greedy outputs match the reference token for token. Measurements are interleaved: every round runs each
 candidate once, and the table reports the median round, so a noisy neighbour hurts them all alike.
-Prints a table, then one JSON line. Needs the ``local`` extra, ``ctranslate2`` and the built-in model.
+bf16 is not a candidate on CPUs without ``avx512_bf16``/AMX (it is emulated there, slower than fp32), nor
+``torch.compile`` (minutes of compilation at every start). Prints a table, then one JSON line. Needs the
+``local`` extra, ``ctranslate2`` and the built-in model.
 
     python benchmarks/engine_candidates.py [--threads 2] [--rounds 3] [--max-tokens 64] [--concurrency 16]
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -162,6 +167,56 @@ def ct2_candidate(name: str, model_dir: Path, tokenizer: Any, quantization: str,
     return candidate
 
 
+def ortgenai_candidate(
+    name: str, model_dir: Path, precision: str, threads: int, pad: int, max_tokens: int
+) -> Candidate:
+    """ONNX Runtime GenAI: its model builder exports the HF directory (fp32, or int4 weights), then its Generator."""
+    import subprocess
+
+    import onnxruntime_genai as og
+
+    started = time.perf_counter()
+    out = Path(tempfile.mkdtemp(prefix=f"ortgenai-{precision}-"))
+    subprocess.run(
+        [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model_dir), "-o", str(out),
+         "-p", precision, "-e", "cpu", "-c", str(out / "cache")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    config = json.loads((out / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = threads
+    (out / "genai_config.json").write_text(json.dumps(config))
+    model = og.Model(str(out))
+    load_s = time.perf_counter() - started
+
+    def run(prompts: list[Ids]) -> tuple[list[Ids], float]:
+        width = max(len(ids) for ids in prompts)
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=width + max_tokens, do_sample=False, batch_size=len(prompts))
+        generator = og.Generator(model, params)
+        started = time.perf_counter()
+        generator.append_tokens([[pad] * (width - len(ids)) + ids for ids in prompts])
+        rows: list[Ids] = [[] for _ in prompts]
+        first = 0.0
+        while not generator.is_done():
+            generator.generate_next_token()
+            if not first:
+                first = time.perf_counter() - started
+            for row, token in zip(rows, generator.get_next_tokens(), strict=True):
+                if not row or row[-1] != pad:
+                    row.append(int(token))
+        return rows, first
+
+    def one(ids: Ids) -> tuple[Output, float]:
+        [tokens], first = run([ids])
+        return (tokens, len(tokens)), first
+
+    def batch(prompts: list[Ids]) -> list[Output]:
+        rows, _ = run(prompts)
+        return [(row, len(row)) for row in rows]
+
+    return Candidate(name, one, batch, load_s)
+
+
 def engine_candidate(
     name: str, loop: asyncio.AbstractEventLoop, tokenizer: Any, max_tokens: int, threads: int, **options: Any
 ) -> Candidate:
@@ -257,6 +312,11 @@ def main() -> None:
             candidate = ct2_candidate(name, source.path, tokenizer, quantization, args.threads, eos)
             candidate.__dict__["set_max"](args.max_tokens)
             candidates.append(candidate)
+
+    for precision in ("fp32", "int4"):
+        name = f"ortgenai-{precision}"
+        if want(name) and importlib.util.find_spec("onnxruntime_genai") is not None:
+            candidates.append(ortgenai_candidate(name, source.path, precision, args.threads, eos, args.max_tokens))
 
     # The reference: plain generate, one prompt at a time.
     reference = [hf_candidate("ref", model, eos, args.max_tokens).one(ids)[0][0] for ids in prompts[: args.prompts]]
