@@ -5,18 +5,21 @@ Candidates, all on the same fp32 Hugging Face weights (the built-in GGUF de-quan
 - ``hf-generate``: plain ``transformers`` ``model.generate`` (fp32, dynamic cache): the reference;
 - ``hf-static``: the same with ``cache_implementation="static"`` (a preallocated KV cache, no compile);
 - ``engine-torch``: today's ``LocalEngine`` (``models/local``, runtime ``torch``) through its async interface;
+- ``engine-torch-bf16``: the same with ``dtype="bfloat16"``;
 - ``engine-ct2``: the same ``LocalEngine`` with runtime ``ctranslate2`` (fp32, and ``int8`` weights);
 - ``ct2-float32`` / ``ct2-int8``: CTranslate2 directly (``generate_tokens`` for one, ``generate_batch`` for 16);
 - ``ortgenai-fp32`` / ``ortgenai-int4``: ONNX Runtime GenAI (its model builder's export, then its ``Generator``;
   only where ``onnxruntime-genai``, ``onnx`` and ``onnx_ir`` are installed).
 
 For every candidate: tokens/s for one request and for ``--concurrency`` concurrent (batched) requests, the
-time to the first token of one request, its load (and conversion) time, and how many of ``--prompts``
-greedy outputs match the reference token for token. Measurements are interleaved: every round runs each
-candidate once, and the table reports the median round, so a noisy neighbour hurts them all alike.
-bf16 is not a candidate on CPUs without ``avx512_bf16``/AMX (it is emulated there, slower than fp32), nor
-``torch.compile`` (minutes of compilation at every start). Prints a table, then one JSON line. Needs the
-``local`` extra, ``ctranslate2`` and the built-in model.
+time to the first token of one request, its load (and conversion) time, how many of ``--prompts`` greedy
+outputs match the reference token for token, and how much of the reference text they reproduce before the
+first difference. Measurements are interleaved: every round runs each candidate once; the table reports the
+median round and the median of per-round ratios, so a noisy neighbour hurts them all alike.
+
+Not a candidate: ``torch.compile`` (measured: 447 s of compilation on a busy 2-core machine, for no gain).
+This CPU lacks ``avx512_bf16``/AMX, so ``engine-torch-bf16`` runs emulated bf16. Prints a table, then one
+JSON line. Needs the ``local`` extra, ``ctranslate2`` and the built-in model.
 
     python benchmarks/engine_candidates.py [--threads 2] [--rounds 3] [--max-tokens 64] [--concurrency 16]
 """
@@ -75,6 +78,8 @@ class Candidate:
     batch_tok_s: list[float] = field(default_factory=list)
     ttft_s: list[float] = field(default_factory=list)
     matches: int = 0
+    #: Mean share of the reference's characters each output reproduces before its first difference.
+    agreement: float = 0.0
 
 
 class _FirstToken(BaseStreamer):  # type: ignore[misc]
@@ -301,6 +306,9 @@ def main() -> None:
         candidate.load_s = hf_load
     if want("engine-torch"):
         candidates.append(engine_candidate("engine-torch", loop, tokenizer, args.max_tokens, args.threads))
+    if want("engine-torch-bf16"):
+        candidates.append(engine_candidate("engine-torch-bf16", loop, tokenizer, args.max_tokens, args.threads,
+                                           dtype="bfloat16"))  # fmt: skip
     for runtime_dtype in ("float32", "int8"):
         name = f"engine-ct2-{runtime_dtype}"
         if want(name):
@@ -323,6 +331,7 @@ def main() -> None:
     for candidate in candidates:  # warm-up, and the output comparison
         got = [candidate.one(ids)[0][0] for ids in prompts[: args.prompts]]
         candidate.matches = sum(_same(tokenizer, a, b) for a, b in zip(got, reference, strict=True))
+        candidate.agreement = statistics.mean(_agreement(tokenizer, a, b) for a, b in zip(got, reference, strict=True))
 
     batch_prompts = prompts[: args.concurrency]
     for round_ in range(args.rounds):
@@ -350,19 +359,21 @@ def main() -> None:
     rows_out: list[dict[str, object]] = []
     print()
     print(f"{'candidate':<18} | {'1 req tok/s':>11} | {'x hf':>5} | {args.concurrency:>2} req tok/s | "
-          f"{'x today':>7} | {'TTFT ms':>7} | {'load s':>6} | identical")  # fmt: skip
+          f"{'x today':>7} | {'TTFT ms':>7} | {'load s':>6} | identical | agree")  # fmt: skip
     for candidate in candidates:
         one = statistics.median(candidate.one_tok_s)
         many = statistics.median(candidate.batch_tok_s)
-        vs_hf = one / statistics.median(base.one_tok_s) if base else float("nan")
-        vs_today = many / statistics.median(today.batch_tok_s) if today else float("nan")
+        # Ratios within each round (same neighbours), then their median: steadier than a ratio of medians.
+        vs_hf = _median_ratio(candidate.one_tok_s, base.one_tok_s) if base else float("nan")
+        vs_today = _median_ratio(candidate.batch_tok_s, today.batch_tok_s) if today else float("nan")
         ttft = statistics.median(candidate.ttft_s) * 1000
         print(f"{candidate.name:<18} | {one:>11.1f} | {vs_hf:>4.2f}x | {many:>11.1f} | {vs_today:>6.2f}x | "
-              f"{ttft:>7.0f} | {candidate.load_s:>6.1f} | {candidate.matches}/{args.prompts}")  # fmt: skip
+              f"{ttft:>7.0f} | {candidate.load_s:>6.1f} | {candidate.matches}/{args.prompts:<7} | "
+              f"{candidate.agreement:>4.0%}")  # fmt: skip
         rows_out.append({"candidate": candidate.name, "one_tok_s": one, "batch_tok_s": many, "one_vs_hf": vs_hf,
                          "batch_vs_engine_torch": vs_today, "ttft_ms": ttft, "load_s": candidate.load_s,
-                         "identical": candidate.matches, "one_rounds": candidate.one_tok_s,
-                         "batch_rounds": candidate.batch_tok_s})  # fmt: skip
+                         "identical": candidate.matches, "agreement": candidate.agreement,
+                         "one_rounds": candidate.one_tok_s, "batch_rounds": candidate.batch_tok_s})  # fmt: skip
     summary = {
         "benchmark": "engine_candidates",
         "cpu_cores": os.cpu_count(),
@@ -386,6 +397,24 @@ def _same(tokenizer: Any, got: Ids | str, want: Ids | str) -> bool:
     if isinstance(got, str):  # the engine answers text: compare it with the reference's text
         return got == tokenizer.decode(want, skip_special_tokens=True, clean_up_tokenization_spaces=False)
     return _until_eos(got, tokenizer.eos_token_id) == _until_eos(want, tokenizer.eos_token_id)
+
+
+def _median_ratio(mine: list[float], theirs: list[float]) -> float:
+    return statistics.median(a / b for a, b in zip(mine, theirs, strict=True))
+
+
+def _agreement(tokenizer: Any, got: Ids | str, want: Ids | str) -> float:
+    """The share of the reference text ``got`` reproduces before the first differing character."""
+    assert isinstance(want, list)
+    want_text = tokenizer.decode(want, skip_special_tokens=True, clean_up_tokenization_spaces=False)
+    got_text = got if isinstance(got, str) else tokenizer.decode(got, skip_special_tokens=True,
+                                                                  clean_up_tokenization_spaces=False)  # fmt: skip
+    same = 0
+    for a, b in zip(got_text, want_text, strict=False):
+        if a != b:
+            break
+        same += 1
+    return same / max(1, len(want_text))
 
 
 def _rounded(value: object) -> object:
