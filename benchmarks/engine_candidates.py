@@ -169,6 +169,7 @@ def ct2_candidate(name: str, model_dir: Path, tokenizer: Any, quantization: str,
         max_tokens = value
 
     candidate.__dict__["set_max"] = set_max
+    candidate.__dict__["release"] = generator.unload_model  # before exit: see models.local.ct2model
     return candidate
 
 
@@ -352,6 +353,9 @@ def main() -> None:
         engine = candidate.__dict__.get("engine")
         if isinstance(engine, LocalEngine):
             loop.run_until_complete(engine.close())
+        release = candidate.__dict__.get("release")
+        if callable(release):
+            release()
     loop.close()
 
     base = next((c for c in candidates if c.name == "hf-generate"), None)

@@ -38,11 +38,11 @@ _FORMAT = 1
 _MARKER = "aligngate-ct2.json"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Ct2Model:
     """A loaded CTranslate2 generator and what generation needs beside it."""
 
-    generator: Any  # ctranslate2.Generator (the package ships no type information)
+    generator: Any  # ctranslate2.Generator (the package ships no type information); None once released
     tokenizer: PreTrainedTokenizerBase
     source: ResolvedSource
     eos_token_ids: frozenset[int]
@@ -52,6 +52,17 @@ class Ct2Model:
     #: The converted directory the generator was loaded from.
     path: Path
     dtype: str
+
+    def release(self) -> None:
+        """Free the generator and its threads now, on this thread.
+
+        Left to the garbage collector, a generator may be destroyed on one of its own threads or during
+        interpreter shutdown, which aborts the process (ctranslate2 4.x: "Resource deadlock avoided").
+        """
+        generator, self.generator = self.generator, None
+        if generator is not None:
+            generator.unload_model()
+            del generator
 
 
 def _ctranslate2() -> Any:

@@ -202,7 +202,7 @@ class LocalEngine:
             await asyncio.to_thread(worker.join, 60.0)
             self._final_stats = worker.stats
             if isinstance(self.loaded, Ct2Model):  # free the runtime's threads now, not at interpreter exit
-                self.loaded.generator.unload_model()
+                self.loaded.release()
 
     async def __aenter__(self) -> LocalEngine:
         await self.start()
