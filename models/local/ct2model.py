@@ -5,7 +5,7 @@ built-in model), with a LoRA adapter merged into it first when one is given, is 
 ``ctranslate2.converters.TransformersConverter`` to float32 weights (~15 s for the built-in model on 2
 cores) under ``<cache>/ctranslate2/<name>-<key>``. The key hashes the source's files, the adapter's files
 and the ctranslate2 version, so a changed model or adapter converts anew and the next start is a cache hit
-(a second or two: hashing the weights, then loading them). The conversion is written to a temporary
+(a few seconds: hashing the weights, then loading them). The conversion is written to a temporary
 directory and renamed into place under a lock file, like the GGUF conversion.
 
 The generator computes in ``float32`` (the same greedy tokens as the torch runtime) or ``int8`` (weights

@@ -103,8 +103,9 @@ class LocalEngine:
         dtype: ``float32`` (default; the fast choice on CPU), ``bfloat16`` or ``float16``; with runtime
             ``ctranslate2``: ``float32`` or ``int8`` (faster; its outputs differ from float32's).
         runtime: ``torch`` (default: continuous batching, prompt lookup) or ``ctranslate2`` (the model
-            converted once to CTranslate2, cached; several times faster per token; batches per group of
-            concurrent requests; no prompt lookup; seeded sampled requests go to a torch worker loaded on first use).
+            converted once to CTranslate2, cached; with ``int8`` ~3-4x torch's tokens/s, float32 ~1.5x; batches
+            per group of concurrent requests; no prompt lookup; seeded sampled requests go to a torch worker
+            loaded on first use). See ``benchmarks/results/engine/``.
     """
 
     def __init__(
