@@ -47,17 +47,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.generation.streamers import BaseStreamer
 
+from benchmarks.local_engine import TOPICS  # the same prompts as the engine's own benchmark
 from models.engine import ChatTurn, SamplingParams
 from models.local import LocalEngine
 from models.local.source import resolve_source
-
-TOPICS = [
-    "the history of the bicycle", "how volcanoes form", "why the sky is blue", "the life of honey bees",
-    "how a compiler works", "the rules of chess", "the water cycle", "how vaccines train the immune system",
-    "the invention of the printing press", "what black holes are", "how bread rises", "the Roman aqueducts",
-    "how airplanes stay in the air", "the migration of birds", "how solar panels make electricity",
-    "the origins of jazz",
-]  # fmt: skip
 
 Ids = list[int]
 
