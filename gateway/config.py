@@ -181,6 +181,17 @@ class ServerSettings(_Section):
 class LocalModelSettings(_Section):
     model: str
     adapter: str | None = None
+    #: ``torch`` (continuous batching, prompt lookup) or ``ctranslate2`` (needs the ``ctranslate2`` extra).
+    runtime: Literal["torch", "ctranslate2"] = "torch"
+    #: Weights' type: ``float32``; torch also ``bfloat16``/``float16``, ctranslate2 also ``int8``.
+    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
+
+    @model_validator(mode="after")
+    def _dtype_fits_runtime(self) -> LocalModelSettings:
+        allowed = ("float32", "int8") if self.runtime == "ctranslate2" else ("float32", "bfloat16", "float16")
+        if self.dtype not in allowed:
+            raise ValueError(f"runtime {self.runtime} takes dtype {' or '.join(allowed)}, not {self.dtype}")
+        return self
 
 
 class BackendSettings(_Section):
@@ -501,6 +512,13 @@ def check_servable(settings: Settings) -> None:
             f"helpers.aligner.gate.reward_model: {gate.reward_model} does not exist (give the directory "
             "`aligngate train rm` wrote, an adapter or a merged model)"
         )
+    specs = [b.local for b in settings.backends] + [
+        getattr(settings.helpers, name).local for name in ("rewriter", "aligner") if getattr(settings.helpers, name)
+    ]
+    if any(spec is not None and spec.runtime == "ctranslate2" for spec in specs) and not importlib.util.find_spec(
+        "ctranslate2"
+    ):
+        raise ConfigError("`local: {runtime: ctranslate2}` needs `pip install 'aligngate[ctranslate2]'`")
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:
             for helper in Arm(arm).helpers:

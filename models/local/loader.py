@@ -1,7 +1,8 @@
 """Load a resolved model source into torch: the causal LM (fp32 on CPU), its tokenizer and an optional LoRA.
 
-Also reads what generation needs from them once: the EOS ids (generation config and tokenizer), a pad id
-and the context length. Blocking; the engine calls it from a thread in ``start()``.
+Also reads what generation needs from them once (``generation_limits``, shared with the CTranslate2
+runtime): the EOS ids (generation config and tokenizer), a pad id and the context length. Blocking; the
+engine calls it from a thread in ``start()``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    AutoModelForCausalLM,
+    AutoTokenizer,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from models.local.source import ModelSourceError, ResolvedSource, resolve_source
 
@@ -43,6 +50,25 @@ def _int_ids(value: object) -> set[int]:
     return set()
 
 
+def generation_limits(
+    config: PretrainedConfig, generation_config: object, tokenizer: PreTrainedTokenizerBase, where: str
+) -> tuple[frozenset[int], int, int]:
+    """The EOS ids (generation config and tokenizer), a pad id and the context length of a model."""
+    eos = _int_ids(getattr(generation_config, "eos_token_id", None)) | _int_ids(tokenizer.eos_token_id)
+    if not eos:
+        log.warning("%s defines no EOS token: completions end only at max_tokens or a stop string", where)
+    pad = tokenizer.pad_token_id
+    if not isinstance(pad, int):
+        pad = min(eos) if eos else 0
+    text_config = config.get_text_config()
+    max_positions = getattr(text_config, "max_position_embeddings", None)
+    if not isinstance(max_positions, int) or max_positions <= 0:
+        max_positions = 1 << 24
+    if any(kind != "full_attention" for kind in getattr(text_config, "layer_types", None) or ()):
+        log.warning("%s has non-full attention layers: the local engine treats every layer as full attention", where)
+    return frozenset(eos), pad, max_positions
+
+
 def load_local_model(
     model: str,
     *,
@@ -65,23 +91,12 @@ def load_local_model(
     lm.train(False)
     lm.requires_grad_(False)
 
-    eos = _int_ids(getattr(lm.generation_config, "eos_token_id", None)) | _int_ids(tokenizer.eos_token_id)
-    if not eos:
-        log.warning("%s defines no EOS token: completions end only at max_tokens or a stop string", source.path)
-    pad = tokenizer.pad_token_id
-    if not isinstance(pad, int):
-        pad = min(eos) if eos else 0
-    text_config = lm.config.get_text_config()
-    max_positions = getattr(text_config, "max_position_embeddings", None)
-    if not isinstance(max_positions, int) or max_positions <= 0:
-        max_positions = 1 << 24
-    if any(kind != "full_attention" for kind in getattr(text_config, "layer_types", None) or ()):
-        log.warning("%s has non-full attention layers: the local engine treats every layer as full attention", model)
+    eos, pad, max_positions = generation_limits(lm.config, lm.generation_config, tokenizer, str(source.path))
     return LoadedModel(
         model=lm,
         tokenizer=tokenizer,
         source=source,
-        eos_token_ids=frozenset(eos),
+        eos_token_ids=eos,
         pad_token_id=pad,
         max_positions=max_positions,
         adapter=adapter_path,

@@ -89,6 +89,11 @@ class Row:
             self._finish("length")
         return self.finished
 
+    def end(self, reason: FinishReason) -> None:
+        """Finish the row now (its runtime stopped it), releasing any held-back text."""
+        if not self.finished:
+            self._finish(reason)
+
     def _finish(self, reason: FinishReason) -> None:
         self.pending += self.stop.feed(self.detok.flush())
         if self.stop.stopped:  # the held-back text completed a stop string after all

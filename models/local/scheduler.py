@@ -33,6 +33,10 @@ class RequestQueue:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     # ------------------------------------------------------------------ event-loop side
     def submit(self, request: Request) -> None:
         with self._cond:

@@ -137,7 +137,7 @@ def _is_complete(target: Path, gguf: Path) -> bool:
 
 
 @contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """An exclusive inter-process lock (``flock``; a no-op where ``fcntl`` does not exist)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+b") as handle:
@@ -157,7 +157,7 @@ def ensure_converted(gguf: Path, target: Path) -> bool:
     """Make ``target`` an fp32 Hugging Face copy of ``gguf``; True if it was converted now, False if cached."""
     if _is_complete(target, gguf):
         return False
-    with _file_lock(target.parent / f"{target.name}.lock"):
+    with file_lock(target.parent / f"{target.name}.lock"):
         if _is_complete(target, gguf):  # another process converted it while we waited
             return False
         log.info("converting %s to a Hugging Face directory at %s (once)", gguf, target)

@@ -20,6 +20,7 @@ import threading
 from dataclasses import dataclass, replace
 
 import torch
+from transformers import PreTrainedTokenizerBase
 
 from models.engine import EngineError, PromptTooLong
 from models.local.detok import IncrementalDetokenizer, StopText
@@ -126,18 +127,6 @@ class BatchWorker:
             self._fail_active(self._queue.drain(), "the local engine is closed")
             self._flush()
 
-    def _encode(self, request: Request) -> list[int]:
-        tokenizer = self._tokenizer
-        if isinstance(request.prompt, str):
-            return list(tokenizer(request.prompt, add_special_tokens=True)["input_ids"])
-        messages = [{"role": turn.role, "content": turn.content} for turn in request.prompt]
-        if not getattr(tokenizer, "chat_template", None):
-            raise ValueError("the model's tokenizer has no chat template; use complete()")
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        if not isinstance(text, str):
-            raise TypeError("apply_chat_template did not return text")
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
     def _admit(self, group: list[Request]) -> None:
         """Tokenize, prefill (one left-padded forward) and merge ``group`` into the batch."""
         ready: list[tuple[Request, list[int]]] = []
@@ -145,7 +134,7 @@ class BatchWorker:
             if request.cancelled:
                 continue
             try:
-                ids = request.prompt_ids if request.prompt_ids is not None else self._encode(request)
+                ids = request.prompt_ids if request.prompt_ids is not None else encode_prompt(self._tokenizer, request)
             except Exception as exc:
                 self._post(request, EngineError(f"cannot tokenize the prompt: {exc}"))
                 continue
@@ -323,16 +312,34 @@ class BatchWorker:
         """Hand this step's events to their event loops (one thread-safe call per loop)."""
         if not self._outbox:
             return
-        by_loop: dict[int, list[tuple[Request, Event]]] = {}
-        for item in self._outbox:
-            by_loop.setdefault(id(item[0].loop), []).append(item)
-        self._outbox = []
-        for items in by_loop.values():
-            try:
-                items[0][0].loop.call_soon_threadsafe(_deliver, items)
-            except RuntimeError:  # that event loop is closed: nobody is listening any more
-                for request, _ in items:
-                    request.cancelled = True
+        outbox, self._outbox = self._outbox, []
+        deliver_all(outbox)
+
+
+def encode_prompt(tokenizer: PreTrainedTokenizerBase, request: Request) -> list[int]:
+    """A request's prompt ids: a raw prompt with the tokenizer's special tokens, or chat turns through its template."""
+    if isinstance(request.prompt, str):
+        return list(tokenizer(request.prompt, add_special_tokens=True)["input_ids"])
+    messages = [{"role": turn.role, "content": turn.content} for turn in request.prompt]
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the model's tokenizer has no chat template; use complete()")
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if not isinstance(text, str):
+        raise TypeError("apply_chat_template did not return text")
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def deliver_all(outbox: list[tuple[Request, Event]]) -> None:
+    """Hand events to their event loops (one thread-safe call per loop); a closed loop cancels its requests."""
+    by_loop: dict[int, list[tuple[Request, Event]]] = {}
+    for item in outbox:
+        by_loop.setdefault(id(item[0].loop), []).append(item)
+    for items in by_loop.values():
+        try:
+            items[0][0].loop.call_soon_threadsafe(_deliver, items)
+        except RuntimeError:  # that event loop is closed: nobody is listening any more
+            for request, _ in items:
+                request.cancelled = True
 
 
 def _deliver(items: list[tuple[Request, Event]]) -> None:

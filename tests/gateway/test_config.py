@@ -14,6 +14,7 @@ from gateway.config import (
     RESOLVED_ENV,
     BackendSettings,
     ConfigError,
+    LocalModelSettings,
     Settings,
     check_servable,
     dump_resolved,
@@ -330,6 +331,29 @@ def test_check_servable_rejects_local_backends_without_the_local_extra(
 def test_check_servable_accepts_local_backends_with_the_local_extra(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     assert check_servable(load_settings(_write(tmp_path, FULL_YAML))) is None
+
+
+def test_local_runtime_and_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    local = {"model": "builtin:smollm2-135m-instruct"}
+    default = load_settings(overrides={"backends": [{"name": "m", "local": local}]})
+    assert default.backends[0].local is not None
+    assert (default.backends[0].local.runtime, default.backends[0].local.dtype) == ("torch", "float32")
+    fast = {"backends": [{"name": "m", "local": {**local, "runtime": "ctranslate2", "dtype": "int8"}}]}
+    assert load_settings(overrides=fast).backends[0].local == LocalModelSettings(
+        model=local["model"], runtime="ctranslate2", dtype="int8"
+    )
+    for runtime, dtype in (("torch", "int8"), ("ctranslate2", "bfloat16")):
+        bad = {**local, "runtime": runtime, "dtype": dtype}
+        with pytest.raises(ConfigError, match="takes dtype"):
+            load_settings(overrides={"backends": [{"name": "m", "local": bad}]})
+    with pytest.raises(ConfigError, match="runtime"):
+        load_settings(overrides={"backends": [{"name": "m", "local": {**local, "runtime": "onnx"}}]})
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2" else real_find_spec(name, *a)
+    )
+    with pytest.raises(ConfigError, match=r"aligngate\[ctranslate2\]"):
+        check_servable(load_settings(overrides=fast))
 
 
 def test_embedded_default_serves_smollm2_with_both_helpers() -> None:
