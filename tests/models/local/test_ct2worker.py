@@ -100,12 +100,15 @@ async def test_timeout_and_cancellation_end_the_row(tiny_dir: Path, make_engine:
         await engine.complete(PROMPTS[0], SamplingParams(max_tokens=400))
     await wait_until(lambda: engine.stats.active_rows == 0)
     assert engine.stats.generated_tokens < 400
+    # a row counts as cancelled once it was generating: on a loaded machine the timeout may come first
+    before = engine.stats.rows_cancelled
+    assert before <= 1
     stream = engine.stream_complete(PROMPTS[0], SamplingParams(max_tokens=400), timeout_s=30)
     for _ in range(3):
         await anext(stream)
     await stream.aclose()
     await wait_until(lambda: engine.stats.active_rows == 0)
-    assert engine.stats.rows_cancelled == 2
+    assert engine.stats.rows_cancelled == before + 1
     assert len(await engine.complete(PROMPTS[0], GREEDY, timeout_s=30)) == 1
 
 
