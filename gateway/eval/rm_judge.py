@@ -6,8 +6,9 @@ with) — cut at ``max_length`` tokens, ``batch_size`` per forward pass. The can
 the baseline's by more than ``tie_margin``, loses when it trails by more, and ties otherwise. Each distinct
 (prompt, answer) is scored once per run (the baseline's answer meets every arm).
 
-Building the judge checks that the model's path exists; loading is deferred to the first pairs (a run whose
-judgements are all cached never loads it); a model that does not load is a
+The cache identity of a verdict holds the model's files, ``tie_margin``, ``max_length`` and the precision
+(``cuda-bf16`` or ``cpu-fp32``). Building the judge checks that the model's path exists; loading is deferred to
+the first pairs (a run whose judgements are all cached never loads it); a model that does not load is a
 :class:`~gateway.eval.judges.JudgeError`. torch runs in a worker thread so the event loop stays free. Needs
 the ``local`` extra (torch, transformers, peft). ``device``: ``auto`` is CUDA when there is one (bf16), else the
 CPU (fp32).
@@ -31,6 +32,21 @@ __all__ = ["RMJudge"]
 logger = logging.getLogger(__name__)
 
 
+def _precision(device: str) -> str:
+    """Where and how the scores are computed: ``cuda-bf16`` or ``cpu-fp32`` (``auto`` resolved as
+    :func:`models.reward.load_on_device` resolves it)."""
+    if device == "cuda":
+        return "cuda-bf16"
+    if device == "auto":
+        try:
+            import torch
+        except ImportError:
+            return "cpu-fp32"
+        if torch.cuda.is_available():
+            return "cuda-bf16"
+    return "cpu-fp32"
+
+
 class RMJudge:
     def __init__(self, name: str, spec: JudgeSpec) -> None:
         assert spec.reward_model is not None
@@ -45,6 +61,8 @@ class RMJudge:
                 "adapter_model": fingerprint(str(adapter.parent / "adapter_model.safetensors")),
                 "tie_margin": spec.tie_margin,
                 "max_length": spec.max_length,
+                # bf16 on a GPU and fp32 on the CPU score the same pair a little differently: not one cache entry
+                "precision": _precision(spec.device),
             }
         )
         if not self.path.startswith("builtin:") and not Path(self.path).expanduser().exists():
