@@ -19,8 +19,6 @@ available (CTranslate2 has no draft verification).
 from __future__ import annotations
 
 import logging
-import threading
-from dataclasses import replace
 from typing import Any
 
 from models.engine import EngineError
@@ -28,8 +26,7 @@ from models.local.ct2model import Ct2Model
 from models.local.detok import IncrementalDetokenizer, StopText
 from models.local.requests import Event, Request, Row
 from models.local.sampling import RowSampler, make_generator
-from models.local.scheduler import RequestQueue
-from models.local.worker import EngineStats, WorkerConfig, deliver_all, encode_prompt
+from models.local.worker import ThreadWorker, WorkerConfig, deliver_all, encode_prompt
 
 log = logging.getLogger(__name__)
 
@@ -42,44 +39,16 @@ class _Closed(Exception):
     """The engine closed while a batch was decoding: its unfinished rows fail."""
 
 
-class Ct2Worker:
-    """Owns the CTranslate2 generator on one thread; ``submit`` and ``cancel`` are called from event loops."""
+class Ct2Worker(ThreadWorker):
+    """Owns the CTranslate2 generator on one thread; ``submit`` and ``cancel`` are called from event loops
+    (``stats``: ``forward_calls`` counts decode steps; prompt lookup stays 0)."""
 
     def __init__(self, loaded: Ct2Model, config: WorkerConfig, *, thread_name: str = "aligngate-ct2") -> None:
+        super().__init__(config, thread_name=thread_name)
         self._loaded = loaded
         self._tokenizer = loaded.tokenizer
-        self.config = config
-        self._stats = EngineStats()
-        self._queue = RequestQueue(config.max_queue, config.batch_window_s)
-        self._rows: list[Row] = []
         self._step = -1
         self._error: BaseException | None = None
-        self._outbox: list[tuple[Request, Event]] = []
-        self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
-
-    @property
-    def stats(self) -> EngineStats:
-        """A snapshot of the counters (``forward_calls`` counts decode steps; prompt lookup stays 0)."""
-        return replace(self._stats, requests=self._queue.submitted, waiting_requests=self._queue.waiting)
-
-    # ----------------------------------------------------------------- event-loop side
-    def start(self) -> None:
-        self._thread.start()
-
-    def submit(self, request: Request) -> None:
-        """Queue ``request``; raises ``EngineOverloaded`` at once when ``max_queue`` requests already wait."""
-        self._queue.submit(request)
-
-    def cancel(self, request: Request) -> None:
-        """Drop ``request``: out of the queue now, or out of its batch at the next token."""
-        self._queue.cancel(request)
-
-    def stop(self) -> None:
-        self._queue.close()
-
-    def join(self, timeout: float | None = None) -> None:
-        if self._thread.is_alive():
-            self._thread.join(timeout)
 
     # ----------------------------------------------------------------- worker thread
     def _run(self) -> None:

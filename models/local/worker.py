@@ -66,18 +66,15 @@ class EngineStats:
     compactions: int = 0
 
 
-class BatchWorker:
-    """Owns the model on one thread; ``submit`` and ``cancel`` are called from event loops."""
+class ThreadWorker:
+    """What every runtime's worker shares: requests queued from event loops (``submit``, ``cancel``) and drained by
+    one thread that runs the subclass's ``_run``; ``stats`` a snapshot of its counters."""
 
-    def __init__(self, loaded: LoadedModel, config: WorkerConfig, *, thread_name: str = "aligngate-local") -> None:
-        self._loaded = loaded
-        self._model = loaded.model
-        self._tokenizer = loaded.tokenizer
+    def __init__(self, config: WorkerConfig, *, thread_name: str) -> None:
         self.config = config
         self._stats = EngineStats()
         self._queue = RequestQueue(config.max_queue, config.batch_window_s)
         self._rows: list[Row] = []
-        self._kv = BatchKV.empty()
         self._outbox: list[tuple[Request, Event]] = []
         self._thread = threading.Thread(target=self._run, name=thread_name, daemon=True)
 
@@ -95,7 +92,7 @@ class BatchWorker:
         self._queue.submit(request)
 
     def cancel(self, request: Request) -> None:
-        """Drop ``request``: out of the queue now, or out of the batch at the next step."""
+        """Drop ``request``: out of the queue now, or out of its batch at the next token."""
         self._queue.cancel(request)
 
     def stop(self) -> None:
@@ -104,6 +101,20 @@ class BatchWorker:
     def join(self, timeout: float | None = None) -> None:
         if self._thread.is_alive():
             self._thread.join(timeout)
+
+    def _run(self) -> None:  # the worker thread
+        raise NotImplementedError
+
+
+class BatchWorker(ThreadWorker):
+    """Owns the model on one thread; ``submit`` and ``cancel`` are called from event loops."""
+
+    def __init__(self, loaded: LoadedModel, config: WorkerConfig, *, thread_name: str = "aligngate-local") -> None:
+        super().__init__(config, thread_name=thread_name)
+        self._loaded = loaded
+        self._model = loaded.model
+        self._tokenizer = loaded.tokenizer
+        self._kv = BatchKV.empty()
 
     # ----------------------------------------------------------------- worker thread
     def _run(self) -> None:
