@@ -24,9 +24,9 @@ from typing import Any
 from models.engine import EngineError
 from models.local.ct2model import Ct2Model
 from models.local.detok import IncrementalDetokenizer, StopText
-from models.local.requests import Event, Request, Row
+from models.local.requests import Request, Row
 from models.local.sampling import RowSampler, make_generator
-from models.local.worker import ThreadWorker, WorkerConfig, deliver_all, encode_prompt
+from models.local.worker import ThreadWorker, WorkerConfig
 
 log = logging.getLogger(__name__)
 
@@ -77,20 +77,8 @@ class Ct2Worker(ThreadWorker):
         batches: dict[tuple[object, ...], list[Row]] = {}
         max_positions = self._loaded.max_positions
         for request in group:
-            if request.cancelled:
-                continue
-            try:
-                ids = request.prompt_ids if request.prompt_ids is not None else encode_prompt(self._tokenizer, request)
-            except Exception as exc:
-                self._post(request, EngineError(f"cannot tokenize the prompt: {exc}"))
-                continue
-            request.prompt_ids = ids
-            if not ids:
-                self._post(request, EngineError("the prompt is empty"))
-                continue
-            if len(ids) >= max_positions:
-                message = f"the prompt has {len(ids)} tokens; the model's context is {max_positions}"
-                self._post(request, EngineError(message))
+            ids = self._prompt_ids(request, self._tokenizer, max_positions)
+            if ids is None:
                 continue
             params = request.params
             greedy = RowSampler(params.temperature).greedy
@@ -208,11 +196,4 @@ class Ct2Worker(ThreadWorker):
         self._rows = []
         self._stats.active_rows = 0
 
-    def _post(self, request: Request, event: Event) -> None:
-        self._outbox.append((request, event))
-
-    def _flush(self) -> None:
-        if self._outbox:
-            outbox, self._outbox = self._outbox, []
-            deliver_all(outbox)
 

@@ -105,6 +105,35 @@ class ThreadWorker:
     def _run(self) -> None:  # the worker thread
         raise NotImplementedError
 
+    def _prompt_ids(self, request: Request, tokenizer: PreTrainedTokenizerBase, max_positions: int) -> list[int] | None:
+        """``request``'s prompt ids (kept on the request), or None when it cannot run: cancelled, or its error posted
+        (a prompt that does not tokenize, an empty one, one that does not fit the context: ``PromptTooLong``)."""
+        if request.cancelled:
+            return None
+        try:
+            ids = request.prompt_ids if request.prompt_ids is not None else encode_prompt(tokenizer, request)
+        except Exception as exc:
+            self._post(request, EngineError(f"cannot tokenize the prompt: {exc}"))
+            return None
+        request.prompt_ids = ids
+        if not ids:
+            self._post(request, EngineError("the prompt is empty"))
+            return None
+        if len(ids) >= max_positions:
+            self._post(request, PromptTooLong(len(ids), max_positions))
+            return None
+        return ids
+
+    def _post(self, request: Request, event: Event) -> None:
+        self._outbox.append((request, event))
+
+    def _flush(self) -> None:
+        """Hand the events posted so far to their event loops (one thread-safe call per loop)."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        deliver_all(outbox)
+
 
 class BatchWorker(ThreadWorker):
     """Owns the model on one thread; ``submit`` and ``cancel`` are called from event loops."""
@@ -142,19 +171,8 @@ class BatchWorker(ThreadWorker):
         """Tokenize, prefill (one left-padded forward) and merge ``group`` into the batch."""
         ready: list[tuple[Request, list[int]]] = []
         for request in group:
-            if request.cancelled:
-                continue
-            try:
-                ids = request.prompt_ids if request.prompt_ids is not None else encode_prompt(self._tokenizer, request)
-            except Exception as exc:
-                self._post(request, EngineError(f"cannot tokenize the prompt: {exc}"))
-                continue
-            request.prompt_ids = ids
-            if not ids:
-                self._post(request, EngineError("the prompt is empty"))
-            elif len(ids) >= self._loaded.max_positions:
-                self._post(request, PromptTooLong(len(ids), self._loaded.max_positions))
-            else:
+            ids = self._prompt_ids(request, self._tokenizer, self._loaded.max_positions)
+            if ids is not None:
                 ready.append((request, ids))
         admitted: list[tuple[Request, list[int]]] = []
         longest = 0
@@ -316,15 +334,6 @@ class BatchWorker(ThreadWorker):
         self._kv = BatchKV.empty()
         self._stats.active_rows = 0
 
-    def _post(self, request: Request, event: Event) -> None:
-        self._outbox.append((request, event))
-
-    def _flush(self) -> None:
-        """Hand this step's events to their event loops (one thread-safe call per loop)."""
-        if not self._outbox:
-            return
-        outbox, self._outbox = self._outbox, []
-        deliver_all(outbox)
 
 
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, request: Request) -> list[int]:
