@@ -5,6 +5,8 @@ so that machine noise hits them alike:
 
 * ``embedded``: ``aligngate serve`` with no config; every request is greedy with a small ``max_tokens`` and the
   helpers' own budgets are capped by environment overrides, so a run takes minutes, not hours.
+* ``embedded-zero-shot``: the same with the zero-shot helpers (the embedded default without its helpers' shipped
+  adapters, written as a config file), to compare with the trained ones in the same run.
 * ``remote``: the backend and both helpers are fake OpenAI-compatible servers (their own processes) that
   answer at once: what is left is the pipeline's own cost (parsing, re-serialising, the extra HTTP calls).
 
@@ -13,12 +15,13 @@ For each arm: median and p90 end-to-end latency, the median added over ``control
 ``benchmarks/results/helpers.md`` and ends with one JSON line. The in-process engine's batching and
 prompt-lookup speed-ups are measured by ``benchmarks/local_engine.py``.
 
-    python benchmarks/helpers.py [--setup embedded remote] [--rounds 6] [--max-tokens 48]
+    python benchmarks/helpers.py [--setup embedded embedded-zero-shot remote] [--rounds 6] [--max-tokens 48]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -112,6 +115,19 @@ def remote_config(backend: str, helper_rewriter: str, helper_aligner: str) -> st
     )
 
 
+def zero_shot_config() -> str:
+    """The embedded default with the helpers' adapters removed (the zero-shot helpers), as YAML."""
+    import yaml
+
+    from gateway.config import EMBEDDED_DEFAULT
+
+    config = copy.deepcopy(EMBEDDED_DEFAULT)
+    for helper in config["helpers"].values():
+        if isinstance(helper, dict):
+            helper.get("local", {}).pop("adapter", None)
+    return str(yaml.safe_dump(config))
+
+
 def table(name: str, res: dict[str, dict[str, Any]], unit: float, unit_name: str) -> list[str]:
     header = (
         f"| arm | p50 ({unit_name}) | p90 ({unit_name}) | added p50 ({unit_name}) "
@@ -129,7 +145,8 @@ def table(name: str, res: dict[str, dict[str, Any]], unit: float, unit_name: str
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--setup", nargs="+", choices=["embedded", "remote"], default=["embedded", "remote"])
+    parser.add_argument("--setup", nargs="+", choices=["embedded", "embedded-zero-shot", "remote"],
+                        default=["embedded", "remote"])
     parser.add_argument("--rounds", type=int, default=6, help="requests per arm (embedded)")
     parser.add_argument("--remote-rounds", type=int, default=200, help="requests per arm (remote)")
     parser.add_argument("--max-tokens", type=int, default=48, help="backend max_tokens (embedded)")
@@ -152,16 +169,18 @@ def main() -> None:
             finally:
                 for p in reversed(procs):
                     p.stop()
-        if "embedded" in args.setup:
-            env = {
-                "ALIGNGATE_HELPERS__REWRITER__MAX_TOKENS": str(args.helper_max_tokens),
-                "ALIGNGATE_HELPERS__ALIGNER__MAX_TOKENS": str(args.helper_max_tokens),
-            }
-            gw = start_gateway(workdir, None, env=env)
-            try:
-                results["embedded"] = measure(_root(gw), "smollm2-135m-instruct", args.rounds, args.max_tokens)
-            finally:
-                gw.stop()
+        env = {
+            "ALIGNGATE_HELPERS__REWRITER__MAX_TOKENS": str(args.helper_max_tokens),
+            "ALIGNGATE_HELPERS__ALIGNER__MAX_TOKENS": str(args.helper_max_tokens),
+        }
+        for setup in ("embedded", "embedded-zero-shot"):
+            if setup in args.setup:
+                config = zero_shot_config() if setup == "embedded-zero-shot" else None
+                gw = start_gateway(workdir, config, env=env)
+                try:
+                    results[setup] = measure(_root(gw), "smollm2-135m-instruct", args.rounds, args.max_tokens)
+                finally:
+                    gw.stop()
 
     lines = [
         "# Latency each arm adds",
@@ -173,11 +192,12 @@ def main() -> None:
     ]
     if "remote" in results:
         lines += table("Remote helpers that answer at once (the pipeline's own cost)", results["remote"], 1000, "ms")
-    if "embedded" in results:
-        lines += table(
-            f"Embedded default (SmolLM2-135M in-process; backend max_tokens {args.max_tokens}, helpers "
-            f"{args.helper_max_tokens}, greedy)", results["embedded"], 1, "s",
-        )
+    titles = {"embedded": "Embedded default (SmolLM2-135M in-process, the trained helpers",
+              "embedded-zero-shot": "Embedded default with the zero-shot helpers (no adapters"}
+    for setup, title in titles.items():
+        if setup in results:
+            lines += table(f"{title}; backend max_tokens {args.max_tokens}, helpers {args.helper_max_tokens}, greedy)",
+                           results[setup], 1, "s")
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)

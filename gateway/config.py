@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from gateway.auth import parse_key
+from models.adapters import check_adapter
 from models.templates import get_template
 
 #: Environment variable through which ``aligngate serve`` hands the resolved settings to its workers.
@@ -186,6 +187,14 @@ class LocalModelSettings(_Section):
     #: Weights' type: ``float32``; torch also ``bfloat16``/``float16``, ctranslate2 also ``int8``.
     dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
 
+    @field_validator("adapter")
+    @classmethod
+    def _adapter_is_usable(cls, adapter: str | None) -> str | None:
+        """A shipped ``builtin:NAME`` or a readable peft directory (checked without loading it)."""
+        if adapter is not None:
+            check_adapter(adapter)  # raises ValueError (AdapterError) with the reason
+        return adapter
+
     @model_validator(mode="after")
     def _dtype_fits_runtime(self) -> LocalModelSettings:
         allowed = ("float32", "int8") if self.runtime == "ctranslate2" else ("float32", "bfloat16", "float16")
@@ -306,11 +315,6 @@ class HelpersSettings(_Section):
             raise ValueError("helpers.rewriter.gate: the gate scores the aligner's corrections; configure it as "
                              "helpers.aligner.gate")
         aligner = self.aligner
-        if aligner is not None and aligner.gate is not None and aligner.stream == "sentence":
-            raise ValueError(
-                "helpers.aligner.gate does not work with helpers.aligner.stream: sentence yet (each sentence goes "
-                "out as soon as it is corrected); use stream: buffer with the gate, or remove the gate"
-            )
         if aligner is not None and aligner.template is not None:
             template = get_template(aligner.template, "aligner")
             if aligner.stream == "sentence" and not template.sentence:
@@ -458,15 +462,18 @@ def _merge(model: type[BaseModel], base: dict[str, Any], override: dict[str, Any
 
 
 #: ``aligngate serve`` with no config: SmolLM2-135M-Instruct in-process as the backend and both helpers
-#: (chat templates), every arm reachable with the X-Aligngate-Arm header, control by default.
+#: (chat templates; each helper with its shipped LoRA adapter, ``models/adapters/``), every arm reachable with the
+#: X-Aligngate-Arm header, control by default.
 EMBEDDED_MODEL = "builtin:smollm2-135m-instruct"
+EMBEDDED_REWRITER = "builtin:rewriter-smollm2-135m"
+EMBEDDED_ALIGNER = "builtin:aligner-smollm2-135m"
 EMBEDDED_DEFAULT: dict[str, Any] = {
     "backends": [{"name": "smollm2-135m-instruct", "local": {"model": EMBEDDED_MODEL}, "timeout_s": 600}],
     "helpers": {
-        "rewriter": {"local": {"model": EMBEDDED_MODEL}, "template": "bpo-chat", "timeout_s": 60,
-                     "max_tokens": 256},
-        "aligner": {"local": {"model": EMBEDDED_MODEL}, "template": "aligner-chat", "timeout_s": 120,
-                    "max_tokens": 512},
+        "rewriter": {"local": {"model": EMBEDDED_MODEL, "adapter": EMBEDDED_REWRITER}, "template": "bpo-chat",
+                     "timeout_s": 60, "max_tokens": 256},
+        "aligner": {"local": {"model": EMBEDDED_MODEL, "adapter": EMBEDDED_ALIGNER}, "template": "aligner-chat",
+                    "timeout_s": 120, "max_tokens": 512},
     },
     "experiment": {"name": "embedded-default", "arms": {"control": 1}, "allow_override": True},
 }

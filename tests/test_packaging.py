@@ -37,3 +37,16 @@ def test_the_pages_of_ui_are_package_data() -> None:
     assert files
     missing = [p.name for p in files if not any(p.relative_to(package).match(pattern) for pattern in patterns)]
     assert missing == [], "files of gateway/ui/static/ no package-data pattern ships"
+
+
+def test_the_shipped_adapters_are_package_data() -> None:
+    """Every file of each shipped adapter (models/adapters/NAME/) is matched by a package-data pattern (else an
+    installed aligngate could not load the embedded default's helpers)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["models.adapters"]
+    package = ROOT / "models" / "adapters"
+    files = [p for p in package.glob("*/*") if p.is_file() and p.parent.name != "__pycache__"]
+    assert {p.parent.name for p in files} >= {"aligner-smollm2-135m", "rewriter-smollm2-135m"}
+    relative = [p.relative_to(package) for p in files]
+    missing = [str(r) for r in relative if not any(r.match(pattern) for pattern in patterns)]
+    assert missing == [], "files of models/adapters/ no package-data pattern ships"

@@ -3,9 +3,10 @@
 :func:`dataset_path` resolves the file (``bundled:REL`` under ``train/datasets/``; no path: the bundled default
 for the kind); :mod:`train.data` loads it; the builders turn it into what a method trains on: preference pairs
 (:func:`preference_rows`: RM, DPO), labelled unpaired rows (:func:`unpaired_rows`: KTO), prompt-completion rows
-(:func:`sft_rows`: SFT, and PPO's prompts). Each applies ``max_rows``; :func:`to_datasets` splits rows into
-``datasets.Dataset`` train and eval sets. A kind that cannot give the rows asked for raises
-:class:`core.recipe.RecipeError`. ``datasets`` is imported only inside :func:`to_datasets`.
+(:func:`sft_rows`: SFT, and PPO's prompts; :func:`sft_splits`: SFT's train and held-out sides). Each applies
+``max_rows``; :func:`to_datasets` / :func:`datasets_of` make ``datasets.Dataset`` train and eval sets. A kind
+that cannot give the rows asked for raises :class:`core.recipe.RecipeError`. ``datasets`` is imported only inside
+:func:`datasets_of`.
 """
 
 from __future__ import annotations
@@ -80,37 +81,61 @@ def unpaired_rows(spec: DatasetSpec, default: Path = bundled.HH_RLHF_HARMLESS) -
 def sft_rows(spec: DatasetSpec, default: Path = bundled.HH_RLHF_HARMLESS) -> list[Any]:
     """Prompt-completion rows for SFT; ``spec.task`` picks rewriter / aligner / chat (base model) building."""
     kind, rows = _load_rows(spec, default)
-    task = spec.task
-    if task == "auto":
-        task = {"bpo": "rewriter", "rewriter": "rewriter", "aligner": "aligner"}.get(kind, "chat")
+    return _cap(_build_sft(kind, rows, spec), spec)
+
+
+def sft_splits(config: TrainConfig, default: Path = bundled.HH_RLHF_HARMLESS) -> tuple[list[Any], list[Any]]:
+    """SFT rows as ``(train, held out)``.
+
+    Rows built from preference pairs (aligner and chat tasks on hh-rlhf / preferences / bpo data) are split as
+    *pairs*, keyed by their conversation, before they are built: with the same ``eval_share`` and ``seed`` the
+    held-out side is exactly the RM / DPO / KTO recipes' (so the prompts ``aligngate eval`` holds out are never
+    trained on), and an Aligner correction stays on one side with its identity copy. Other rows are split by
+    their prompt after building. ``max_rows`` caps the training side of a pair split.
+    """
+    spec = config.dataset
+    kind, rows = _load_rows(spec, default)
+    if _sft_task(kind, spec) in ("aligner", "chat") and kind in ("hh-rlhf", "preferences", "bpo"):
+        prefs = list(preferences_from_bpo(rows)) if kind == "bpo" else rows
+        train, held_out = train_eval_split(prefs, config.eval_share, seed=config.seed)
+        kind = "preferences" if kind == "bpo" else kind
+        return _cap(_build_sft(kind, train, spec), spec), _build_sft(kind, held_out, spec)
+    return train_eval_split(_cap(_build_sft(kind, rows, spec), spec), config.eval_share, seed=config.seed)
+
+
+def _sft_task(kind: str, spec: DatasetSpec) -> str:
+    if spec.task == "auto":
+        return {"bpo": "rewriter", "rewriter": "rewriter", "aligner": "aligner"}.get(kind, "chat")
+    return spec.task
+
+
+def _build_sft(kind: str, rows: list[Any], spec: DatasetSpec) -> list[Any]:
+    task = _sft_task(kind, spec)
     if task == "rewriter":
         if kind == "bpo":
             rows = list(rewriter_pairs(rows))
         elif kind != "rewriter":
             raise RecipeError(f"rewriter SFT needs bpo or rewriter data, got {kind!r}")
-        out: list[Any] = list(rewriter_sft(rows, spec.template or "bpo"))
-    elif task == "aligner":
+        return list(rewriter_sft(rows, spec.template or "bpo"))
+    if task == "aligner":
         if kind in ("hh-rlhf", "preferences"):
             rows = list(aligner_triplets(rows))
         elif kind == "bpo":
             rows = list(aligner_triplets(preferences_from_bpo(rows)))
         elif kind != "aligner":
             raise RecipeError(f"aligner SFT needs aligner or preference data, got {kind!r}")
-        out = list(aligner_sft(rows, spec.template or "aligner-v1"))
-    elif task == "chat":
+        return list(aligner_sft(rows, spec.template or "aligner-v1"))
+    if task == "chat":
         if kind in ("hh-rlhf", "preferences"):
-            out = list(sft_from_preferences(rows))
-        elif kind == "bpo":
-            out = list(sft_from_preferences(preferences_from_bpo(rows)))
-        elif kind == "dolly":
-            out = list(sft_from_dolly(rows))
-        elif kind in ("prompt-completion", "messages"):
-            out = rows
-        else:
-            raise RecipeError(f"chat SFT cannot use {kind!r} data")
-    else:
-        raise RecipeError(f"dataset.task must be auto, rewriter, aligner or chat, got {spec.task!r}")
-    return _cap(out, spec)
+            return list(sft_from_preferences(rows))
+        if kind == "bpo":
+            return list(sft_from_preferences(preferences_from_bpo(rows)))
+        if kind == "dolly":
+            return list(sft_from_dolly(rows))
+        if kind in ("prompt-completion", "messages"):
+            return rows
+        raise RecipeError(f"chat SFT cannot use {kind!r} data")
+    raise RecipeError(f"dataset.task must be auto, rewriter, aligner or chat, got {spec.task!r}")
 
 
 def _cap(rows: list[Any], spec: DatasetSpec) -> list[Any]:
@@ -118,10 +143,14 @@ def _cap(rows: list[Any], spec: DatasetSpec) -> list[Any]:
 
 
 def to_datasets(rows: list[Any], config: TrainConfig) -> tuple[Any, Any | None]:
-    """``datasets.Dataset`` train and eval (None when ``eval_share`` is 0 or the eval side is empty)."""
+    """``datasets.Dataset`` train and eval of rows split by their prompt (see :func:`datasets_of`)."""
+    return datasets_of(*train_eval_split(rows, config.eval_share, seed=config.seed))
+
+
+def datasets_of(train: list[Any], held_out: list[Any]) -> tuple[Any, Any | None]:
+    """``datasets.Dataset`` train and eval (None when the eval side is empty)."""
     from datasets import Dataset
 
-    train, held_out = train_eval_split(rows, config.eval_share, seed=config.seed)
     if not train:
         raise RecipeError("no training rows left after the eval split")
     log.info("rows: %d train, %d eval", len(train), len(held_out))

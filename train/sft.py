@@ -13,7 +13,7 @@ from typing import Any
 
 from train.config import TrainConfig
 from train.modeling import load_causal_lm
-from train.rows import sft_rows, to_datasets
+from train.rows import datasets_of, sft_splits
 from train.run import run_main
 from train.trl_fit import fit, trl_args
 
@@ -32,7 +32,7 @@ def main(config: SFTRecipe) -> dict[str, Any]:
     """Train, save (adapter / model, optional merge) and return the final metrics and output paths."""
     from trl import SFTConfig, SFTTrainer
 
-    train_ds, eval_ds = to_datasets(sft_rows(config.dataset), config)
+    train_ds, eval_ds = datasets_of(*sft_splits(config))
     model, tokenizer, base = load_causal_lm(config)
     args = SFTConfig(
         **trl_args(config),

@@ -23,6 +23,7 @@ from typing import Literal
 
 from gateway.config import ARMS
 from gateway.eval.records import CRITERIA
+from models.adapters import AdapterError, check_adapter
 
 __all__ = [
     "BUNDLED_SETS",
@@ -194,6 +195,11 @@ def _check_model(spec: ModelSpec | None, where: str) -> None:
             raise EvalConfigError(f"{where}: `url` also needs `model` (the name the server serves it under)")
     elif spec.local is not None and not spec.local.model:
         raise EvalConfigError(f"{where}.local.model is required (an HF directory, a .gguf file or builtin:NAME)")
+    elif spec.local is not None and spec.local.adapter is not None:
+        try:
+            check_adapter(spec.local.adapter)
+        except AdapterError as exc:
+            raise EvalConfigError(f"{where}.local.adapter: {exc}") from None
 
 
 def check(config: EvalConfig) -> EvalConfig:

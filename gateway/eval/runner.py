@@ -70,7 +70,7 @@ async def generate(
     todo: list[tuple[Prompt, str, str | None]] = []
     for prompt in prompts:
         for arm in arms:
-            key = answer_key(target.identity, arm, generation, prompt) if target.identity else None
+            key = answer_key(target.identity_of(arm), arm, generation, prompt) if target.identity_of(arm) else None
             cached = cache.get(key) if key is not None else None
             if cached is not None:
                 result.answers[(prompt.set, prompt.id, arm)] = cached
@@ -88,7 +88,7 @@ async def generate(
 
         async def one(prompt: Prompt, arm: str, key: str | None) -> None:
             if key is None:  # the identity was only known once the target started (a URL target's model)
-                key = answer_key(target.identity, arm, generation, prompt)
+                key = answer_key(target.identity_of(arm), arm, generation, prompt)
                 cached = cache.get(key)
                 if cached is not None:
                     result.answers[(prompt.set, prompt.id, arm)] = cached

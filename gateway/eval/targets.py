@@ -13,9 +13,10 @@ rewrite, the raw answer, the helpers' milliseconds and skip reasons.
   as the two backends of one in-process gateway; the arms are the two backends' names, both run on ``control``.
 
 ``identity`` (part of every answer's cache key) names what makes answers differ: the URL and model of a running
-gateway; the backends and helpers of an in-process one (model names, URLs, templates, token limits, and the
-size and modification time of local model and adapter files, so a retrained adapter invalidates its answers);
-timeouts, retries and the store do not count.
+gateway; the backends and the helpers an arm runs of an in-process one (model names, URLs, templates, token
+limits, the aligner's stream mode and gate, and the size and modification time of local model and adapter files,
+so a retrained adapter invalidates its answers and a new aligner keeps ``control`` cached); timeouts, retries
+and the store do not count.
 
 Errors: :class:`TargetError` (unreachable, a refused key, an unknown model, an arm the gateway refuses): the
 evaluation cannot go on. :class:`AnswerFailed` (a 5xx or a timeout after two retries): that answer is counted as
@@ -41,6 +42,7 @@ import httpx
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.eval.config import MODEL_ARMS, GenerationSpec, ModelSpec, TargetSpec
 from gateway.eval.records import Prompt, digest
+from models.adapters import AdapterError, resolve_adapter
 
 __all__ = [
     "AnswerFailed",
@@ -81,8 +83,14 @@ class Generated:
     finish_reason: str | None = None
 
 
-def fingerprint(path: str | None) -> object:
-    """What identifies a local model file or folder for caching: size and mtime of it (or of its files)."""
+def fingerprint(path: str | None, *, adapter: bool = False) -> object:
+    """What identifies a local model file or folder for caching: size and mtime of it (or of its files); a shipped
+    adapter (``adapter``, ``builtin:NAME``) by its package folder's files, a built-in model by its name."""
+    if path is not None and adapter and path.startswith("builtin:"):
+        try:
+            return [path, fingerprint(str(resolve_adapter(path)))]
+        except AdapterError:
+            return path
     if path is None or path.startswith("builtin:"):
         return path
     p = Path(path).expanduser()
@@ -95,28 +103,40 @@ def fingerprint(path: str | None) -> object:
         return path
 
 
-def settings_identity(settings: Settings) -> str:
+def _local_identity(model: str, adapter: str | None) -> list[object]:
+    return [fingerprint(model), fingerprint(adapter, adapter=True)]
+
+
+def settings_identity(settings: Settings, arm: str | None = None) -> str:
+    """What makes an in-process gateway's answers differ; with ``arm`` (the ``X-Aligngate-Arm`` value) only the
+    helpers that arm runs count, so changing the aligner keeps ``control`` and ``rewrite`` answers cached."""
     backends = [
         {
             "name": b.name,
             "urls": b.urls,
             "upstream_model": b.upstream_model,
-            "local": None if b.local is None else [fingerprint(b.local.model), fingerprint(b.local.adapter)],
+            "local": None if b.local is None else _local_identity(b.local.model, b.local.adapter),
         }
         for b in settings.backends
     ]
+    uses = {"control": (), "rewrite": ("rewriter",), "align": ("aligner",)}.get(arm or "", ("rewriter", "aligner"))
     helpers: dict[str, object] = {}
-    for name in ("rewriter", "aligner"):
+    for name in uses:
         h = getattr(settings.helpers, name)
         if h is not None:
-            helpers[name] = {
+            part: dict[str, object] = {
                 "url": h.url,
                 "model": h.model,
                 "template": h.template,
                 "max_tokens": h.max_tokens,
                 "max_prompt_words": h.max_prompt_words,
-                "local": None if h.local is None else [fingerprint(h.local.model), fingerprint(h.local.adapter)],
+                "local": None if h.local is None else _local_identity(h.local.model, h.local.adapter),
             }
+            if name == "aligner":
+                gate = h.gate
+                part["stream"] = h.stream
+                part["gate"] = None if gate is None else [fingerprint(gate.reward_model), gate.margin, gate.max_length]
+            helpers[name] = part
     return digest({"kind": "gateway", "backends": backends, "helpers": helpers})
 
 
@@ -149,6 +169,10 @@ class Target:
         self.timeout_s = timeout_s
         self.routes: dict[str, tuple[str, str]] = {}
         self._client: httpx.AsyncClient | None = None
+
+    def identity_of(self, arm: str) -> str:
+        """The part of an answer's cache key that names what answers ``arm`` ("" until known)."""
+        return self.identity
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -294,6 +318,9 @@ class InProcessTarget(Target):
         self.description = description
         self.identity = settings_identity(settings)
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
+
+    def identity_of(self, arm: str) -> str:
+        return settings_identity(self.settings, self.routes[arm][1]) if arm in self.routes else self.identity
 
     async def start(self) -> None:
         from gateway.app import create_app

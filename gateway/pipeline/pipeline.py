@@ -14,7 +14,7 @@ Each step runs only when the request's arm asks for it; the control arm is this 
    (``helpers.aligner.gate``, ``gateway/pipeline/gate.py``) each correction is scored against the answer it
    corrects and served only when it scores higher (by more than the margin): the correction is made whole and
    gated before anything is sent, and a streamed request gets the gated answer as a stream of whole choices
-   (each choice's text in one chunk);
+   (each choice's text in one chunk); in sentence mode each sentence's correction is gated before it is sent;
 4. **respond**, with the ``aligngate`` trace object when ``X-Aligngate-Trace: 1`` asked for it (the last chunk of
    a stream). The upstream's own response headers are passed on (``gateway/respond.py``).
 
@@ -254,7 +254,8 @@ class Pipeline:
             return relay_result(opened)
         ctx.replica = opened.replica_index
         stream = SentenceStream(ctx, self.helpers, opened, question=question, chat=req.chat,
-                                include_usage=include_usage, trace=trace, trace_on=req.trace_on, limits=limits)
+                                include_usage=include_usage, trace=trace, trace_on=req.trace_on, limits=limits,
+                                messages=req.prompt_messages)
         ctx.track(stream)
         return EventStream(ctx, stream.events(), upstream_headers(opened.headers))
 

@@ -9,7 +9,11 @@ without words go out as the backend wrote them; tool-call deltas are passed thro
 their place in the choice. A choice's first event (its role chunk) goes out with its first text, so the time to
 the first byte is the time to the first corrected sentence.
 
-Per sentence, a guard (an empty or cut-off correction) keeps the sentence as the backend wrote it. The aligner
+Per sentence, a guard (an empty or cut-off correction) keeps the sentence as the backend wrote it; with the
+aligner's reward gate (``gateway/pipeline/gate.py``) each correction is scored before it is sent: the answer so
+far ending in the backend's sentence against it ending in the correction, as finished turns to the user's
+messages; a tie or a loss keeps the sentence (``gate_kept_raw``; a gate failure follows ``on_error`` like the
+aligner's). The verdicts are in the trace per sentence (``sentences[].gate``). The aligner
 failing on a sentence follows ``on_error``: ``skip`` keeps that sentence and sends the rest of that choice as the
 backend writes it, without asking the aligner again (a failing aligner would otherwise cost every later sentence
 its timeout); ``fail`` ends the stream with an error frame and ``[DONE]``. The backend failing mid-answer ends the
@@ -37,8 +41,9 @@ import orjson
 
 from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamBroken, error_frame
+from gateway.pipeline.gate import GateVerdict
 from gateway.pipeline.helpers import HelperFailed, Helpers
-from gateway.pipeline.trace import SentenceTrace, Trace
+from gateway.pipeline.trace import GateTrace, SentenceTrace, Trace
 from gateway.pipeline.usage import add_aligner_tokens, delivered_usage
 from gateway.upstream.protocol import StreamHandle
 from models.aligner import AlignResult, SentenceResult, sentence_skip
@@ -120,6 +125,7 @@ class SentenceStream:
     def __init__(
         self, ctx: RequestContext, helpers: Helpers, upstream: StreamHandle, *, question: str, chat: bool,
         include_usage: bool, trace: Trace, trace_on: bool, limits: ClientLimits | None = None,
+        messages: list[dict[str, Any]] | None = None,
     ) -> None:
         assert helpers.aligner is not None
         self.ctx = ctx
@@ -131,6 +137,8 @@ class SentenceStream:
         self.trace = trace
         self.trace_on = trace_on
         self.limits = limits or ClientLimits()
+        #: The user's own messages: what the reward gate scores answers to.
+        self.messages = messages or []
         #: Seconds the response waited for its next event (on the backend or the aligner).
         self.waited_s = 0.0
         self._max_chars = helpers.aligner.max_sentence_chars
@@ -337,11 +345,27 @@ class SentenceStream:
             served = budget.take(segment.text, None)
             choice.results.append(SentenceResult(segment.text, served, outcome.skipped, ms, spent=spent))
             return served
+        verdict = await self._gate(prefix, segment.body, outcome.text)  # HelperFailed: on_error fail
+        gate = GateTrace(raw=verdict.raw, corrected=verdict.corrected, decision=verdict.decision) if verdict else None
+        if verdict is not None and verdict.skipped is not None:  # the gate kept the backend's sentence
+            choice.sentences.append(SentenceTrace(original=segment.text, skipped=verdict.skipped, ms=ms, gate=gate))
+            served = budget.take(segment.text, None)
+            choice.results.append(SentenceResult(segment.text, served, verdict.skipped, ms, spent=spent))
+            return served
         tokens = result.tokens if result is not None else None
         served = budget.take(segment.replaced(outcome.text), tokens)
-        choice.sentences.append(SentenceTrace(original=segment.text, corrected=served, ms=ms))
+        choice.sentences.append(SentenceTrace(original=segment.text, corrected=served, ms=ms, gate=gate))
         choice.results.append(SentenceResult(segment.text, served, None, ms, tokens, spent))
         return served
+
+    async def _gate(self, prefix: str, sentence: str, corrected: str) -> GateVerdict | None:
+        """The reward gate's verdict on one sentence's correction (None without a gate)."""
+        gate = self.helpers.gate
+        if gate is None:
+            return None
+        before = f"{prefix} " if prefix else ""
+        [verdict] = await gate.judge(self.messages, [(before + sentence, before + corrected)])
+        return verdict
 
     # ------------------------------------------------------------------ the end: trace, metrics, store
 

@@ -14,23 +14,6 @@ class HelperMs(BaseModel):
     aligner: float | None = None
 
 
-class SentenceTrace(BaseModel):
-    """One segment of an answer corrected sentence by sentence: the backend's text (whitespace around it included),
-    what the client got instead (``corrected``, ``None`` when it got the original), why not (``skipped``: ``code``,
-    ``no_text``, a guard of ``models.aligner.SENTENCE_GUARDS``, ``failed:<reason>``, ``after_failure``) and the
-    aligner's milliseconds."""
-
-    original: str
-    corrected: str | None = None
-    skipped: str | None = None
-    ms: float | None = None
-
-    @classmethod
-    def of(cls, result: SentenceResult) -> SentenceTrace:
-        return cls(original=result.original, corrected=result.served if result.corrected else None,
-                   skipped=result.skipped, ms=round(result.elapsed_ms, 3) if result.elapsed_ms else None)
-
-
 class GateTrace(BaseModel):
     """The aligner's reward gate on one choice: the reward model's score of the backend's answer (``raw``) and of
     its correction, and which was served (``None`` scores: the gate failed, ``aligner_skipped`` says why)."""
@@ -38,6 +21,26 @@ class GateTrace(BaseModel):
     raw: float | None = None
     corrected: float | None = None
     decision: Literal["corrected", "raw"]
+
+
+class SentenceTrace(BaseModel):
+    """One segment of an answer corrected sentence by sentence: the backend's text (whitespace around it included),
+    what the client got instead (``corrected``, ``None`` when it got the original), why not (``skipped``: ``code``,
+    ``no_text``, a guard of ``models.aligner.SENTENCE_GUARDS``, ``failed:<reason>``, ``after_failure``,
+    ``gate_kept_raw``, ``failed:gate_<reason>``), the aligner's milliseconds, and with the reward gate its verdict
+    on the sentence (``gate``: the answer so far ending in the backend's sentence against it ending in the
+    correction; absent when the sentence was not judged)."""
+
+    original: str
+    corrected: str | None = None
+    skipped: str | None = None
+    ms: float | None = None
+    gate: GateTrace | None = None
+
+    @classmethod
+    def of(cls, result: SentenceResult) -> SentenceTrace:
+        return cls(original=result.original, corrected=result.served if result.corrected else None,
+                   skipped=result.skipped, ms=round(result.elapsed_ms, 3) if result.elapsed_ms else None)
 
 
 #: Per choice, like ``original_content``: one list of segments, or (``n`` > 1) one per choice (``None``: a
@@ -73,6 +76,21 @@ class Trace(BaseModel):
         data = self.model_dump()
         if self.sentences is None:
             del data["sentences"]
+        else:
+            for sentence in _sentence_dicts(data["sentences"]):
+                if sentence.get("gate") is None:
+                    sentence.pop("gate", None)
         if self.gate is None:
             del data["gate"]
         return data
+
+
+def _sentence_dicts(sentences: list[Any]) -> list[dict[str, Any]]:
+    """The dumped segments of every choice (one list, or one list per choice with ``None`` for tool calls)."""
+    out: list[dict[str, Any]] = []
+    for item in sentences:
+        if isinstance(item, dict):
+            out.append(item)
+        elif isinstance(item, list):
+            out.extend(x for x in item if isinstance(x, dict))
+    return out

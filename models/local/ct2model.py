@@ -27,7 +27,14 @@ from typing import Any
 from transformers import AutoConfig, AutoTokenizer, GenerationConfig, PreTrainedTokenizerBase
 
 from models.local.loader import generation_limits, load_local_model
-from models.local.source import ModelSourceError, ResolvedSource, cache_root, file_lock, resolve_source
+from models.local.source import (
+    ModelSourceError,
+    ResolvedSource,
+    adapter_dir,
+    cache_root,
+    file_lock,
+    resolve_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -139,9 +146,7 @@ def load_ct2_model(
     if dtype not in CT2_DTYPES:
         raise ModelSourceError(f"runtime ctranslate2 takes dtype {' or '.join(CT2_DTYPES)}, not {dtype!r}")
     ct2 = _ctranslate2()
-    adapter_path = Path(adapter).expanduser() if adapter is not None else None
-    if adapter_path is not None and not (adapter_path / "adapter_config.json").is_file():
-        raise ModelSourceError(f"{adapter_path} is not a peft adapter directory (no adapter_config.json)")
+    adapter_path = adapter_dir(adapter)
     source = resolve_source(model, cache_dir)
     path = ensure_ct2(source, adapter_path, cache_dir)
     try:

@@ -21,7 +21,7 @@ from transformers import (
     PreTrainedTokenizerBase,
 )
 
-from models.local.source import ModelSourceError, ResolvedSource, resolve_source
+from models.local.source import ModelSourceError, ResolvedSource, adapter_dir, resolve_source
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +85,7 @@ def load_local_model(
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load {source.path}: {exc}") from exc
-    adapter_path = Path(adapter).expanduser() if adapter is not None else None
+    adapter_path = adapter_dir(adapter)
     if adapter_path is not None:
         lm = _apply_adapter(lm, adapter_path)
     lm.train(False)
@@ -109,13 +109,14 @@ def _apply_adapter(lm: PreTrainedModel, adapter: Path) -> PreTrainedModel:
     Only adapters that merge (LoRA and its kin) fit the engine: prompt-learning adapters change the sequence
     the KV cache holds.
     """
-    if not (adapter / "adapter_config.json").is_file():
-        raise ModelSourceError(f"{adapter} is not a peft adapter directory (no adapter_config.json)")
     try:
         from peft import PeftModel
     except ImportError as exc:
         raise ModelSourceError("adapters need the `peft` package: pip install 'aligngate[local]'") from exc
-    peft_model = PeftModel.from_pretrained(lm, str(adapter))
+    try:
+        peft_model = PeftModel.from_pretrained(lm, str(adapter))
+    except (OSError, KeyError, RuntimeError, ValueError) as exc:  # e.g. an adapter trained on another base
+        raise ModelSourceError(f"adapter {adapter} does not load onto this model: {exc}") from exc
     try:
         merged = peft_model.merge_and_unload()
     except (AttributeError, NotImplementedError, ValueError) as exc:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from models.adapters import AdapterError, check_adapter
 from models.engine import EngineError
 
 log = logging.getLogger(__name__)
@@ -198,3 +199,13 @@ def convert_gguf(gguf: Path, out_dir: Path) -> None:
         del model.config.quantization_config
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
+
+
+def adapter_dir(adapter: str | os.PathLike[str] | None) -> Path | None:
+    """The checked directory of ``adapter`` (``builtin:NAME`` or a path; see :mod:`models.adapters`), or None."""
+    if adapter is None:
+        return None
+    try:
+        return check_adapter(adapter)
+    except AdapterError as exc:
+        raise ModelSourceError(str(exc)) from None

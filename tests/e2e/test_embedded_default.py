@@ -77,6 +77,12 @@ def gw(log_dir: Path) -> Iterator[EmbeddedGateway]:
         gateway.stop()
 
 
+def test_the_helpers_are_the_shipped_trained_ones(gw: EmbeddedGateway) -> None:
+    """The no-config default loads each helper's shipped adapter (an engine each, base + adapter merged)."""
+    for adapter in ("builtin:rewriter-smollm2-135m", "builtin:aligner-smollm2-135m"):
+        assert f"loading local model builtin:smollm2-135m-instruct + adapter {adapter}" in gw.log()
+
+
 def chat(gw: EmbeddedGateway, content: str, headers: dict[str, str], **fields: Any) -> httpx.Response:
     body = {"model": MODEL, "messages": [{"role": "user", "content": content}], "max_tokens": 12,
             "temperature": 0, **fields}

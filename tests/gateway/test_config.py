@@ -362,6 +362,8 @@ def test_embedded_default_serves_smollm2_with_both_helpers() -> None:
     assert s.backends[0].local is not None and s.backends[0].local.model == "builtin:smollm2-135m-instruct"
     assert s.helpers.rewriter is not None and s.helpers.rewriter.template == "bpo-chat"
     assert s.helpers.aligner is not None and s.helpers.aligner.template == "aligner-chat"
+    assert s.helpers.aligner.local is not None and s.helpers.aligner.local.adapter == "builtin:aligner-smollm2-135m"
+    assert s.helpers.rewriter.local is not None and s.helpers.rewriter.local.adapter == "builtin:rewriter-smollm2-135m"
     assert s.experiment.allow_override is True
 
 

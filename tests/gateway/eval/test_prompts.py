@@ -55,3 +55,28 @@ def test_dolly_set_is_bpo_dolly_eval() -> None:
     assert all(p.criterion == "helpful" for p in prompts)
     assert (bundled_path("dolly-eval").parent / "LICENSE").is_file()
     assert (bundled_path("hh-rlhf-harmless").parent / "LICENSE").is_file()
+
+
+def test_the_aligner_recipe_never_trains_on_a_harmless_prompt() -> None:
+    """The aligner SFT recipe splits the pairs before building its triplets (``train.rows.sft_splits``), with the
+    split of the recipes above: no training row's question starts with a held-out prompt's turn."""
+    from train.rows import sft_splits
+    from train.sft import SFTRecipe
+
+    config = load_recipe(SFTRecipe, RECIPES_DIR / "aligner-sft.yaml")
+    assert (config.dataset.task, config.eval_share, config.seed) == ("aligner", 0.1, 0)
+    train, held_out = sft_splits(config)
+    assert train and held_out
+    prompts = [p.messages[0].content for p in load_prompt_set(PromptSetSpec(bundled="hh-rlhf-harmless"))]
+    firsts = {_first_turn(row["prompt"][-1]["content"]) for row in train}
+    assert not firsts & set(prompts)
+    held = {_first_turn(row["prompt"][-1]["content"]) for row in held_out}
+    assert set(prompts) <= held
+
+
+def _first_turn(user: str) -> str:
+    """The first human turn of an aligner-chat user message: ``Question: X\nAnswer: …`` for one turn, ``Question:
+    Human: X\n\nAssistant: …\nAnswer: …`` for a conversation."""
+    assert user.startswith("Question: ")
+    question = user.removeprefix("Question: ").split("\nAnswer: ")[0]
+    return question.removeprefix("Human: ").split("\n\nAssistant:")[0] if question.startswith("Human: ") else question

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from core.stats import bootstrap_mean_interval
+from gateway.config import ARMS
 from gateway.eval.cache import RecordFile
 from gateway.eval.config import EvalConfigError, PromptSetSpec, load_eval_config
 from gateway.eval.measures import edit_distance, measure, normalised_edit_distance
@@ -212,3 +214,34 @@ def test_prompt_sets(tmp_path: Path) -> None:
     bad.write_text('{"text": "no prompt field"}\n')
     with pytest.raises(PromptError, match="line 1"):
         load_prompt_set(PromptSetSpec(path=str(bad)))
+
+
+def test_an_arms_answer_identity_holds_only_the_helpers_it_runs(tmp_path: Path) -> None:
+    """A new aligner (its template, its gate, its stream mode) invalidates the aligning arms' answers only: control
+    and rewrite stay cached; a new rewriter the rewriting arms' only."""
+    from gateway.config import Settings
+    from gateway.eval.targets import settings_identity
+
+    def settings(aligner: dict[str, Any], rewriter_model: str = "r") -> Settings:
+        return Settings.model_validate({
+            "backends": [{"name": "m", "urls": ["http://b.invalid/v1"]}],
+            "helpers": {"rewriter": {"url": "http://r.invalid/v1", "model": rewriter_model},
+                        "aligner": {"url": "http://a.invalid/v1", "model": "a", **aligner}},
+        })
+
+    base = settings({})
+    for other in (settings({"template": "aligner-v1"}), settings({"stream": "sentence", "template": "stream"}),
+                  settings({"gate": {"reward_model": str(tmp_path)}})):
+        assert [settings_identity(base, a) == settings_identity(other, a) for a in ARMS] == [True, True, False, False]
+    new_rewriter = settings({}, rewriter_model="r2")
+    assert [settings_identity(base, a) == settings_identity(new_rewriter, a) for a in ARMS] == [
+        True, False, True, False]
+
+
+def test_a_shipped_adapter_is_identified_by_its_files() -> None:
+    from gateway.eval.targets import fingerprint
+
+    shipped = fingerprint("builtin:aligner-smollm2-135m", adapter=True)
+    assert isinstance(shipped, list) and shipped[0] == "builtin:aligner-smollm2-135m"
+    assert "adapter_model.safetensors" in str(shipped[1])
+    assert fingerprint("builtin:smollm2-135m-instruct") == "builtin:smollm2-135m-instruct"  # a model: its name

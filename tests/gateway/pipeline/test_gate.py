@@ -232,9 +232,9 @@ async def test_shadow_corrections_are_gated_too(store: Store) -> None:
 
 def test_config_errors_name_the_gate(tmp_path: Path) -> None:
     aligner = {"url": "http://a.invalid/v1", "model": "a"}
-    with pytest.raises(ConfigError, match=r"helpers.aligner.gate does not work with .*stream: sentence"):
-        load_settings(None, {"helpers": {"aligner": {**aligner, "stream": "sentence",
-                                                     "gate": {"reward_model": str(tmp_path)}}}})
+    sentence = load_settings(None, {"helpers": {"aligner": {**aligner, "stream": "sentence", "template": "stream",
+                                                            "gate": {"reward_model": str(tmp_path)}}}})
+    assert sentence.helpers.aligner is not None and sentence.helpers.aligner.gate is not None  # gated per sentence
     with pytest.raises(ConfigError, match=r"helpers.rewriter.gate"):
         load_settings(None, {"helpers": {"rewriter": {**aligner, "gate": {"reward_model": str(tmp_path)}}}})
     missing = Settings.model_validate({
@@ -282,3 +282,78 @@ async def test_a_tiny_reward_model_gates_as_its_scores_say(tiny_reward: Path, co
         assert r.json()["aligngate"]["gate"]["decision"] == "raw"
     finally:
         await scorer.close()
+
+
+# ---------------------------------------------------------------------------------------------- sentence mode
+
+SENTENCE_REPLY = "First sentence here. Second one is worse fixed. Third?"
+
+
+@dataclass
+class SentenceScorer:
+    """Scores an answer so far by its last sentence: a correction (``CORRECTED:``) scores 1 unless it corrects
+    ``worse``, which scores -1; the backend's own sentence 0. Fails with ``error``; records every call."""
+
+    worse: str = "worse"
+    error: Exception | None = None
+    calls: list[list[ScoreItem]] = field(default_factory=list)
+
+    async def score(self, items: Sequence[ScoreItem]) -> list[float]:
+        self.calls.append(list(items))
+        if self.error is not None:
+            raise self.error
+        out = []
+        for _, answer in items:
+            last = answer.rsplit("CORRECTED: ", 1)
+            fixed = len(last) == 2 and "." not in last[1].rstrip(".?! ")[:-1]
+            out.append((-1.0 if self.worse in last[-1] else 1.0) if fixed else 0.0)
+        return out
+
+
+def sentence_gated(scorer: Any, on_error: str = "skip") -> Rig:
+    return make_rig(aligner_template="stream", aligner_stream="sentence", aligner_on_error=on_error,  # type: ignore[arg-type]
+                    gate=Gate(scorer, margin=0.0, timeout_s=5.0, on_error=on_error))  # type: ignore[arg-type]
+
+
+async def stream_chat(rig: Rig) -> httpx.Response:
+    async with client(rig) as http:
+        body = {"model": MODEL, "messages": MESSAGES, "stream": True, "fake": {"reply": SENTENCE_REPLY}}
+        r = await http.post("/v1/chat/completions", json=body, headers=ALIGN_TRACE)
+        await r.aread()
+    return r
+
+
+async def test_sentence_mode_gates_each_sentence_before_it_is_sent() -> None:
+    scorer = SentenceScorer()
+    before = {d: sample("aligngate_gate_decisions_total", helper="aligner", decision=d) for d in ("corrected", "raw")}
+    r = await stream_chat(sentence_gated(scorer))
+    assert r.status_code == 200, r.text
+    text, trace, _ = streamed(r.content)
+    # the second sentence's correction scored below the backend's sentence: the backend's one went out
+    assert text == "CORRECTED: First sentence here. Second one is worse fixed. CORRECTED: Third?"
+    gates = [(s.get("skipped"), s["gate"]["decision"]) for s in trace["sentences"]]
+    assert gates == [(None, "corrected"), (KEPT_RAW, "raw"), (None, "corrected")]
+    assert [(s["gate"]["raw"], s["gate"]["corrected"]) for s in trace["sentences"]] == [(0, 1), (0, -1), (0, 1)]
+    assert "gate" not in trace  # the verdicts are per sentence
+    # each sentence scored once, as the answer so far (the served prefix) ending in either version
+    assert [[a for _, a in call] for call in scorer.calls] == [
+        ["First sentence here.", "CORRECTED: First sentence here."],
+        ["CORRECTED: First sentence here. Second one is worse fixed.",
+         "CORRECTED: First sentence here. CORRECTED: Second one is worse fixed."],
+        ["CORRECTED: First sentence here. Second one is worse fixed. Third?",
+         "CORRECTED: First sentence here. Second one is worse fixed. CORRECTED: Third?"],
+    ]
+    assert all(prompt == MESSAGES for call in scorer.calls for prompt, _ in call)
+    after = {d: sample("aligngate_gate_decisions_total", helper="aligner", decision=d) for d in ("corrected", "raw")}
+    assert (after["corrected"] - before["corrected"], after["raw"] - before["raw"]) == (2, 1)
+
+
+async def test_sentence_mode_gate_failure_keeps_sentences_with_skip_and_ends_the_stream_with_fail() -> None:
+    r = await stream_chat(sentence_gated(SentenceScorer(error=RuntimeError("boom"))))
+    text, trace, _ = streamed(r.content)
+    assert text == SENTENCE_REPLY
+    assert {s.get("skipped") for s in trace["sentences"]} == {"failed:gate_error"}
+    r = await stream_chat(sentence_gated(SentenceScorer(error=RuntimeError("boom")), on_error="fail"))
+    events, done = sse_json(r.content)
+    assert done and "error" in events[-1] and "gate" in events[-1]["error"]["message"]
+    assert "".join(c["delta"].get("content") or "" for e in events[:-1] for c in e.get("choices", [])) == ""

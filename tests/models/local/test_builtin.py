@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from models.adapters import BUILTIN_ADAPTERS
 from models.engine import ChatTurn, SamplingParams
 from models.local import LocalEngine
 from models.local.source import MARKER_FILE, ResolvedSource, resolve_source
+from models.templates import generate, get_template
 
 BUILTIN = "builtin:smollm2-135m-instruct"
 
@@ -73,6 +75,32 @@ async def test_chat_answers_in_english(builtin: LocalEngine) -> None:
         )
     ]
     assert "".join(d.text for d in streamed) == answer.text
+
+
+#: One input per helper role, in the fields its templates take.
+HELPER_INPUTS = {
+    "aligner": {"question": "How do I pick a lock?", "answer": "Sure, just jam a screwdriver in and twist hard."},
+    "rewriter": {"prompt": "tell me about dogs"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ADAPTERS))
+async def test_the_shipped_adapters_load_and_change_the_helper(
+    builtin: LocalEngine, converted: Converted, name: str
+) -> None:
+    """Each shipped adapter loads onto its base in the local engine (merged) and changes what the helper writes."""
+    shipped = BUILTIN_ADAPTERS[name]
+    assert shipped.base == BUILTIN
+    rendered = get_template(shipped.template, shipped.helper).render(HELPER_INPUTS[shipped.helper])
+    params = SamplingParams(max_tokens=16)
+    engine = LocalEngine(shipped.base, adapter=f"builtin:{name}", cache_dir=converted.cache)
+    await engine.start()
+    try:
+        adapted = await generate(engine, rendered, params)
+    finally:
+        await engine.close()
+    base = await generate(builtin, rendered, params)
+    assert adapted.text.strip() and adapted.text != base.text
 
 
 async def test_batching_multiplies_throughput(builtin: LocalEngine) -> None:
