@@ -17,6 +17,7 @@ Guards keep the original message and say why in ``RewriteResult.skipped_reason``
 ``too_long_output``    the rewrite has more than ``max_ratio`` (6) times the original's words
 ``too_short_output``   the rewrite has fewer than ``min_ratio`` (0.5) times the original's words
 ``template_leak``      the rewrite carries chat-template or role markers (``<|im_start|>``, ``[INST]``, ``USER:``, ...)
+                       or echoes the BPO instruction it was given ("Please help me improve this prompt...")
 ``answered``           the rewrite answers instead of asking: it starts like an answer (``Sure``, ``Yes,``, ``Here
                        is``, ...), or the user asked a question (``?``) and the rewrite neither asks one nor
                        starts with a request (``Explain``, ``Please``, ``How``, ``Can you``, ...)
@@ -61,6 +62,10 @@ SkipReason = Literal[
     "template_leak", "answered", "dropped_constraint",
 ]
 
+#: The BPO templates' own instruction, echoed into a rewrite instead of (or around) the rewritten prompt.
+_INSTRUCTION_ECHO = re.compile(
+    r"improve this prompt|more helpful and harmless response|you are an expert prompt engineer", re.IGNORECASE
+)
 #: The opening of an answer, not of a prompt.
 _ANSWER_START = re.compile(
     r"^(?:sure|certainly|of course|yes|no|here(?:'s| is| are)|the answer|as an ai|i'm sorry|i am sorry|absolutely)\b",
@@ -320,7 +325,9 @@ class Rewriter:
             return "too_long_output"
         if after < self.min_ratio * before:
             return "too_short_output"
-        if TEMPLATE_MARKERS.search(rewritten):
+        if TEMPLATE_MARKERS.search(rewritten) or (
+            _INSTRUCTION_ECHO.search(rewritten) and not _INSTRUCTION_ECHO.search(original)
+        ):
             return "template_leak"
         if _ANSWER_START.match(rewritten) or (
             "?" in original and "?" not in rewritten and not _REQUEST_START.match(rewritten)

@@ -349,6 +349,11 @@ async def test_token_budget_caps_long_rambles_but_not_long_prompts() -> None:
         ("What is the capital of France?", "<|im_start|>user\nWhat is the capital city of France?", "template_leak"),
         ("Write a poem about the sea", "[INST] Write a short rhyming poem about the sea [/INST]", "template_leak"),
         ("Write a poem about the sea", "Write a poem about the sea.\nASSISTANT: The waves roll in", "template_leak"),
+        # the BPO instruction echoed into the rewrite (seen from the trained adapter: "Name three colours.")
+        ("Name three colours.", "Please help me improve this prompt to get a more helpful and harmless response."
+         "\n\nName three colours.", "template_leak"),
+        ("How do I improve this prompt for my essay?", "How do I improve this prompt for my essay, step by step?",
+         None),
         # real rewrites pass
         ("What is the capital of France?", "What is the capital of France, and what is it known for?", None),
         ("What is the capital of France?", "Explain what the capital of France is and why it is the capital.", None),
