@@ -70,7 +70,8 @@ async def generate(
     todo: list[tuple[Prompt, str, str | None]] = []
     for prompt in prompts:
         for arm in arms:
-            key = answer_key(target.identity_of(arm), arm, generation, prompt) if target.identity_of(arm) else None
+            identity = target.identity_of(arm)
+            key = answer_key(identity, arm, generation, prompt) if identity else None
             cached = cache.get(key) if key is not None else None
             if cached is not None:
                 result.answers[(prompt.set, prompt.id, arm)] = cached

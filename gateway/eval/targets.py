@@ -42,7 +42,7 @@ import httpx
 from gateway.config import ConfigError, Settings, load_settings
 from gateway.eval.config import MODEL_ARMS, GenerationSpec, ModelSpec, TargetSpec
 from gateway.eval.records import Prompt, digest
-from models.adapters import AdapterError, resolve_adapter
+from models.adapters import BUILTIN_PREFIX, resolve_adapter
 
 __all__ = [
     "AnswerFailed",
@@ -83,14 +83,8 @@ class Generated:
     finish_reason: str | None = None
 
 
-def fingerprint(path: str | None, *, adapter: bool = False) -> object:
-    """What identifies a local model file or folder for caching: size and mtime of it (or of its files); a shipped
-    adapter (``adapter``, ``builtin:NAME``) by its package folder's files, a built-in model by its name."""
-    if path is not None and adapter and path.startswith("builtin:"):
-        try:
-            return [path, fingerprint(str(resolve_adapter(path)))]
-        except AdapterError:
-            return path
+def fingerprint(path: str | None) -> object:
+    """What identifies a local model file or folder for caching: size and mtime of it (or of its files)."""
     if path is None or path.startswith("builtin:"):
         return path
     p = Path(path).expanduser()
@@ -103,8 +97,12 @@ def fingerprint(path: str | None, *, adapter: bool = False) -> object:
         return path
 
 
-def _local_identity(model: str, adapter: str | None) -> list[object]:
-    return [fingerprint(model), fingerprint(adapter, adapter=True)]
+def local_identity(model: str, adapter: str | None) -> list[object]:
+    """A local model and its adapter for caching; a shipped adapter (``builtin:NAME``, validated with the settings)
+    by its package folder's files, so a retrained one invalidates its answers."""
+    if adapter is not None and adapter.startswith(BUILTIN_PREFIX):
+        return [fingerprint(model), [adapter, fingerprint(str(resolve_adapter(adapter)))]]
+    return [fingerprint(model), fingerprint(adapter)]
 
 
 def settings_identity(settings: Settings, arm: str | None = None) -> str:
@@ -115,7 +113,7 @@ def settings_identity(settings: Settings, arm: str | None = None) -> str:
             "name": b.name,
             "urls": b.urls,
             "upstream_model": b.upstream_model,
-            "local": None if b.local is None else _local_identity(b.local.model, b.local.adapter),
+            "local": None if b.local is None else local_identity(b.local.model, b.local.adapter),
         }
         for b in settings.backends
     ]
@@ -130,7 +128,7 @@ def settings_identity(settings: Settings, arm: str | None = None) -> str:
                 "template": h.template,
                 "max_tokens": h.max_tokens,
                 "max_prompt_words": h.max_prompt_words,
-                "local": None if h.local is None else _local_identity(h.local.model, h.local.adapter),
+                "local": None if h.local is None else local_identity(h.local.model, h.local.adapter),
             }
             if name == "aligner":
                 gate = h.gate

@@ -43,7 +43,7 @@ from gateway.context import RequestContext
 from gateway.errors import GatewayError, UpstreamBroken, error_frame
 from gateway.pipeline.gate import GateVerdict
 from gateway.pipeline.helpers import HelperFailed, Helpers
-from gateway.pipeline.trace import GateTrace, SentenceTrace, Trace
+from gateway.pipeline.trace import SentenceTrace, Trace
 from gateway.pipeline.usage import add_aligner_tokens, delivered_usage
 from gateway.upstream.protocol import StreamHandle
 from models.aligner import AlignResult, SentenceResult, sentence_skip
@@ -345,12 +345,11 @@ class SentenceStream:
             served = budget.take(segment.text, None)
             choice.results.append(SentenceResult(segment.text, served, outcome.skipped, ms, spent=spent))
             return served
-        verdict = await self._gate(prefix, segment.body, outcome.text)  # HelperFailed: on_error fail
-        gate = GateTrace(raw=verdict.raw, corrected=verdict.corrected, decision=verdict.decision) if verdict else None
-        if verdict is not None and verdict.skipped is not None:  # the gate kept the backend's sentence
-            choice.sentences.append(SentenceTrace(original=segment.text, skipped=verdict.skipped, ms=ms, gate=gate))
+        gate = await self._gate(prefix, segment.body, outcome.text)  # HelperFailed: on_error fail
+        if gate is not None and gate.skipped is not None:  # the gate kept the backend's sentence
+            choice.sentences.append(SentenceTrace(original=segment.text, skipped=gate.skipped, ms=ms, gate=gate))
             served = budget.take(segment.text, None)
-            choice.results.append(SentenceResult(segment.text, served, verdict.skipped, ms, spent=spent))
+            choice.results.append(SentenceResult(segment.text, served, gate.skipped, ms, spent=spent))
             return served
         tokens = result.tokens if result is not None else None
         served = budget.take(segment.replaced(outcome.text), tokens)

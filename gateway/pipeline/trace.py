@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from models.aligner import SentenceResult
 
@@ -36,6 +36,13 @@ class SentenceTrace(BaseModel):
     skipped: str | None = None
     ms: float | None = None
     gate: GateTrace | None = None
+
+    @model_serializer(mode="wrap")
+    def _gate_only_when_judged(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if data.get("gate") is None:
+            data.pop("gate", None)
+        return data
 
     @classmethod
     def of(cls, result: SentenceResult) -> SentenceTrace:
@@ -76,21 +83,7 @@ class Trace(BaseModel):
         data = self.model_dump()
         if self.sentences is None:
             del data["sentences"]
-        else:
-            for sentence in _sentence_dicts(data["sentences"]):
-                if sentence.get("gate") is None:
-                    sentence.pop("gate", None)
         if self.gate is None:
             del data["gate"]
         return data
 
-
-def _sentence_dicts(sentences: list[Any]) -> list[dict[str, Any]]:
-    """The dumped segments of every choice (one list, or one list per choice with ``None`` for tool calls)."""
-    out: list[dict[str, Any]] = []
-    for item in sentences:
-        if isinstance(item, dict):
-            out.append(item)
-        elif isinstance(item, list):
-            out.extend(x for x in item if isinstance(x, dict))
-    return out

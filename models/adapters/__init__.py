@@ -17,6 +17,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
+#: How a built-in model or a shipped adapter is named in configs (``builtin:NAME``).
 BUILTIN_PREFIX = "builtin:"
 ADAPTERS_DIR = Path(__file__).resolve().parent
 CONFIG_FILE = "adapter_config.json"

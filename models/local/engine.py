@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Literal, Protocol
 
 import torch
 
+from models.adapters import BUILTIN_PREFIX
 from models.engine import (
     ChatTurn,
     Completion,
@@ -34,7 +35,6 @@ from models.local.ct2model import Ct2Model
 from models.local.loader import LoadedModel, load_local_model
 from models.local.requests import Request
 from models.local.sampling import GREEDY_EPSILON
-from models.local.source import BUILTIN_PREFIX
 from models.local.worker import BatchWorker, EngineStats, WorkerConfig
 
 log = logging.getLogger(__name__)

@@ -22,12 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from models.adapters import AdapterError, check_adapter
+from models.adapters import BUILTIN_PREFIX, AdapterError, check_adapter
 from models.engine import EngineError
 
 log = logging.getLogger(__name__)
 
-BUILTIN_PREFIX = "builtin:"
 MARKER_FILE = "aligngate-source.json"
 
 SourceKind = Literal["hf", "gguf", "builtin"]

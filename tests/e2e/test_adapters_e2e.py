@@ -7,6 +7,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -45,8 +46,7 @@ def truncated_copy(tmp_path: Path) -> str:
     ],
     ids=["missing", "unknown-builtin", "truncated"],
 )
-def test_a_bad_adapter_is_a_configuration_error(tmp_path: Path, make: object, reason: str) -> None:
-    assert callable(make)
+def test_a_bad_adapter_is_a_configuration_error(tmp_path: Path, make: Callable[[Path], str], reason: str) -> None:
     done = serve_with_adapter(tmp_path, make(tmp_path))
     assert done.returncode == 2, done.stderr
     assert done.stderr.startswith("aligngate: invalid configuration in "), done.stderr

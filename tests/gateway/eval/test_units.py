@@ -239,9 +239,9 @@ def test_an_arms_answer_identity_holds_only_the_helpers_it_runs(tmp_path: Path) 
 
 
 def test_a_shipped_adapter_is_identified_by_its_files() -> None:
-    from gateway.eval.targets import fingerprint
+    from gateway.eval.targets import local_identity
 
-    shipped = fingerprint("builtin:aligner-smollm2-135m", adapter=True)
+    model, shipped = local_identity("builtin:smollm2-135m-instruct", "builtin:aligner-smollm2-135m")
     assert isinstance(shipped, list) and shipped[0] == "builtin:aligner-smollm2-135m"
     assert "adapter_model.safetensors" in str(shipped[1])
-    assert fingerprint("builtin:smollm2-135m-instruct") == "builtin:smollm2-135m-instruct"  # a model: its name
+    assert model == "builtin:smollm2-135m-instruct"  # a model: its name

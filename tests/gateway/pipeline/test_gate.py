@@ -6,6 +6,7 @@ built here, scored directly with ``models.reward`` to know which answer the gate
 from __future__ import annotations
 
 import asyncio
+import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -19,6 +20,7 @@ from prometheus_client import REGISTRY
 
 from gateway.config import ConfigError, Settings, ShadowSettings, StoreSettings, check_servable, load_settings
 from gateway.pipeline.gate import KEPT_RAW, Gate, decide
+from gateway.pipeline.helpers import OnError
 from gateway.store.store import Store
 from models.scorer import ScoreItem
 from tests.gateway.pipeline.support import CORRECTED, MODEL, AlignerEngine, Rig, make_rig, sse_json
@@ -302,17 +304,13 @@ class SentenceScorer:
         self.calls.append(list(items))
         if self.error is not None:
             raise self.error
-        out = []
-        for _, answer in items:
-            last = answer.rsplit("CORRECTED: ", 1)
-            fixed = len(last) == 2 and "." not in last[1].rstrip(".?! ")[:-1]
-            out.append((-1.0 if self.worse in last[-1] else 1.0) if fixed else 0.0)
-        return out
+        lasts = [re.split(r"(?<=[.?!]) ", answer)[-1] for _, answer in items]
+        return [(-1.0 if self.worse in last else 1.0) if last.startswith(CORRECTED) else 0.0 for last in lasts]
 
 
-def sentence_gated(scorer: Any, on_error: str = "skip") -> Rig:
-    return make_rig(aligner_template="stream", aligner_stream="sentence", aligner_on_error=on_error,  # type: ignore[arg-type]
-                    gate=Gate(scorer, margin=0.0, timeout_s=5.0, on_error=on_error))  # type: ignore[arg-type]
+def sentence_gated(scorer: Any, on_error: OnError = "skip") -> Rig:
+    return make_rig(aligner_template="stream", aligner_stream="sentence", aligner_on_error=on_error,
+                    gate=Gate(scorer, margin=0.0, timeout_s=5.0, on_error=on_error))
 
 
 async def stream_chat(rig: Rig) -> httpx.Response:
