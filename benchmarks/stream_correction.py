@@ -9,17 +9,24 @@ driven over HTTP with streamed chat requests on the ``align`` arm, the modes int
 that machine noise hits both alike. Time to the first token is to the first non-empty content delta the client
 reads; total time to ``[DONE]``.
 
-The targets: sentence mode's first token within the backend's first sentence plus one sentence's correction
-(the bound below; the boundary is known one token after the sentence, when the next word arrives), i.e. at
-least 3x sooner than buffer mode; its total time at most 1.2x buffer mode's. Prints a table, writes
-``benchmarks/results/stream_correction.md`` and ends with one JSON line.
+``--setup embedded`` measures the same on the embedded default instead (SmolLM2-135M-Instruct in-process as the
+backend and as the aligner with its shipped adapter, greedy): ``buffer`` with ``aligner-chat``, ``sentence`` with
+``stream-chat``, the same model and adapter; the answers are what the model writes for one long-answer question
+with ``max_tokens`` ``--tokens``, so the two modes serve different text (the corrections differ).
 
-    python benchmarks/stream_correction.py [--rounds 5] [--tokens 300] [--sentence-tokens 20]
+The targets: sentence mode's first token within the backend's first sentence plus one sentence's correction
+(the bound below, fake servers only; the boundary is known one token after the sentence, when the next word
+arrives), i.e. at least 3x sooner than buffer mode; its total time at most 1.2x buffer mode's. Prints a table,
+writes ``benchmarks/results/stream_correction.md`` (``stream_correction_embedded.md``) and ends with one JSON
+line.
+
+    python benchmarks/stream_correction.py [--setup fake|embedded] [--rounds 5] [--tokens 300] [--sentence-tokens 20]
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -34,6 +41,8 @@ from procs import ROOT, Proc, start_fake, start_gateway
 RESULTS = ROOT / "benchmarks" / "results"
 MODEL = "bench-model"
 QUESTION = "How should I prepare a simple loaf of bread at home?"
+#: What the embedded setup asks (a question SmolLM2 answers at length).
+LONG_QUESTION = "Explain step by step how to bake a simple loaf of bread at home, with tips for each step."
 BACKEND_TOKEN_S = 0.02  # 50 tokens a second
 ALIGNER_TOKEN_S = 0.005  # 200 tokens a second
 STREAM_ECHO = r"##Answer_Last_Sentence: (.*) \| ##Your_Revision: "
@@ -69,9 +78,29 @@ def config(backend: Proc, aligner: Proc, mode: str) -> str:
     )
 
 
-def one(http: httpx.Client, url: str) -> tuple[float, float, str]:
+def embedded_config(mode: str) -> str:
+    """The embedded default on the ``align`` arm, its aligner correcting in ``mode``, as YAML."""
+    import yaml
+
+    from gateway.config import EMBEDDED_DEFAULT
+
+    config = copy.deepcopy(EMBEDDED_DEFAULT)
+    config["backends"][0]["name"] = MODEL
+    aligner = config["helpers"]["aligner"]
+    aligner.update({"template": "stream-chat" if mode == "sentence" else "aligner-chat", "stream": mode,
+                    "timeout_s": 600})
+    config["helpers"] = {"aligner": aligner, "probe": False}
+    config["experiment"] = {"name": f"bench-{mode}", "arms": {"align": 1}}
+    config["store"] = {"enabled": False}
+    return str(yaml.safe_dump(config))
+
+
+def one(http: httpx.Client, url: str, question: str = QUESTION, max_tokens: int | None = None
+        ) -> tuple[float, float, str]:
     """(time to the first token, total time, text) of one streamed request."""
-    body = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": QUESTION}]}
+    body: dict[str, object] = {"model": MODEL, "stream": True, "messages": [{"role": "user", "content": question}]}
+    if max_tokens is not None:
+        body.update({"max_tokens": max_tokens, "temperature": 0})
     start = time.perf_counter()
     first: float | None = None
     text: list[str] = []
@@ -99,13 +128,16 @@ def one(http: httpx.Client, url: str) -> tuple[float, float, str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--setup", choices=["fake", "embedded"], default="fake")
     parser.add_argument("--rounds", type=int, default=5, help="requests per mode")
-    parser.add_argument("--tokens", type=int, default=300, help="tokens of the backend's answer")
-    parser.add_argument("--sentence-tokens", type=int, default=20, help="tokens per sentence")
+    parser.add_argument("--tokens", type=int, default=300, help="tokens of the backend's answer (embedded: max_tokens)")
+    parser.add_argument("--sentence-tokens", type=int, default=20, help="tokens per sentence (fake setup)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
+    embedded = args.setup == "embedded"
     reply = answer(args.tokens, args.sentence_tokens)
     assert len(reply.split()) == args.tokens
+    question, max_tokens = (LONG_QUESTION, args.tokens) if embedded else (QUESTION, None)
 
     results: dict[str, dict[str, list[float]]] = {m: {"ttft": [], "total": []} for m in ("buffer", "sentence")}
     texts: dict[str, str] = {}
@@ -113,27 +145,33 @@ def main() -> None:
         workdir = Path(tmp)
         procs: list[Proc] = []
         try:
-            backend = start_fake(workdir, "backend", reply, ["--token-delay-s", str(BACKEND_TOKEN_S),
-                                                              "--whole-token-delay-s", str(BACKEND_TOKEN_S)])
-            procs.append(backend)
-            whole = start_fake(workdir, "aligner-whole", None, ["--echo", WHOLE_ECHO, "--token-delay-s",
-                                                                 str(ALIGNER_TOKEN_S)])
-            procs.append(whole)
-            per_sentence = start_fake(workdir, "aligner-sentence", None, [
-                "--echo", STREAM_ECHO, "--whole-token-delay-s", str(ALIGNER_TOKEN_S)])
-            procs.append(per_sentence)
+            configs: dict[str, str] = {}
+            if embedded:
+                configs = {mode: embedded_config(mode) for mode in ("buffer", "sentence")}
+            else:
+                backend = start_fake(workdir, "backend", reply, ["--token-delay-s", str(BACKEND_TOKEN_S),
+                                                                  "--whole-token-delay-s", str(BACKEND_TOKEN_S)])
+                procs.append(backend)
+                whole = start_fake(workdir, "aligner-whole", None, ["--echo", WHOLE_ECHO, "--token-delay-s",
+                                                                     str(ALIGNER_TOKEN_S)])
+                procs.append(whole)
+                per_sentence = start_fake(workdir, "aligner-sentence", None, [
+                    "--echo", STREAM_ECHO, "--whole-token-delay-s", str(ALIGNER_TOKEN_S)])
+                procs.append(per_sentence)
+                configs = {"buffer": config(backend, whole, "buffer"), "sentence": config(backend, per_sentence,
+                                                                                          "sentence")}
             gateways = {}
-            for mode, aligner in (("buffer", whole), ("sentence", per_sentence)):
+            for mode, text in configs.items():
                 (workdir / mode).mkdir()
-                gateways[mode] = start_gateway(workdir / mode, config(backend, aligner, mode))
+                gateways[mode] = start_gateway(workdir / mode, text)
                 procs.append(gateways[mode])
-            with httpx.Client(timeout=120) as http:
+            with httpx.Client(timeout=900) as http:
                 for gw in gateways.values():  # warm-up
-                    one(http, gw.base_url)
+                    one(http, gw.base_url, question, max_tokens)
                 for r in range(args.rounds):
                     order = ("buffer", "sentence") if r % 2 == 0 else ("sentence", "buffer")
                     for mode in order:
-                        ttft, total, text = one(http, gateways[mode].base_url)
+                        ttft, total, text = one(http, gateways[mode].base_url, question, max_tokens)
                         results[mode]["ttft"].append(ttft)
                         results[mode]["total"].append(total)
                         texts[mode] = text
@@ -141,23 +179,31 @@ def main() -> None:
             for p in reversed(procs):
                 p.stop()
 
-    # every correction echoes what it was given: both modes serve the backend's answer, whole
-    assert texts["buffer"] == reply and texts["sentence"] == reply, texts
+    if not embedded:  # every correction echoes what it was given: both modes serve the backend's answer, whole
+        assert texts["buffer"] == reply and texts["sentence"] == reply, texts
     med = {m: {k: statistics.median(v) for k, v in r.items()} for m, r in results.items()}
     k = args.sentence_tokens
     bound = k * BACKEND_TOKEN_S + k * ALIGNER_TOKEN_S
     sooner = med["buffer"]["ttft"] / med["sentence"]["ttft"]
     total_ratio = med["sentence"]["total"] / med["buffer"]["total"]
     backend_s = args.tokens * BACKEND_TOKEN_S
+    command = (f"`python benchmarks/stream_correction.py --setup {args.setup} --rounds {args.rounds} "
+               f"--tokens {args.tokens}" + ("`" if embedded else f" --sentence-tokens {args.sentence_tokens}`"))
+    if embedded:
+        words = {m: len(t.split()) for m, t in texts.items()}
+        setup = (f"The embedded default (SmolLM2-135M-Instruct in-process, greedy) as backend and aligner (its shipped "
+                 f"adapter; `aligner-chat` for buffer, `stream-chat` for sentence), one question answered with "
+                 f"max_tokens {args.tokens}; served answers of {words['buffer']} (buffer) and {words['sentence']} "
+                 f"(sentence) words; medians of {args.rounds} streamed requests per mode, interleaved.")
+    else:
+        setup = (f"Backend {1 / BACKEND_TOKEN_S:.0f} tok/s, aligners {1 / ALIGNER_TOKEN_S:.0f} tok/s (fake servers), "
+                 f"{args.tokens}-token answers in sentences of {k} tokens; medians of {args.rounds} streamed "
+                 f"requests per mode, interleaved. The backend alone takes {backend_s:.1f} s.")
     lines = [
-        "# Streamed correction: buffer against sentence",
+        f"# Streamed correction: buffer against sentence ({args.setup})",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}. Command: "
-        f"`python benchmarks/stream_correction.py --rounds {args.rounds} --tokens {args.tokens} "
-        f"--sentence-tokens {args.sentence_tokens}`. Backend {1 / BACKEND_TOKEN_S:.0f} tok/s, aligners "
-        f"{1 / ALIGNER_TOKEN_S:.0f} tok/s (fake servers), {args.tokens}-token answers in sentences of {k} tokens; "
-        f"medians of {args.rounds} streamed requests per mode, interleaved. The backend alone takes "
-        f"{backend_s:.1f} s.",
+        f"{command}. {setup}",
         "",
         "| mode | first token p50 (s) | first token min-max (s) | total p50 (s) | total min-max (s) |",
         "|---|---:|---:|---:|---:|",
@@ -167,17 +213,17 @@ def main() -> None:
         lines.append(f"| {mode} | {med[mode]['ttft']:.3f} | {min(t):.3f}-{max(t):.3f} | {med[mode]['total']:.3f} "
                      f"| {min(tot):.3f}-{max(tot):.3f} |")
     met = {
-        "first_token_bound": med["sentence"]["ttft"] <= bound + BACKEND_TOKEN_S + 0.05,
         "sooner_3x": sooner >= 3,
         "total_1_2x": total_ratio <= 1.2,
     }
+    lines += ["", "| target | measured | |", "|---|---:|---|"]
+    if not embedded:
+        met["first_token_bound"] = med["sentence"]["ttft"] <= bound + BACKEND_TOKEN_S + 0.05
+        lines.append(
+            f"| sentence first token ≤ first sentence + one correction ({k} x {BACKEND_TOKEN_S * 1000:.0f} ms + "
+            f"{k} x {ALIGNER_TOKEN_S * 1000:.0f} ms = {bound:.2f} s; + one token to see the boundary, + 50 ms "
+            f"of HTTP) | {med['sentence']['ttft']:.3f} s | {'met' if met['first_token_bound'] else '**not met**'} |")
     lines += [
-        "",
-        "| target | measured | |",
-        "|---|---:|---|",
-        f"| sentence first token ≤ first sentence + one correction ({k} x {BACKEND_TOKEN_S * 1000:.0f} ms + "
-        f"{k} x {ALIGNER_TOKEN_S * 1000:.0f} ms = {bound:.2f} s; + one token to see the boundary, + 50 ms "
-        f"of HTTP) | {med['sentence']['ttft']:.3f} s | {'met' if met['first_token_bound'] else '**not met**'} |",
         f"| first token ≥ 3x sooner than buffer | {sooner:.1f}x | {'met' if met['sooner_3x'] else '**not met**'} |",
         f"| total ≤ 1.2x buffer's | {total_ratio:.2f}x | {'met' if met['total_1_2x'] else '**not met**'} |",
         "",
@@ -185,15 +231,17 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "stream_correction.md").write_text(text)
-    print(json.dumps({
-        "benchmark": "stream_correction",
-        "rounds": args.rounds, "tokens": args.tokens, "sentence_tokens": k,
+    name = "stream_correction_embedded.md" if embedded else "stream_correction.md"
+    (args.out / name).write_text(text)
+    summary: dict[str, object] = {
+        "benchmark": "stream_correction", "setup": args.setup,
+        "rounds": args.rounds, "tokens": args.tokens, "sentence_tokens": None if embedded else k,
         "buffer_ttft_s": round(med["buffer"]["ttft"], 4), "sentence_ttft_s": round(med["sentence"]["ttft"], 4),
         "buffer_total_s": round(med["buffer"]["total"], 4), "sentence_total_s": round(med["sentence"]["total"], 4),
-        "first_token_bound_s": round(bound, 4), "ttft_speedup": round(sooner, 2), "total_ratio": round(total_ratio, 3),
-        "targets_met": met,
-    }))
+        "first_token_bound_s": None if embedded else round(bound, 4), "ttft_speedup": round(sooner, 2),
+        "total_ratio": round(total_ratio, 3), "targets_met": met,
+    }
+    print(json.dumps(summary))
 
 
 if __name__ == "__main__":

@@ -41,7 +41,8 @@ from gateway.routing import Router
 from gateway.runtime import tune_gc
 from gateway.store.store import Store
 from gateway.ui.api import UiApi
-from gateway.ui.pages import is_ui_path
+from gateway.ui.pages import PREFIX as UI_PREFIX
+from gateway.ui.pages import SECURITY_HEADERS, is_ui_path
 from gateway.ui.routes import ROUTES as UI_ROUTES
 from gateway.upstream.backend import RemoteBackend
 from gateway.upstream.client import make_session
@@ -75,7 +76,9 @@ class GatewayApp:
         max_concurrent_requests: int = 0,
     ) -> None:
         self.state = State()
-        self.router = Router(routes)
+        routes = list(routes)
+        ui_on = any(is_ui_path(path) for _method, path, _app in routes)
+        self.router = Router(routes, {UI_PREFIX: SECURITY_HEADERS} if ui_on else None)
         self._http = RequestMiddleware(self.router, max_concurrent=max_concurrent_requests)
         self._lifespan = lifespan or _no_lifespan
 

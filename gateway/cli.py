@@ -108,8 +108,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser(
         "eval", help="offline pairwise evaluation: do the arms make answers better? (report.md, report.png)",
-        description="Answer prompt sets on each arm (a running gateway, an in-process one, or two models), judge "
-        "each arm against the baseline (an LLM judge asked in both orders, a reward model), and report ΔWR with "
+        description="Answer prompt sets on each arm (a running gateway, an in-process one, or two sides compared), "
+        "judge each arm against the baseline (an LLM judge asked in both orders, a reward model), and report ΔWR with "
         "its bootstrap interval and the measures that need no judge. Answers and verdicts are cached in --out, "
         "so a rerun resumes. key=value arguments override config keys (dotted keys reach into sections).",
     )

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from gateway.auth import parse_key
-from models.adapters import check_adapter
+from models.adapters import AdapterError, check_adapter, check_fits
 from models.templates import get_template
 
 #: Environment variable through which ``aligngate serve`` hands the resolved settings to its workers.
@@ -501,6 +501,26 @@ def load_settings(
         raise ConfigError(f"invalid configuration{where} (after ALIGNGATE_* overrides):\n{exc}") from exc
 
 
+def _check_adapters_fit(settings: Settings) -> None:
+    """Each local ``adapter`` fits its ``model``'s layer sizes (read from its config or GGUF header, no torch)."""
+    from models.local.source import base_config  # torch-free; models.local's engine loads only on use
+
+    where = [(f"backends[{i}].local", b.local) for i, b in enumerate(settings.backends)] + [
+        (f"helpers.{name}.local", getattr(settings.helpers, name).local)
+        for name in ("rewriter", "aligner")
+        if getattr(settings.helpers, name) is not None
+    ]
+    for label, spec in where:
+        if spec is None or spec.adapter is None:
+            continue
+        config = base_config(spec.model)
+        if config is not None:
+            try:
+                check_fits(spec.adapter, config, spec.model)
+            except AdapterError as exc:
+                raise ConfigError(f"{label}.adapter: {exc}") from None
+
+
 def check_servable(settings: Settings) -> None:
     """Refuse settings this build cannot serve, with a message that says what to do instead."""
     gate = settings.helpers.aligner.gate if settings.helpers.aligner is not None else None
@@ -526,6 +546,7 @@ def check_servable(settings: Settings) -> None:
         "ctranslate2"
     ):
         raise ConfigError("`local: {runtime: ctranslate2}` needs `pip install 'aligngate[ctranslate2]'`")
+    _check_adapters_fit(settings)
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:
             for helper in Arm(arm).helpers:

@@ -4,13 +4,14 @@ An endpoint is an ASGI app. The inference routes are raw-ASGI endpoints (the hot
 per-request layers); the low-rate routes are ``async fn(request) -> Response`` functions wrapped by
 :func:`endpoint`. Either way an exception becomes the client's answer through the one mapping in
 ``gateway/errors.py`` (:func:`~gateway.errors.response_for`). An unknown path is a 404 and a method a path does not
-take a 405 with ``Allow``, both in the OpenAI error shape; ``HEAD`` is served by a path's ``GET``. Paths match
-exactly (``/v1/models/`` is not ``/v1/models``).
+take a 405 with ``Allow``, both in the OpenAI error shape, with the headers of the prefix the path is under when
+one is given (``/ui``'s security headers on a 404 below ``/ui``); ``HEAD`` is served by a path's ``GET``. Paths
+match exactly (``/v1/models/`` is not ``/v1/models``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -38,11 +39,15 @@ def endpoint(handler: Handler) -> ASGIApp:
 class Router:
     """Dispatches an HTTP request to the endpoint of its path and method."""
 
-    __slots__ = ("table",)
+    __slots__ = ("prefix_headers", "table")
 
-    def __init__(self, routes: Iterable[tuple[str, str, ASGIApp]]) -> None:
+    def __init__(
+        self, routes: Iterable[tuple[str, str, ASGIApp]], prefix_headers: Mapping[str, Mapping[str, str]] | None = None
+    ) -> None:
         #: path → method → endpoint
         self.table: dict[str, dict[str, ASGIApp]] = {}
+        #: prefix → headers every 404/405 at or below it carries
+        self.prefix_headers = dict(prefix_headers or {})
         for method, path, app in routes:
             methods = self.table.setdefault(path, {})
             if method in methods:
@@ -63,4 +68,7 @@ class Router:
                 await app(scope, receive, send)
                 return
             response = route_error(405, method, path, ", ".join(sorted(m for m in methods if m != "HEAD")))
+        for prefix, headers in self.prefix_headers.items():
+            if path == prefix or path.startswith(prefix + "/"):
+                response.headers.update(headers)
         await response(scope, receive, send)

@@ -7,7 +7,8 @@ The layers, bottom up, each a module with its own contract:
 * :mod:`gateway.eval.config` — the ``EVAL.yaml`` dataclasses (loaded with ``core.recipe``) and their checks;
 * :mod:`gateway.eval.prompts` — prompt sets: the bundled ones (``dolly-eval``, ``hh-rlhf-harmless``) and JSONL;
 * :mod:`gateway.eval.cache` — the append-only answer and judgement files of the output folder (resume);
-* :mod:`gateway.eval.targets` — what answers: a running gateway, an in-process one, or two models;
+* :mod:`gateway.eval.targets` — what answers: a running gateway, an in-process one, or two sides (models or
+  gateway arms);
 * :mod:`gateway.eval.verdicts`, :mod:`gateway.eval.llm_judge`, :mod:`gateway.eval.rm_judge` — the judges;
 * :mod:`gateway.eval.measures` — what needs no judge (length, refusals, aligner edits, rewrites, latency);
 * :mod:`gateway.eval.runner` — generation and judging with bounded concurrency, cache reuse and progress;

@@ -8,9 +8,9 @@ unknown arm, criterion or bundled set, a target of no kind or of two kinds, a ju
 problem is an :class:`EvalConfigError` whose message is one line a user can act on.
 
 The target kind follows from the keys given: ``url`` → a running gateway; ``candidate`` + ``baseline`` → two
-models; otherwise an in-process gateway (``gateway_config``, or the embedded default when it is unset or
-empty). With two models the arms are always ``candidate`` against ``baseline`` (``arms``/``baseline`` are not
-used).
+sides, each a model or one arm of a gateway config (kind ``models``); otherwise an in-process gateway
+(``gateway_config``, or the embedded default when it is unset or empty). With two sides the arms are always
+``candidate`` against ``baseline`` (``arms``/``baseline`` are not used).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 #: The bundled prompt sets (``gateway/eval/prompts/NAME/prompts.jsonl``) and the criterion each is judged by.
 BUNDLED_SETS: dict[str, str] = {"dolly-eval": "helpful", "hh-rlhf-harmless": "harmless"}
-#: The arms of a two-model target.
+#: The arms of a two-sided target.
 MODEL_ARMS = ("candidate", "baseline")
 
 TargetKind = Literal["url", "in_process", "models"]
@@ -82,12 +82,17 @@ class LocalSpec:
 
 @dataclass
 class ModelSpec:
-    """One model of a two-model target: an OpenAI-compatible endpoint (``url`` + ``model``) or ``local``."""
+    """One side of a two-sided target: an OpenAI-compatible endpoint (``url`` + ``model``), ``local``, or one arm
+    of an in-process gateway (``gateway_config`` + ``arm``; ``model`` then picks its backend)."""
 
     url: str | None = None
     model: str | None = None
     api_key_env: str | None = None
     local: LocalSpec | None = None
+    #: An in-process gateway's config file ("" : the embedded default) ...
+    gateway_config: str | None = None
+    #: ... and the arm it answers on.
+    arm: str = "control"
 
 
 @dataclass
@@ -185,11 +190,18 @@ def _check_url(url: str, where: str) -> None:
 def _check_model(spec: ModelSpec | None, where: str) -> None:
     if spec is None:
         raise EvalConfigError(
-            f"a two-model target needs both target.candidate and target.baseline ({where} is missing)"
+            f"a two-sided target needs both target.candidate and target.baseline ({where} is missing)"
         )
-    if (spec.url is not None) == (spec.local is not None):
-        raise EvalConfigError(f"{where}: give either `url` (+ `model`) or `local: {{model, adapter}}`")
-    if spec.url is not None:
+    if [spec.url is not None, spec.local is not None, spec.gateway_config is not None].count(True) != 1:
+        raise EvalConfigError(
+            f"{where}: give one of `url` (+ `model`), `local: {{model, adapter}}` or `gateway_config` (+ `arm`)"
+        )
+    if spec.gateway_config is None and spec.arm != "control":
+        raise EvalConfigError(f"{where}.arm is for a `gateway_config` side; a model alone has no arms")
+    if spec.gateway_config is not None:
+        if spec.arm not in ARMS:
+            raise EvalConfigError(f"{where}.arm: unknown arm {spec.arm!r}; arms are {', '.join(ARMS)}")
+    elif spec.url is not None:
         _check_url(spec.url, f"{where}.url")
         if not spec.model:
             raise EvalConfigError(f"{where}: `url` also needs `model` (the name the server serves it under)")
@@ -227,7 +239,7 @@ def check(config: EvalConfig) -> EvalConfig:
     if sum(kinds) > 1:
         raise EvalConfigError(
             "target: give one of `url` (a running gateway), `gateway_config` (in-process) or "
-            "`candidate` + `baseline` (two models), not several"
+            "`candidate` + `baseline` (two sides), not several"
         )
     if t.url is not None:
         _check_url(t.url, "target.url")

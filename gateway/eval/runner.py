@@ -1,9 +1,10 @@
 """Generation and judging: every (prompt, arm) answered once, every (prompt, arm vs baseline, judge) judged once.
 
-* **Cache keys.** An answer's key is a digest of the target's identity (:mod:`gateway.eval.targets`), the arm,
-  the generation settings (temperature, max_tokens, seed) and the prompt's messages; a judgement's key a digest
-  of the judge's identity, the criterion, the prompt, the arm and baseline names and both answers' texts. A
-  change to any of them invalidates exactly the records that depend on it; nothing else is regenerated.
+* **Cache keys.** An answer's key is a digest of the target's identity for the arm (:mod:`gateway.eval.targets`),
+  the arm it is answered on (``X-Aligngate-Arm``), the generation settings (temperature, max_tokens, seed) and
+  the prompt's messages; a judgement's key a digest of the judge's identity, the criterion, the prompt, the arm
+  and baseline names and both answers' texts. A change to any of them invalidates exactly the records that
+  depend on it; nothing else is regenerated.
 * **Resume.** Answers and judgements found under their key in the output folder are reused; only the missing
   ones are made. Each new record is appended to its file the moment it exists, so a run stopped at any point
   (Ctrl-C included) loses nothing made so far.
@@ -46,6 +47,12 @@ def answer_key(identity: str, arm: str, generation: GenerationSpec, prompt: Prom
     )
 
 
+def _as_arm(answer: Answer, arm: str) -> Answer:
+    """A cached answer under the arm this run calls it (a two-sided run reuses a plain run's ``align`` answers as
+    its ``candidate``)."""
+    return answer if answer.arm == arm else dataclasses.replace(answer, arm=arm)
+
+
 @dataclass
 class GenerationResult:
     #: (set, prompt id, arm) → the answer used (cached or new).
@@ -71,10 +78,10 @@ async def generate(
     for prompt in prompts:
         for arm in arms:
             identity = target.identity_of(arm)
-            key = answer_key(identity, arm, generation, prompt) if identity else None
+            key = answer_key(identity, target.answer_arm(arm), generation, prompt) if identity else None
             cached = cache.get(key) if key is not None else None
             if cached is not None:
-                result.answers[(prompt.set, prompt.id, arm)] = cached
+                result.answers[(prompt.set, prompt.id, arm)] = _as_arm(cached, arm)
                 result.reused += 1
             else:
                 todo.append((prompt, arm, key))
@@ -89,10 +96,10 @@ async def generate(
 
         async def one(prompt: Prompt, arm: str, key: str | None) -> None:
             if key is None:  # the identity was only known once the target started (a URL target's model)
-                key = answer_key(target.identity_of(arm), arm, generation, prompt)
+                key = answer_key(target.identity_of(arm), target.answer_arm(arm), generation, prompt)
                 cached = cache.get(key)
                 if cached is not None:
-                    result.answers[(prompt.set, prompt.id, arm)] = cached
+                    result.answers[(prompt.set, prompt.id, arm)] = _as_arm(cached, arm)
                     result.reused += 1
                     progress.advance(1, "cached")
                     return

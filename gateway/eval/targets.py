@@ -1,4 +1,4 @@
-"""What answers the prompts: a running gateway, an in-process gateway, or two models.
+"""What answers the prompts: a running gateway, an in-process gateway, or two sides compared.
 
 Every target is driven the same way, through the gateway's own HTTP API: ``POST /v1/chat/completions`` with the
 arm forced (``X-Aligngate-Arm``) and the trace on (``X-Aligngate-Trace: 1``), so the answer comes back with the
@@ -9,14 +9,17 @@ rewrite, the raw answer, the helpers' milliseconds and skip reasons.
   lifespan entered: the same pipeline code, no server. Settings: a gateway config file, or the embedded default;
   the trace store, shadow mode and API keys are turned off (an evaluation must not write into a production
   store), and arms may be forced.
-* :func:`models_target` — two models (``candidate``, ``baseline``), each a remote endpoint or a local model,
-  as the two backends of one in-process gateway; the arms are the two backends' names, both run on ``control``.
+* :class:`PairTarget` — two sides (``candidate``, ``baseline``), each its own in-process gateway: a model alone
+  (a remote endpoint or a local model as the gateway's one backend, answered on ``control``) or one arm of a
+  gateway config (so two aligner configurations, say, are compared answer against answer).
 
-``identity`` (part of every answer's cache key) names what makes answers differ: the URL and model of a running
-gateway; the backends and the helpers an arm runs of an in-process one (model names, URLs, templates, token
-limits, the aligner's stream mode and gate, and the size and modification time of local model and adapter files,
-so a retrained adapter invalidates its answers and a new aligner keeps ``control`` cached); timeouts, retries
-and the store do not count.
+``identity_of(arm)`` (part of every answer's cache key, with :meth:`Target.answer_arm`) names what makes answers
+differ: the URL and model of a running gateway; of an in-process one, the backend asked and the helpers the arm
+runs (model names, URLs, templates, token limits, the aligner's stream mode and gate, and the size and
+modification time of local model and adapter files, so a retrained adapter invalidates its answers and a new
+aligner keeps ``control`` cached); timeouts, retries and the store do not count. A side of a
+:class:`PairTarget` that is a gateway's arm has that arm's key, so answers made by a plain run of the same
+config are reused.
 
 Errors: :class:`TargetError` (unreachable, a refused key, an unknown model, an arm the gateway refuses): the
 evaluation cannot go on. :class:`AnswerFailed` (a 5xx or a timeout after two retries): that answer is counted as
@@ -39,8 +42,8 @@ from typing import Any
 
 import httpx
 
-from gateway.config import ConfigError, Settings, load_settings
-from gateway.eval.config import MODEL_ARMS, GenerationSpec, ModelSpec, TargetSpec
+from gateway.config import ConfigError, LocalModelSettings, Settings, load_settings
+from gateway.eval.config import GenerationSpec, ModelSpec, TargetSpec
 from gateway.eval.records import Prompt, digest
 from models.adapters import BUILTIN_PREFIX, resolve_adapter
 
@@ -48,12 +51,13 @@ __all__ = [
     "AnswerFailed",
     "Generated",
     "InProcessTarget",
+    "PairTarget",
     "Target",
     "TargetError",
     "UrlTarget",
     "build_target",
     "fingerprint",
-    "models_target",
+    "pair_target",
 ]
 
 logger = logging.getLogger(__name__)
@@ -97,25 +101,34 @@ def fingerprint(path: str | None) -> object:
         return path
 
 
-def local_identity(model: str, adapter: str | None) -> list[object]:
-    """A local model and its adapter for caching; a shipped adapter (``builtin:NAME``, validated with the settings)
-    by its package folder's files, so a retrained one invalidates its answers."""
+def local_identity(local: LocalModelSettings) -> list[object]:
+    """A local model, its adapter and its engine for caching; a shipped adapter (``builtin:NAME``, validated with
+    the settings) by its package folder's files, so a retrained one invalidates its answers. The runtime and the
+    weights' precision count only when they are not the defaults (``torch``, ``float32``), so keys made before
+    they were settings stay valid."""
+    adapter = local.adapter
     if adapter is not None and adapter.startswith(BUILTIN_PREFIX):
-        return [fingerprint(model), [adapter, fingerprint(str(resolve_adapter(adapter)))]]
-    return [fingerprint(model), fingerprint(adapter)]
+        found: list[object] = [fingerprint(local.model), [adapter, fingerprint(str(resolve_adapter(adapter)))]]
+    else:
+        found = [fingerprint(local.model), fingerprint(adapter)]
+    if (local.runtime, local.dtype) != ("torch", "float32"):
+        found.append([local.runtime, local.dtype])
+    return found
 
 
-def settings_identity(settings: Settings, arm: str | None = None) -> str:
+def settings_identity(settings: Settings, arm: str | None = None, model: str | None = None) -> str:
     """What makes an in-process gateway's answers differ; with ``arm`` (the ``X-Aligngate-Arm`` value) only the
-    helpers that arm runs count, so changing the aligner keeps ``control`` and ``rewrite`` answers cached."""
+    helpers that arm runs count, so changing the aligner keeps ``control`` and ``rewrite`` answers cached; with
+    ``model`` only that backend counts."""
     backends = [
         {
             "name": b.name,
             "urls": b.urls,
             "upstream_model": b.upstream_model,
-            "local": None if b.local is None else local_identity(b.local.model, b.local.adapter),
+            "local": None if b.local is None else local_identity(b.local),
         }
         for b in settings.backends
+        if model is None or b.name == model
     ]
     uses = {"control": (), "rewrite": ("rewriter",), "align": ("aligner",)}.get(arm or "", ("rewriter", "aligner"))
     helpers: dict[str, object] = {}
@@ -128,7 +141,7 @@ def settings_identity(settings: Settings, arm: str | None = None) -> str:
                 "template": h.template,
                 "max_tokens": h.max_tokens,
                 "max_prompt_words": h.max_prompt_words,
-                "local": None if h.local is None else local_identity(h.local.model, h.local.adapter),
+                "local": None if h.local is None else local_identity(h.local),
             }
             if name == "aligner":
                 gate = h.gate
@@ -171,6 +184,10 @@ class Target:
     def identity_of(self, arm: str) -> str:
         """The part of an answer's cache key that names what answers ``arm`` ("" until known)."""
         return self.identity
+
+    def answer_arm(self, arm: str) -> str:
+        """The arm named in an answer's cache key: the ``X-Aligngate-Arm`` value ``arm`` is answered on."""
+        return self.routes[arm][1] if arm in self.routes else arm
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -318,7 +335,10 @@ class InProcessTarget(Target):
         self._lifespan: AbstractAsyncContextManager[Any] | None = None
 
     def identity_of(self, arm: str) -> str:
-        return settings_identity(self.settings, self.routes[arm][1]) if arm in self.routes else self.identity
+        if arm not in self.routes:
+            return self.identity
+        model, header_arm = self.routes[arm]
+        return settings_identity(self.settings, header_arm, model)
 
     async def start(self) -> None:
         from gateway.app import create_app
@@ -356,17 +376,23 @@ EVAL_OVERRIDES: dict[str, Any] = {
 }
 
 
-def in_process_target(spec: TargetSpec, arms: tuple[str, ...]) -> InProcessTarget:
-    path = spec.gateway_config or None
+def _gateway_settings(path: str | None, model: str | None, where: str) -> tuple[Settings, str]:
+    """A gateway config (``None``: the embedded default) with :data:`EVAL_OVERRIDES`, and the backend to ask."""
     try:
         settings = load_settings(path, EVAL_OVERRIDES, embedded_default=path is None)
     except ConfigError as exc:
         raise TargetError(" ".join(str(exc).split())) from None
     if not settings.backends:
         raise TargetError(f"the gateway config {path} has no backends")
-    model = spec.model or settings.backends[0].name
+    model = model or settings.backends[0].name
     if settings.backend(model) is None:
-        raise TargetError(f"target.model {model!r} is not a backend of {path or 'the embedded default'}")
+        raise TargetError(f"{where} {model!r} is not a backend of {path or 'the embedded default'}")
+    return settings, model
+
+
+def in_process_target(spec: TargetSpec, arms: tuple[str, ...]) -> InProcessTarget:
+    path = spec.gateway_config or None
+    settings, model = _gateway_settings(path, spec.model, "target.model")
     what = f"the in-process gateway ({path or 'embedded default'})"
     return InProcessTarget(settings, {arm: (model, arm) for arm in arms}, what, spec.timeout_s)
 
@@ -378,20 +404,65 @@ def _backend(name: str, spec: ModelSpec) -> dict[str, Any]:
     return {"name": name, "urls": [_v1(spec.url)], "upstream_model": spec.model, "api_key_env": spec.api_key_env}
 
 
-def models_target(spec: TargetSpec) -> InProcessTarget:
-    """``candidate`` and ``baseline`` as the two backends of one in-process gateway (no helpers)."""
-    assert spec.candidate is not None and spec.baseline is not None
+def _side(name: str, spec: ModelSpec, timeout_s: float) -> InProcessTarget:
+    """One side of a :class:`PairTarget`: a gateway config's arm, or a model as the one backend of a gateway."""
+    if spec.gateway_config is not None:
+        path = spec.gateway_config or None
+        settings, model = _gateway_settings(path, spec.model, f"target.{name}.model")
+        what = f"target.{name} (arm {spec.arm} of {path or 'the embedded default'})"
+        return InProcessTarget(settings, {name: (model, spec.arm)}, what, timeout_s)
     data = {
-        "backends": [_backend("candidate", spec.candidate), _backend("baseline", spec.baseline)],
+        "backends": [_backend(name, spec)],
         "experiment": {"name": "eval", "arms": {"control": 1}, "allow_override": True},
         "store": {"enabled": False},
     }
     try:
         settings = Settings.model_validate(data)
     except ValueError as exc:
-        raise TargetError(f"target.candidate / target.baseline: {' '.join(str(exc).split())}") from None
-    routes = {arm: (arm, "control") for arm in MODEL_ARMS}
-    return InProcessTarget(settings, routes, "the two-model target", spec.timeout_s)
+        raise TargetError(f"target.{name}: {' '.join(str(exc).split())}") from None
+    what = f"target.{name} ({spec.url or (spec.local.model if spec.local else '')})"
+    return InProcessTarget(settings, {name: (name, "control")}, what, timeout_s)
+
+
+class PairTarget(Target):
+    """``candidate`` and ``baseline``, each answered by its own in-process gateway, started on its first answer
+    (a side whose answers are all cached loads no model) and closed together."""
+
+    def __init__(self, sides: Mapping[str, InProcessTarget], timeout_s: float) -> None:
+        super().__init__(timeout_s)
+        self.sides = dict(sides)
+        self.routes = {arm: side.routes[arm] for arm, side in self.sides.items()}
+        self.description = " vs ".join(side.description for side in self.sides.values())
+        self.identity = digest([side.identity_of(arm) for arm, side in self.sides.items()])
+        self._started: dict[str, asyncio.Task[None]] = {}
+
+    def identity_of(self, arm: str) -> str:
+        return self.sides[arm].identity_of(arm) if arm in self.sides else self.identity
+
+    async def start(self) -> None:
+        self._started = {}
+
+    async def close(self) -> None:
+        started, self._started = self._started, {}
+        for task in started.values():
+            task.cancel()
+        await asyncio.gather(*started.values(), return_exceptions=True)
+        for side in self.sides.values():
+            await side.close()
+
+    async def generate(self, arm: str, prompt: Prompt, generation: GenerationSpec) -> Generated:
+        side = self.sides[arm]
+        if arm not in self._started:
+            self._started[arm] = asyncio.ensure_future(side.start())
+        await asyncio.shield(self._started[arm])
+        return await side.generate(arm, prompt, generation)
+
+
+def pair_target(spec: TargetSpec) -> PairTarget:
+    """``candidate`` against ``baseline`` (see :class:`PairTarget`)."""
+    assert spec.candidate is not None and spec.baseline is not None
+    sides = {"candidate": spec.candidate, "baseline": spec.baseline}
+    return PairTarget({name: _side(name, side, spec.timeout_s) for name, side in sides.items()}, spec.timeout_s)
 
 
 def build_target(spec: TargetSpec, arms: tuple[str, ...]) -> Target:
@@ -399,5 +470,5 @@ def build_target(spec: TargetSpec, arms: tuple[str, ...]) -> Target:
     if spec.url is not None:
         return UrlTarget(spec, arms)
     if spec.candidate is not None or spec.baseline is not None:
-        return models_target(spec)
+        return pair_target(spec)
     return in_process_target(spec, arms)

@@ -5,17 +5,21 @@ Each shipped adapter is a peft directory of package data under ``models/adapters
 (``adapter_config.json``, ``adapter_model.safetensors`` and a model card ``README.md`` saying what it was trained
 on, how, and what it measured). :func:`resolve_adapter` turns ``builtin:NAME`` or a path into a directory;
 :func:`check_adapter` reads the directory's config and the safetensors header (no torch) and raises
-:class:`AdapterError` for a missing, unreadable or truncated adapter, so a bad ``adapter:`` is a configuration
-error at start, not a traceback inside a worker.
+:class:`AdapterError` for a missing, unreadable or truncated adapter; :func:`check_fits` compares the LoRA
+tensors' shapes with the base model's ``config.json`` and raises it for an adapter trained on another base. So a
+bad ``adapter:`` is a configuration error at start, not a traceback inside a worker.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 #: How a built-in model or a shipped adapter is named in configs (``builtin:NAME``).
 BUILTIN_PREFIX = "builtin:"
@@ -87,7 +91,46 @@ def check_adapter(adapter: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _check_safetensors(file: Path, label: str) -> None:
+#: ``...layers.<i>.<block>.<module>.lora_A.weight`` (peft's names for a decoder's LoRA tensors).
+_LORA_TENSOR = re.compile(r"\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+)\.lora_([AB])(?:\.\w+)?\.weight$")
+
+
+def check_fits(adapter: str | os.PathLike[str], config: Mapping[str, Any], base_label: str) -> None:
+    """Raise :class:`AdapterError` unless every LoRA tensor of ``adapter`` (checked with :func:`check_adapter`)
+    fits the decoder whose sizes ``config`` gives (a Hugging Face ``config.json``'s keys): its layer exists and its
+    input (``lora_A``) and output (``lora_B``) sizes are those of the module it adapts. Tensors of modules this does
+    not know (embeddings, a score head) are not checked; neither is anything when the config lacks the sizes."""
+    path = resolve_adapter(adapter)
+    label = os.fspath(adapter)
+    try:
+        hidden, inter = int(config["hidden_size"]), int(config["intermediate_size"])
+        layers, heads = int(config["num_hidden_layers"]), int(config["num_attention_heads"])
+        kv_heads = int(config.get("num_key_value_heads") or heads)
+        head_dim = int(config.get("head_dim") or hidden // heads)
+    except (ValueError, KeyError, TypeError, ZeroDivisionError):
+        return
+    q, kv = heads * head_dim, kv_heads * head_dim
+    sizes = {"q_proj": (hidden, q), "k_proj": (hidden, kv), "v_proj": (hidden, kv), "o_proj": (q, hidden),
+             "gate_proj": (hidden, inter), "up_proj": (hidden, inter), "down_proj": (inter, hidden)}
+    for name, entry in _check_safetensors(path / WEIGHTS_FILE, label).items():
+        found = _LORA_TENSOR.search(name)
+        if found is None or found.group(2) not in sizes or not isinstance(entry, dict):
+            continue
+        layer, module, side = int(found.group(1)), found.group(2), found.group(3)
+        shape = entry.get("shape")
+        if layer >= layers:
+            raise AdapterError(f"adapter {label!r} does not fit {base_label}: it adapts layer {layer}, the base has "
+                               f"{layers} (an adapter trained on another base model)")
+        if not (isinstance(shape, list) and len(shape) == 2):
+            raise AdapterError(f"adapter {label!r}: {WEIGHTS_FILE} has a corrupt header ({name}: shape {shape})")
+        fan_in, fan_out = sizes[module]
+        want, got = (fan_in, shape[1]) if side == "A" else (fan_out, shape[0])
+        if got != want:
+            raise AdapterError(f"adapter {label!r} does not fit {base_label}: {name} has shape {shape}, the base's "
+                               f"{module} takes {want} (an adapter trained on another base model)")
+
+
+def _check_safetensors(file: Path, label: str) -> dict[str, object]:
     """The safetensors layout: 8-byte little-endian header size, a JSON header, then the tensors' bytes."""
     try:
         size = file.stat().st_size
@@ -118,3 +161,4 @@ def _check_safetensors(file: Path, label: str) -> None:
     if 8 + header_len + end != size:
         raise AdapterError(f"adapter {label!r}: {WEIGHTS_FILE} is truncated or corrupt ({size} bytes, expected "
                            f"{8 + header_len + end})")
+    return header

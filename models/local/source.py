@@ -15,12 +15,13 @@ import json
 import logging
 import os
 import shutil
+import struct
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import IO, Any, Literal
 
 from models.adapters import BUILTIN_PREFIX, AdapterError, check_adapter
 from models.engine import EngineError
@@ -122,6 +123,80 @@ def resolve_source(model: str, cache_dir: str | os.PathLike[str] | None = None) 
             raise ModelSourceError(f"{path} is not a Hugging Face model directory (no config.json)")
         return ResolvedSource(kind="hf", name=path.resolve().name, path=path, converted=False)
     raise ModelSourceError(f"model {model!r} is neither a directory, a .gguf file, nor builtin:NAME")
+
+
+#: A GGUF header's layer sizes, by the ``config.json`` key each stands for (``{arch}.`` prefixed in the file).
+_GGUF_SIZES = {
+    "embedding_length": "hidden_size",
+    "feed_forward_length": "intermediate_size",
+    "block_count": "num_hidden_layers",
+    "attention.head_count": "num_attention_heads",
+    "attention.head_count_kv": "num_key_value_heads",
+    "attention.key_length": "head_dim",
+}
+#: GGUF value types: struct format of the scalars (8: string, 9: array).
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def _gguf_value(fh: IO[bytes], kind: int) -> Any:
+    if kind in _GGUF_SCALARS:
+        fmt = _GGUF_SCALARS[kind]
+        return struct.unpack(fmt, fh.read(struct.calcsize(fmt)))[0]
+    if kind == 8:
+        (n,) = struct.unpack("<Q", fh.read(8))
+        return fh.read(n).decode("utf-8", "replace")
+    if kind == 9:
+        item, n = struct.unpack("<IQ", fh.read(12))
+        if item in _GGUF_SCALARS:  # numbers: skipped in one seek
+            fh.seek(n * struct.calcsize(_GGUF_SCALARS[item]), 1)
+        else:
+            for _ in range(n):
+                _gguf_value(fh, item)
+        return None
+    raise ValueError(f"unknown GGUF value type {kind}")
+
+
+def _gguf_sizes(gguf: Path) -> dict[str, Any]:
+    """The layer sizes in a GGUF file's metadata, as ``config.json`` keys; reads the header's key-value section
+    only (no tensors), stopping once every size is found."""
+    found: dict[str, Any] = {}
+    with gguf.open("rb") as fh:
+        if fh.read(4) != b"GGUF":
+            raise ValueError("not a GGUF file")
+        _version, _tensors, kv_count = struct.unpack("<IQQ", fh.read(20))
+        arch = ""
+        for _ in range(kv_count):
+            (n,) = struct.unpack("<Q", fh.read(8))
+            key = fh.read(n).decode("utf-8", "replace")
+            (kind,) = struct.unpack("<I", fh.read(4))
+            value = _gguf_value(fh, kind)
+            if key == "general.architecture":
+                arch = str(value)
+            elif arch and key.startswith(arch + ".") and key[len(arch) + 1 :] in _GGUF_SIZES:
+                found[_GGUF_SIZES[key[len(arch) + 1 :]]] = value
+                if len(found) == len(_GGUF_SIZES):
+                    break
+    return found
+
+
+def base_config(model: str) -> dict[str, Any] | None:
+    """What a local model's ``config.json`` says of its layer sizes, without loading it (no torch): the file of a
+    Hugging Face directory, or the metadata of a GGUF file or a built-in model; None when it cannot be read (the
+    model's load then says why)."""
+    try:
+        key = model[len(BUILTIN_PREFIX) :] if model.startswith(BUILTIN_PREFIX) else None
+        if key is not None:
+            builtin = BUILTINS.get(key)
+            return None if builtin is None else _gguf_sizes(find_builtin_gguf(builtin))
+        path = Path(model).expanduser()
+        if path.is_dir():
+            found: dict[str, Any] = json.loads((path / "config.json").read_text(encoding="utf-8"))
+            return found
+        if path.suffix == ".gguf":
+            return _gguf_sizes(path)
+    except (OSError, ValueError, struct.error, ModelSourceError):
+        return None
+    return None
 
 
 def _marker(gguf: Path) -> dict[str, object]:

@@ -52,3 +52,22 @@ def test_a_bad_adapter_is_a_configuration_error(tmp_path: Path, make: Callable[[
     assert done.stderr.startswith("aligngate: invalid configuration in "), done.stderr
     assert "helpers.aligner.local.adapter" in done.stderr and reason in done.stderr, done.stderr
     assert "Traceback" not in done.stderr and "loading local model" not in done.stderr
+
+
+def test_an_adapter_for_another_base_is_a_configuration_error(tmp_path: Path) -> None:
+    """The shipped adapter (SmolLM2-135M's layer sizes) on a tiny Llama: refused from the base's config.json and
+    the adapter's safetensors header before any model loads, not a shape error inside a worker."""
+    from tests.models.local.tiny import build_random
+
+    base = build_random(tmp_path / "tiny")
+    config = {
+        "backends": [{"name": "m", "local": {"model": str(base), "adapter": "builtin:aligner-smollm2-135m"}}],
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config), encoding="utf-8")
+    done = subprocess.run([sys.executable, "-m", "gateway", "serve", "--config", str(path)], cwd=ROOT,
+                          env=clean_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    assert "backends[0].local.adapter" in done.stderr and "does not fit" in done.stderr, done.stderr
+    assert "trained on another base model" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr and "loading local model" not in done.stderr

@@ -1,5 +1,6 @@
 """``models.adapters``: built-in names resolve to the shipped directories, and a missing, unreadable or truncated
-adapter is an :class:`AdapterError` with the reason (checked from the files alone, before any model loads)."""
+adapter is an :class:`AdapterError` with the reason (checked from the files alone, before any model loads), and so
+is one whose LoRA shapes do not fit its base model's layer sizes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from models.adapters import (
     WEIGHTS_FILE,
     AdapterError,
     check_adapter,
+    check_fits,
     resolve_adapter,
 )
 
@@ -109,3 +111,34 @@ def test_corrupt_weights(tmp_path: Path, data: bytes) -> None:
     (path / WEIGHTS_FILE).write_bytes(data)
     with pytest.raises(AdapterError, match=WEIGHTS_FILE):
         check_adapter(path)
+
+
+#: SmolLM2-135M's sizes, as its config.json gives them.
+SMOLLM2 = {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30, "num_attention_heads": 9,
+           "num_key_value_heads": 3}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_ADAPTERS))
+def test_every_builtin_adapter_fits_its_base(name: str) -> None:
+    check_fits(f"builtin:{name}", SMOLLM2, "builtin:smollm2-135m-instruct")
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"hidden_size": 64, "num_attention_heads": 4, "num_key_value_heads": 4}, "the base's k_proj takes 64"),
+        ({"num_hidden_layers": 2}, "the base has 2"),
+        ({"num_key_value_heads": 9}, "the base's k_proj takes 576"),
+    ],
+    ids=["hidden", "layers", "kv-heads"],
+)
+def test_an_adapter_for_another_base_does_not_fit(change: dict[str, int], reason: str) -> None:
+    with pytest.raises(AdapterError, match="trained on another base model") as info:
+        check_fits("builtin:aligner-smollm2-135m", {**SMOLLM2, **change}, "tiny")
+    assert reason in str(info.value) and "does not fit tiny" in str(info.value)
+
+
+def test_a_base_without_sizes_or_tensors_it_does_not_know_are_not_checked(tmp_path: Path) -> None:
+    check_fits("builtin:aligner-smollm2-135m", {"model_type": "llama"}, "unknown sizes")  # nothing to compare
+    check_fits("builtin:aligner-smollm2-135m", {**SMOLLM2, "intermediate_size": 100}, "x")  # MLP not adapted
+    check_fits(write_adapter(tmp_path / "a"), {**SMOLLM2, "hidden_size": 8}, "x")  # no layer/module names

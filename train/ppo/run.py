@@ -43,17 +43,21 @@ def render_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[str], list[s
     """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped, and the chat
     messages each text was rendered from."""
     rows = sft_rows(config.dataset)
-    texts: list[str] = []
+    # Split the rows by their prompt before rendering: the same split as the RM / DPO / KTO recipes', so the
+    # prompts they hold out (and `aligngate eval`'s hh-rlhf-harmless set) are never a PPO training prompt.
+    sides = train_eval_split(rows, config.eval_share, seed=config.seed)
     seen: dict[str, list[dict[str, str]]] = {}
-    for row in rows:
-        prompt = row["prompt"]
-        messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
-        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > config.max_prompt_length:
-            continue
-        seen[text] = messages
-        texts.append(text)
-    train, held_out = train_eval_split(texts, config.eval_share, seed=config.seed, key=lambda t: t)
+    train: list[str] = []
+    held_out: list[str] = []
+    for side, texts in zip(sides, (train, held_out), strict=True):
+        for row in side:
+            prompt = row["prompt"]
+            messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            if text in seen or len(tokenizer(text, add_special_tokens=False)["input_ids"]) > config.max_prompt_length:
+                continue
+            seen[text] = messages
+            texts.append(text)
     if not train:
         raise RecipeError(f"no prompts of at most {config.max_prompt_length} tokens in the dataset")
     log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(rows))

@@ -92,6 +92,57 @@ def test_in_process_target_every_arm_judged_then_reused(procs: Procs, tmp_path: 
     assert len(read_jsonl(out / "answers.jsonl")) == 24
 
 
+def test_two_gateway_arms_compared_reusing_a_plain_runs_answers(procs: Procs, tmp_path: Path) -> None:
+    """``candidate``/``baseline`` as arms of two gateway configs (two aligners): the candidate side's answers
+    made by a plain run of its config are reused (same key), only the other side is asked."""
+    be, helper, gw, prompts = _stack(procs, tmp_path)
+    other = procs.fake("other-helper", 0, "--reply", "A different correction that the judge does not prefer.")
+    gw_other = gateway_yaml(tmp_path / "other.yaml", be.v1, other.v1)
+    judge = _judge(procs, tmp_path)
+    out = tmp_path / "out"
+    plain = write_yaml(
+        tmp_path / "plain.yaml",
+        {"prompts": [{"path": str(prompts)}], "target": {"gateway_config": str(gw)}, "arms": ["control", "align"]},
+    )
+    first = run_eval("--config", str(plain), "--out", str(out), cwd=tmp_path)
+    assert first.code == 0, first.err
+    helper_calls = len(helper.posts())
+    pair = write_yaml(
+        tmp_path / "pair.yaml",
+        {
+            "prompts": [{"path": str(prompts)}],
+            "target": {
+                "candidate": {"gateway_config": str(gw), "arm": "align"},
+                "baseline": {"gateway_config": str(gw_other), "arm": "align"},
+            },
+            "judges": [{"llm": {"url": judge.v1, "model": "fake-judge"}}],
+        },
+    )
+    result = run_eval("--config", str(pair), "--out", str(out), cwd=tmp_path)
+    assert result.code == 0, result.err
+    assert result.headline["answers"] == {"generated": 3, "reused": 3, "failed": 0}
+    assert len(helper.posts()) == helper_calls  # the candidate side was not even started
+    corrections = [p for p in other.posts() if "Hello from backend" in str(p["body"])]  # not the start-up probe
+    assert len(corrections) == 3
+    (row,) = result.headline["results"]
+    assert (row["arm"], row["baseline"], row["n"], row["wins"]) == ("candidate", "baseline", 3, 3)
+    made = [a for a in read_jsonl(out / "answers.jsonl") if a["arm"] == "baseline"]
+    assert [a["text"] for a in made] == ["A different correction that the judge does not prefer."] * 3
+
+    bad = write_yaml(
+        tmp_path / "bad.yaml",
+        {
+            "prompts": [{"path": str(prompts)}],
+            "target": {
+                "candidate": {"gateway_config": str(gw), "arm": "sideways"},
+                "baseline": {"gateway_config": str(gw_other)},
+            },
+        },
+    )
+    refused = run_eval("--config", str(bad), "--out", str(out), cwd=tmp_path)
+    assert refused.code == 2 and "target.candidate.arm: unknown arm 'sideways'" in refused.err
+
+
 def test_interrupted_run_resumes_without_regenerating(procs: Procs, tmp_path: Path) -> None:
     be, _helper, gw, _ = _stack(procs, tmp_path, "--delay-s", "0.25")
     prompts = prompts_jsonl(tmp_path / "many.jsonl", [f"Question number {i}?" for i in range(12)])

@@ -37,6 +37,20 @@ def test_every_harmless_prompt_is_held_out_by_the_recipes(recipe: str) -> None:
     assert not set(prompts) & trained
 
 
+@pytest.mark.parametrize("recipe", ["ppo.yaml", "ppo-7b.yaml"])
+def test_ppo_never_trains_on_a_harmless_prompt(recipe: str) -> None:
+    """PPO splits its prompt rows the way the preference recipes split pairs (by prompt, before rendering)."""
+    from train.ppo.config import PPOConfig
+    from train.rows import sft_rows
+
+    config = load_recipe(PPOConfig, RECIPES_DIR / recipe, ["reward_model=unused"])
+    assert config.dataset.path == "bundled:hh-rlhf-harmless/pairs.jsonl"
+    train, held_out = train_eval_split(sft_rows(config.dataset), config.eval_share, seed=config.seed)
+    prompts = {p.messages[0].content for p in load_prompt_set(PromptSetSpec(bundled="hh-rlhf-harmless"))}
+    assert prompts <= {row["prompt"][0]["content"] for row in held_out}
+    assert not prompts & {row["prompt"][0]["content"] for row in train}
+
+
 def _split_keys(path: Path) -> list[str]:
     """The recipe's dataset and split keys as overrides of the shared TrainConfig (the rest is method-specific)."""
     data = yaml.safe_load(path.read_text(encoding="utf-8"))

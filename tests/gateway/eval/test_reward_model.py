@@ -1,5 +1,5 @@
-"""The reward-model judge on a tiny reward model trained here (no hub), through the two-model target: a fake
-remote model (candidate) against a tiny local model (baseline), both answered through one in-process gateway,
+"""The reward-model judge on a tiny reward model trained here (no hub), through the two-sided target: a fake
+remote model (candidate) against a tiny local model (baseline), each answered through its own in-process gateway,
 each answer scored as a finished assistant turn by the code the trainers score with."""
 
 from __future__ import annotations

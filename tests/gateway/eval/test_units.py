@@ -168,6 +168,12 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
         "judges: [{reward_model: r, llm: {url: 'http://x', model: m}}]": "either `reward_model",
         "target: {url: 'http://x', gateway_config: g.yaml}": "not several",
         "target: {candidate: {url: 'http://x', model: m}}": "target.baseline is missing",
+        "target: {candidate: {url: 'http://x', model: m, gateway_config: g.yaml}, baseline: {local: {model: m}}}": (
+            "give one of `url`"
+        ),
+        "target: {candidate: {local: {model: m}, arm: align}, baseline: {local: {model: m}}}": (
+            "a model alone has no arms"
+        ),
         "generation: {max_tokens: 0}": "max_tokens must be at least 1",
         "concurrency: many": "concurrency",
     }
@@ -239,9 +245,41 @@ def test_an_arms_answer_identity_holds_only_the_helpers_it_runs(tmp_path: Path) 
 
 
 def test_a_shipped_adapter_is_identified_by_its_files() -> None:
+    from gateway.config import LocalModelSettings
     from gateway.eval.targets import local_identity
 
-    model, shipped = local_identity("builtin:smollm2-135m-instruct", "builtin:aligner-smollm2-135m")
+    local = LocalModelSettings(model="builtin:smollm2-135m-instruct", adapter="builtin:aligner-smollm2-135m")
+    model, shipped = local_identity(local)
     assert isinstance(shipped, list) and shipped[0] == "builtin:aligner-smollm2-135m"
     assert "adapter_model.safetensors" in str(shipped[1])
     assert model == "builtin:smollm2-135m-instruct"  # a model: its name
+
+
+def test_the_runtime_and_precision_are_part_of_an_answers_identity() -> None:
+    """An int8 engine answers differently: its answers are not the float32 ones'; the defaults add nothing, so
+    keys made before the runtime was a setting stay valid."""
+    from gateway.config import Settings
+    from gateway.eval.targets import settings_identity
+
+    def settings(**local: str) -> Settings:
+        return Settings.model_validate({"backends": [{"name": "m", "local": {"model": "builtin:x", **local}}]})
+
+    default = settings_identity(settings(), "control")
+    assert settings_identity(settings(runtime="torch", dtype="float32"), "control") == default
+    int8 = settings_identity(settings(runtime="ctranslate2", dtype="int8"), "control")
+    fp32 = settings_identity(settings(runtime="ctranslate2"), "control")
+    assert len({default, int8, fp32}) == 3
+
+
+def test_an_answer_is_identified_by_the_backend_it_asked() -> None:
+    """A second backend in the config does not invalidate the first's answers; two backends' answers differ."""
+    from gateway.config import Settings
+    from gateway.eval.targets import settings_identity
+
+    one = Settings.model_validate({"backends": [{"name": "a", "urls": ["http://a.invalid/v1"]}]})
+    two = Settings.model_validate(
+        {"backends": [{"name": "a", "urls": ["http://a.invalid/v1"]}, {"name": "b", "urls": ["http://b.invalid/v1"]}]}
+    )
+    assert settings_identity(one, "control", "a") == settings_identity(two, "control", "a")
+    assert settings_identity(one, "control", "a") == settings_identity(one, "control")
+    assert settings_identity(two, "control", "a") != settings_identity(two, "control", "b")

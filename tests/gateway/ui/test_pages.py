@@ -78,7 +78,10 @@ async def test_etag_revalidation_head_and_methods(gateway: GatewayFactory) -> No
     assert head.status_code == 200 and head.content == b""
     _secure(head.headers)
     assert post.status_code == 405 and post.headers["allow"] == "GET"
-    assert unknown.status_code == 404
+    assert unknown.status_code == 404 and unknown.json()["error"]["message"] == "Unknown route: GET /ui/nothing.js"
+    for refused in (post, unknown):  # an error under /ui carries the pages' CSP too
+        assert refused.headers["content-security-policy"] == EXPECTED_CSP
+        assert refused.headers["x-content-type-options"] == "nosniff"
     assert index_tag != etag
 
 
@@ -89,6 +92,7 @@ async def test_server_ui_false_turns_the_pages_off(gateway: GatewayFactory) -> N
         health = await client.get("/healthz")
     assert page.status_code == 404 and script.status_code == 404
     assert page.json()["error"]["message"] == "Unknown route: GET /ui"
+    assert "content-security-policy" not in page.headers  # no pages, nothing of theirs
     assert health.status_code == 200
     assert not [path for path in app.router.table if path.startswith("/ui")]
 

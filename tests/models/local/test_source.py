@@ -92,3 +92,19 @@ def test_a_failed_conversion_leaves_nothing_behind(monkeypatch: pytest.MonkeyPat
     with pytest.raises(RuntimeError):
         ensure_converted(gguf, target)
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.lock"]
+
+
+def test_base_config_reads_sizes_without_loading(tmp_path: Path) -> None:
+    """A directory's config.json as is; a GGUF file's sizes from its header (the built-in model's: SmolLM2-135M);
+    None for what cannot be read."""
+    from models.local.source import base_config
+
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text('{"hidden_size": 8, "num_hidden_layers": 2}')
+    assert base_config(str(tmp_path / "hf")) == {"hidden_size": 8, "num_hidden_layers": 2}
+    builtin = base_config("builtin:smollm2-135m-instruct")
+    assert builtin == {"hidden_size": 576, "intermediate_size": 1536, "num_hidden_layers": 30,
+                       "num_attention_heads": 9, "num_key_value_heads": 3}
+    (tmp_path / "bad.gguf").write_bytes(b"GGUF\x03\x00")
+    assert base_config(str(tmp_path / "bad.gguf")) is None
+    assert base_config(str(tmp_path / "nothing")) is None and base_config("builtin:nope") is None
