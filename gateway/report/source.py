@@ -404,16 +404,19 @@ async def read_store(
     latest_by_default: bool = False,
     timeout_s: float = 5.0,
     shadow: bool = False,
+    engine: AsyncEngine | None = None,
 ) -> Snapshot:
     """The requests matching ``selection``, their feedback, and the preferences involving them (see the module
     docstring).
 
     ``bodies``: also read the text columns (messages, rewritten prompt, answers). ``latest_by_default``: with
     no experiment in ``selection``, read only the most recent experiment (the one of the latest request).
-    ``shadow``: also read the selected requests' ``shadow_runs`` rows.
+    ``shadow``: also read the selected requests' ``shadow_runs`` rows. ``engine``: read through this engine
+    (a running gateway's store's, left open) instead of one made for this call and disposed after it.
     Raises :class:`StoreError` (:class:`UnknownExperiment` for an experiment the store does not have).
     """
-    engine = _engine(url, timeout_s)
+    owned = engine is None
+    engine = _engine(url, timeout_s) if engine is None else engine
     try:
         async with engine.connect() as conn:
             experiments, experiment, rows, feedback_rows = await _fetch(conn, selection, bodies, latest_by_default)
@@ -424,8 +427,9 @@ async def read_store(
     except Exception as exc:  # the database, its driver or the network: tell the user, no traceback
         raise StoreError(f"cannot read the store {safe_url(url)!r}: {_first_line(exc)}") from None
     finally:
-        with contextlib.suppress(Exception):
-            await engine.dispose()
+        if owned:
+            with contextlib.suppress(Exception):
+                await engine.dispose()
     if experiment is not None and experiment not in {e.name for e in experiments}:
         known = ", ".join(f"{e.name} ({e.requests} requests)" for e in reversed(experiments)) or "none"
         raise UnknownExperiment(f"experiment {experiment!r} has no requests in {safe_url(url)} (experiments: {known})")

@@ -239,6 +239,11 @@ class Store:
         finally:
             self._flushing -= 1
 
+    async def reads_engine(self) -> AsyncEngine:
+        """The engine this store reads with (pooled, the store's own), for read-only reports that run their own
+        statements (``/ui/api/experiment``); :class:`StoreUnavailable` while the database is down."""
+        return await self._engine_for_reads()
+
     async def _engine_for_reads(self) -> AsyncEngine:
         if time.monotonic() < self._down_until:
             raise StoreUnavailable("the database failed recently; retrying soon")

@@ -147,9 +147,12 @@ class UiApi:
             raise _disabled()
         selection = Selection(experiment=name, since=query.since, include_forced=False)
         try:
+            engine = await self.store.reads_engine()  # the store's pool, not an engine per call
             snapshot = await read_store(
-                self.settings.store.url, selection, bodies=True, timeout_s=self.settings.store.timeout_s
+                self.settings.store.url, selection, bodies=True, timeout_s=self.settings.store.timeout_s, engine=engine
             )
+        except StoreUnavailable as exc:
+            raise StoreUnavailableError("The trace store is unavailable; try again shortly.") from exc
         except UnknownExperiment:  # no request of this experiment yet
             return ExperimentAnswer(experiment=name, since=query.since, report=None)
         except StoreError as exc:
