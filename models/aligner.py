@@ -37,7 +37,10 @@ sentence: ``correct_sentence(question, prefix, sentence)`` corrects one, given t
 corrected, with the same guards but ``dropped_content`` (:data:`SENTENCE_GUARDS`: a failing correction keeps the
 sentence; ``timeout_s`` bounds each sentence). A sentence may legitimately shrink to a few words, or the aligner
 may merge it away, so a per-sentence length floor would mostly refuse good edits; a whole answer's shrinking is
-checked on whole answers only. ``correct`` and ``stream_correct`` then cut the whole answer into segments
+checked on whole answers only. Growth is bounded instead: a sentence's correction may take at most
+:func:`sentence_token_cap` tokens (twice the sentence's length, counted as one token per 3 UTF-8 bytes, plus
+16), so an aligner that writes a whole answer where one sentence was asked for stops there (``truncated``, the
+sentence kept) instead of generating up to its ``max_tokens`` while the client waits. ``correct`` and ``stream_correct`` then cut the whole answer into segments
 (:mod:`models.sentences`) and correct its sentences one after the other, each with the corrected text before it
 as its prefix; fenced code and pieces without words pass through as they are. ``AlignResult.sentences`` says what
 happened to each segment; the answer counts as corrected when at least one sentence was (else its reason is the
@@ -72,6 +75,7 @@ __all__ = [
     "SentenceResult",
     "question_from_messages",
     "sentence_skip",
+    "sentence_token_cap",
 ]
 
 AlignSkipReason = Literal[
@@ -101,6 +105,17 @@ class SentenceResult:
     @property
     def corrected(self) -> bool:
         return self.skipped is None
+
+
+#: A sentence's correction may take at most SENTENCE_GROWTH x the sentence's tokens + SENTENCE_TOKEN_SLACK.
+SENTENCE_GROWTH = 2
+SENTENCE_TOKEN_SLACK = 16
+
+
+def sentence_token_cap(sentence: str) -> int:
+    """The most tokens one sentence's correction may take: twice the sentence's length in tokens, estimated as one
+    per 3 UTF-8 bytes (about 1.3x an English sentence's real count, one per CJK character), plus 16."""
+    return SENTENCE_GROWTH * -(-len(sentence.encode("utf-8")) // 3) + SENTENCE_TOKEN_SLACK
 
 
 def sentence_skip(segment: Segment) -> str | None:
@@ -188,12 +203,14 @@ class Aligner:
     ) -> AlignResult:
         """The corrected ``sentence`` (without the whitespace around it), given the answer before it as already
         corrected (``prefix``); a sentence template only. The same guards as :meth:`correct` but ``dropped_content``;
-        ``max_tokens`` lowers the aligner's own bound (what is left of the client's, :class:`models.limits.Budget`)."""
+        the correction is bounded by :func:`sentence_token_cap`, and ``max_tokens`` lowers that (what is left of the
+        client's, :class:`models.limits.Budget`)."""
         start = time.perf_counter()
         if not sentence.strip():
             return AlignResult(sentence, sentence, "no_answer", _ms_since(start))
+        cap = sentence_token_cap(sentence) if max_tokens is None else min(max_tokens, sentence_token_cap(sentence))
         return await self._generate(self.render_sentence(question, prefix, sentence), sentence, start, sentence=True,
-                                    max_tokens=max_tokens)
+                                    max_tokens=cap)
 
     async def _correct_sentences(self, question: str, answer: str, limits: ClientLimits | None) -> AlignResult:
         start = time.perf_counter()

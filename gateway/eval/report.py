@@ -112,7 +112,8 @@ def _pct(x: float | None) -> str:
 
 
 def _signed(x: float | None) -> str:
-    return "—" if x is None else f"{100 * x:+.1f}"
+    """Points with their sign; a bootstrap bound a hair below 0 is "+0.0", not "-0.0"."""
+    return "—" if x is None else f"{round(100 * x, 1) + 0.0:+.1f}"
 
 
 def _ci(row: PairwiseRow) -> str:

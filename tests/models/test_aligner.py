@@ -310,3 +310,20 @@ async def test_stream_correct_with_a_sentence_template_yields_each_segment_when_
     assert stream.result is not None
     assert (stream.result.corrected, stream.result.skipped_reason) == ("One fixed. Two fixed.", None)
     assert len(stream.result.sentences) == 2
+
+
+async def test_a_sentence_correction_is_bounded_by_the_sentences_length() -> None:
+    """An aligner that writes a whole answer where one sentence was asked for stops at twice the sentence's
+    length (+16 tokens), so the client does not wait for up to its max_tokens: that correction is truncated and
+    the sentence kept."""
+    from models.aligner import sentence_token_cap
+
+    sentence = "Preheat the oven to 220 degrees."  # 32 bytes: 11 estimated tokens
+    assert sentence_token_cap(sentence) == 2 * 11 + 16
+    assert sentence_token_cap("烤面包。") == 2 * 4 + 16  # 12 bytes: one token per CJK character
+    engine = ScriptedEngine(["Step 1 ... " * 40], finish_reason="length")
+    result = await Aligner(engine, template="stream", max_tokens=512).correct_sentence("Q?", "", sentence)
+    assert engine.calls[0].params.max_tokens == 38
+    assert (result.corrected, result.skipped_reason) == (sentence, "truncated")
+    await Aligner(engine, template="stream", max_tokens=512).correct_sentence("Q?", "", sentence, max_tokens=5)
+    assert engine.calls[1].params.max_tokens == 5  # what is left of the client's budget lowers it further

@@ -283,3 +283,10 @@ def test_an_answer_is_identified_by_the_backend_it_asked() -> None:
     assert settings_identity(one, "control", "a") == settings_identity(two, "control", "a")
     assert settings_identity(one, "control", "a") == settings_identity(one, "control")
     assert settings_identity(two, "control", "a") != settings_identity(two, "control", "b")
+
+
+def test_points_never_print_a_negative_zero() -> None:
+    from gateway.eval.report import _signed
+
+    assert [_signed(x) for x in (-1e-17, -0.0004, 0.0, 0.16, -0.3, None)] == [
+        "+0.0", "+0.0", "+0.0", "+16.0", "-30.0", "—"]
