@@ -40,12 +40,12 @@ may merge it away, so a per-sentence length floor would mostly refuse good edits
 checked on whole answers only. Growth is bounded instead: a sentence's correction may take at most
 :func:`sentence_token_cap` tokens (twice the sentence's length, counted as one token per 3 UTF-8 bytes, plus
 16), so an aligner that writes a whole answer where one sentence was asked for stops there (``truncated``, the
-sentence kept) instead of generating up to its ``max_tokens`` while the client waits. ``correct`` and ``stream_correct`` then cut the whole answer into segments
-(:mod:`models.sentences`) and correct its sentences one after the other, each with the corrected text before it
-as its prefix; fenced code and pieces without words pass through as they are. ``AlignResult.sentences`` says what
-happened to each segment; the answer counts as corrected when at least one sentence was (else its reason is the
-first sentence's guard), and an engine failure on any sentence fails the
-whole correction. ``stream_correct`` yields each segment once it is done.
+sentence kept) instead of generating up to its ``max_tokens`` while the client waits. ``correct`` and
+``stream_correct`` then cut the whole answer into segments (:mod:`models.sentences`) and correct its sentences one
+after the other, each with the corrected text before it as its prefix; fenced code and pieces without words pass
+through as they are. ``AlignResult.sentences`` says what happened to each segment; the answer counts as corrected
+when at least one sentence was (else its reason is the first sentence's guard), and an engine failure on any
+sentence fails the whole correction. ``stream_correct`` yields each segment once it is done.
 
 :func:`question_from_messages` turns a multi-turn chat into the aligner's ``question``.
 """
