@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
-from procs import ROOT, Proc, free_port, start_fake, start_gateway, wait_healthy
+from procs import ROOT, Proc, free_port, start_fake, start_gateway, tree, wait_healthy
 
 RESULTS = ROOT / "benchmarks" / "results"
 CHAT_BODY = json.dumps(
@@ -56,16 +56,12 @@ JSON = {"Content-Type": "application/json"}
 def cpu_seconds(pid: int) -> float:
     """User+system CPU seconds of a process and all its live descendants (from /proc)."""
     total = 0.0
-    stack = [pid]
-    while stack:
-        p = stack.pop()
+    for p in tree(pid):
         try:
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / CLK_TCK
-            children = Path(f"/proc/{p}/task/{p}/children").read_text().split()
-        except (FileNotFoundError, ProcessLookupError, IndexError):
+        except (OSError, IndexError):
             continue
-        stack.extend(int(c) for c in children)
     return total
 
 

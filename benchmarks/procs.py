@@ -16,6 +16,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def tree(pid: int) -> list[int]:
+    """``pid`` and its live descendants."""
+    found, stack = [], [pid]
+    while stack:
+        p = stack.pop()
+        found.append(p)
+        try:
+            stack += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
+        except OSError:
+            continue
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

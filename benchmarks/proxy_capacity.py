@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway_overhead import CHAT_BODY, cpu_seconds, ensure_litellm_venv, start_litellm
-from procs import ROOT, Proc, free_port, start_fake, start_gateway, wait_healthy
+from procs import ROOT, Proc, free_port, start_fake, start_gateway, tree, wait_healthy
 
 RESULTS = ROOT / "benchmarks" / "results"
 PROXY_CPUS = {0}
@@ -53,19 +53,6 @@ LOAD_CPUS = {1}
 #: least 0.85x the floor's.
 CPU_TARGET = 1.15
 RPS_TARGET = 0.85
-
-
-def tree(pid: int) -> list[int]:
-    """``pid`` and its live descendants."""
-    found, stack = [], [pid]
-    while stack:
-        p = stack.pop()
-        found.append(p)
-        try:
-            stack += [int(c) for c in Path(f"/proc/{p}/task/{p}/children").read_text().split()]
-        except OSError:
-            continue
-    return found
 
 
 def pin(pid: int, cpus: set[int]) -> None:

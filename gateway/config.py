@@ -518,33 +518,40 @@ def _check_reward_model(path: str) -> None:
         raise ConfigError(f"{where}: {path} is neither a peft adapter nor a model directory ({hint})")
 
 
-def _check_adapters_fit(settings: Settings) -> None:
-    """Each local ``adapter`` fits its ``model``'s layer sizes (read from its config or GGUF header, no torch)."""
+def _local_specs(settings: Settings) -> list[tuple[str, str, LocalModelSettings]]:
+    """Every in-process model of ``settings``: (how a message names it, its config key, its settings)."""
+    found = [(f"backend {b.name!r}", f"backends[{i}].local", b.local) for i, b in enumerate(settings.backends)]
+    for name in ("rewriter", "aligner"):
+        helper = getattr(settings.helpers, name)
+        if helper is not None:
+            found.append((f"helpers.{name}", f"helpers.{name}.local", helper.local))
+    return [(name, key, spec) for name, key, spec in found if spec is not None]
+
+
+def _check_adapters_fit(specs: list[tuple[str, str, LocalModelSettings]]) -> None:
+    """Each local ``adapter`` fits its ``model``'s layer sizes (read from its config or GGUF header, no torch; once
+    per model)."""
     from models.local.source import base_config  # torch-free; models.local's engine loads only on use
 
-    where = [(f"backends[{i}].local", b.local) for i, b in enumerate(settings.backends)] + [
-        (f"helpers.{name}.local", getattr(settings.helpers, name).local)
-        for name in ("rewriter", "aligner")
-        if getattr(settings.helpers, name) is not None
-    ]
-    for label, spec in where:
-        if spec is None or spec.adapter is None:
+    configs: dict[str, dict[str, Any] | None] = {}
+    for _name, key, spec in specs:
+        if spec.adapter is None:
             continue
-        config = base_config(spec.model)
+        if spec.model not in configs:
+            configs[spec.model] = base_config(spec.model)
+        config = configs[spec.model]
         if config is not None:
             try:
                 check_fits(spec.adapter, config, spec.model)
             except AdapterError as exc:
-                raise ConfigError(f"{label}.adapter: {exc}") from None
+                raise ConfigError(f"{key}.adapter: {exc}") from None
 
 
 def check_servable(settings: Settings) -> None:
     """Refuse settings this build cannot serve, with a message that says what to do instead."""
     gate = settings.helpers.aligner.gate if settings.helpers.aligner is not None else None
-    locals_ = [f"backend {b.name!r}" for b in settings.backends if b.local is not None] + [
-        f"helpers.{name}" for name in ("rewriter", "aligner")
-        if getattr(settings.helpers, name) is not None and getattr(settings.helpers, name).local is not None
-    ] + (["helpers.aligner.gate"] if gate is not None else [])
+    specs = _local_specs(settings)
+    locals_ = [name for name, _key, _spec in specs] + (["helpers.aligner.gate"] if gate is not None else [])
     if locals_ and not (importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")):
         raise ConfigError(
             f"{locals_[0]} uses `local:` (the in-process engine), which needs the `local` extra: "
@@ -553,14 +560,11 @@ def check_servable(settings: Settings) -> None:
         )
     if gate is not None and not gate.reward_model.startswith("builtin:"):
         _check_reward_model(gate.reward_model)
-    specs = [b.local for b in settings.backends] + [
-        getattr(settings.helpers, name).local for name in ("rewriter", "aligner") if getattr(settings.helpers, name)
-    ]
-    if any(spec is not None and spec.runtime == "ctranslate2" for spec in specs) and not importlib.util.find_spec(
+    if any(spec.runtime == "ctranslate2" for _name, _key, spec in specs) and not importlib.util.find_spec(
         "ctranslate2"
     ):
         raise ConfigError("`local: {runtime: ctranslate2}` needs `pip install 'aligngate[ctranslate2]'`")
-    _check_adapters_fit(settings)
+    _check_adapters_fit(specs)
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:
             for helper in Arm(arm).helpers:

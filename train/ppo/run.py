@@ -29,11 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from core.recipe import RecipeError
-from train.data.builders import train_eval_split
 from train.modeling import load_causal_lm, torch_dtype
 from train.outputs import write_outputs
 from train.ppo.config import PPOConfig
-from train.rows import sft_rows
+from train.rows import sft_splits
 from train.run import run_main
 
 log = logging.getLogger(__name__)
@@ -42,10 +41,9 @@ log = logging.getLogger(__name__)
 def render_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[str], list[str], dict[str, list[dict[str, str]]]]:
     """(train prompts, held-out prompts) as text ready for generation, over-long ones dropped, and the chat
     messages each text was rendered from."""
-    rows = sft_rows(config.dataset)
-    # Split the rows by their prompt before rendering: the same split as the RM / DPO / KTO recipes', so the
-    # prompts they hold out (and `aligngate eval`'s hh-rlhf-harmless set) are never a PPO training prompt.
-    sides = train_eval_split(rows, config.eval_share, seed=config.seed)
+    # The SFT split (rows split by prompt, as the RM / DPO / KTO recipes split pairs): the prompts they hold out,
+    # and `aligngate eval`'s hh-rlhf-harmless set, are never a PPO training prompt.
+    sides = sft_splits(config)
     seen: dict[str, list[dict[str, str]]] = {}
     train: list[str] = []
     held_out: list[str] = []
@@ -60,7 +58,7 @@ def render_prompts(config: PPOConfig, tokenizer: Any) -> tuple[list[str], list[s
             texts.append(text)
     if not train:
         raise RecipeError(f"no prompts of at most {config.max_prompt_length} tokens in the dataset")
-    log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(rows))
+    log.info("prompts: %d train, %d held out (of %d rows)", len(train), len(held_out), len(sides[0]) + len(sides[1]))
     return train, held_out[: config.eval_prompts], seen
 
 

@@ -39,13 +39,13 @@ def test_every_harmless_prompt_is_held_out_by_the_recipes(recipe: str) -> None:
 
 @pytest.mark.parametrize("recipe", ["ppo.yaml", "ppo-7b.yaml"])
 def test_ppo_never_trains_on_a_harmless_prompt(recipe: str) -> None:
-    """PPO splits its prompt rows the way the preference recipes split pairs (by prompt, before rendering)."""
+    """PPO takes its prompts from the SFT split (pairs split by prompt, as the preference recipes split them)."""
     from train.ppo.config import PPOConfig
-    from train.rows import sft_rows
+    from train.rows import sft_splits
 
     config = load_recipe(PPOConfig, RECIPES_DIR / recipe, ["reward_model=unused"])
     assert config.dataset.path == "bundled:hh-rlhf-harmless/pairs.jsonl"
-    train, held_out = train_eval_split(sft_rows(config.dataset), config.eval_share, seed=config.seed)
+    train, held_out = sft_splits(config)
     prompts = {p.messages[0].content for p in load_prompt_set(PromptSetSpec(bundled="hh-rlhf-harmless"))}
     assert prompts <= {row["prompt"][0]["content"] for row in held_out}
     assert not prompts & {row["prompt"][0]["content"] for row in train}
