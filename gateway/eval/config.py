@@ -27,6 +27,7 @@ from models.adapters import AdapterError, check_adapter
 
 __all__ = [
     "BUNDLED_SETS",
+    "BlindJudgeSpec",
     "EvalConfig",
     "EvalConfigError",
     "GenerationSpec",
@@ -124,8 +125,17 @@ class LLMJudgeSpec:
 
 
 @dataclass
+class BlindJudgeSpec:
+    #: Written each run: the pairs still waiting for a verdict, sides hidden (JSONL).
+    pairs: str = ""
+    #: Read each run: the readers' verdicts (JSONL ``{"pair", "verdict": "A" | "B" | "tie", "why"?}``).
+    verdicts: str = ""
+
+
+@dataclass
 class JudgeSpec:
-    """One judge: ``reward_model: DIR`` (what ``aligngate train rm`` writes) or ``llm: {url, model, ...}``."""
+    """One judge: ``reward_model: DIR`` (what ``aligngate train rm`` writes), ``llm: {url, model, ...}`` or
+    ``blind: {pairs, verdicts}`` (readers outside aligngate)."""
 
     #: Its label in the report (default: ``rm:<folder>`` or ``llm:<model>``).
     name: str | None = None
@@ -138,6 +148,7 @@ class JudgeSpec:
     #: Reward model: ``auto`` (CUDA when there is one), ``cpu`` or ``cuda``.
     device: str = "auto"
     llm: LLMJudgeSpec | None = None
+    blind: BlindJudgeSpec | None = None
 
 
 @dataclass
@@ -178,6 +189,8 @@ def judge_name(spec: JudgeSpec) -> str:
         return spec.name
     if spec.reward_model is not None:
         return f"rm:{Path(spec.reward_model.rstrip('/')).name or spec.reward_model}"
+    if spec.blind is not None:
+        return f"blind:{Path(spec.blind.verdicts).stem}"
     assert spec.llm is not None
     return f"llm:{spec.llm.model}"
 
@@ -263,8 +276,15 @@ def check(config: EvalConfig) -> EvalConfig:
     names: list[str] = []
     for i, js in enumerate(config.judges):
         where = f"judges[{i}]"
-        if (js.reward_model is None) == (js.llm is None):
-            raise EvalConfigError(f"{where}: give either `reward_model: DIR` or `llm: {{url, model}}`")
+        if sum(kind is not None for kind in (js.reward_model, js.llm, js.blind)) != 1:
+            raise EvalConfigError(
+                f"{where}: give one of `reward_model: DIR`, `llm: {{url, model}}` or `blind: {{pairs, verdicts}}`"
+            )
+        if js.blind is not None:
+            if not js.blind.pairs or not js.blind.verdicts:
+                raise EvalConfigError(f"{where}.blind needs `pairs` (written) and `verdicts` (read) files")
+            if Path(js.blind.pairs).expanduser().resolve() == Path(js.blind.verdicts).expanduser().resolve():
+                raise EvalConfigError(f"{where}.blind: `pairs` and `verdicts` must be different files")
         if js.llm is not None:
             if not js.llm.url or not js.llm.model:
                 raise EvalConfigError(f"{where}.llm needs `url` and `model`")

@@ -8,7 +8,9 @@ or the reward model's files and settings). ``judge_all`` hands each judgement to
 server error or timeout after retries: not cached, retried next run). :class:`JudgeError` means the judge
 cannot be used at all (unreachable, a refused key or model, a reward model that does not load).
 
-The reward-model judge (:mod:`gateway.eval.rm_judge`) imports torch only when it is built.
+The judges: :mod:`gateway.eval.rm_judge` (a reward model; imports torch only when it is built),
+:mod:`gateway.eval.llm_judge` (an OpenAI-compatible chat model) and :mod:`gateway.eval.blind_judge` (verdicts
+from readers outside aligngate, sides hidden).
 """
 
 from __future__ import annotations
@@ -58,6 +60,10 @@ def build_judge(spec: JudgeSpec, concurrency: int) -> Judge:
         from gateway.eval.llm_judge import LLMJudge
 
         return LLMJudge(name, spec.llm, concurrency)
+    if spec.blind is not None:
+        from gateway.eval.blind_judge import BlindJudge
+
+        return BlindJudge(name, spec.blind)
     assert spec.reward_model is not None
     from gateway.eval.rm_judge import RMJudge
 

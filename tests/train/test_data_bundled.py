@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter
+from pathlib import Path
 
 from train.data.builders import (
     aligner_triplets,
     bpo_word_ratio_ok,
     preference_to_kto,
+    preferences_from_bpo,
     rewriter_pairs,
     train_eval_split,
 )
-from train.data.bundled import ALPACA_EVAL_PREFS, BPO_TEST, DATASETS_DIR, DOLLY_EVAL, HH_RLHF_HARMLESS
+from train.data.bundled import (
+    ALPACA_EVAL_PREFS,
+    BPO_TEST,
+    BPO_TRAIN_VAL,
+    DATASETS_DIR,
+    DOLLY_EVAL,
+    HH_RLHF_HARMLESS,
+)
 from train.data.loaders import load_any
 
 
@@ -47,6 +57,27 @@ def test_bpo_and_dolly_load_completely() -> None:
     dolly = load_any(DOLLY_EVAL)
     assert (dolly.kind, len(dolly)) == ("dolly", 200)
     assert sum(bool(r["context"]) for r in dolly) == 63
+
+
+def test_bpo_training_rows_load_and_share_no_prompt_with_the_test_or_evaluation_sets() -> None:
+    rows = load_any(BPO_TRAIN_VAL)
+    assert (rows.kind, len(rows), rows.n_skipped) == ("bpo", 300, 0)
+    # 44 rows carry a context, joined under the instruction as BPO does (the same layout as Dolly's prompts)
+    forward = next(r for r in rows if r["prompt"].startswith("Forward this email to"))
+    assert forward["prompt"].split("\n")[1] == "Dear Anne,"
+    assert sum(bpo_word_ratio_ok(r["prompt"], r.get("optimized_prompt", "")) for r in rows) == 273
+    assert len(preferences_from_bpo(rows.rows)) == 298  # 2 rows have an empty bad_res
+
+    def norm(text: str) -> str:
+        return " ".join(text.split()).lower()
+
+    prompts = {norm(r["prompt"]) for r in rows}
+    assert not prompts & {norm(r["prompt"]) for r in load_any(BPO_TEST)}
+    eval_sets = Path(__file__).resolve().parents[2] / "gateway" / "eval" / "prompts"
+    for name in ("dolly-eval", "hh-rlhf-harmless"):
+        with (eval_sets / name / "prompts.jsonl").open() as f:
+            held_out = {norm(json.loads(line)["prompt"]) for line in f}
+        assert not prompts & held_out, name
 
 
 def test_builders_on_the_full_hh_file() -> None:

@@ -228,6 +228,29 @@ def test_load_bpo_rejects_rows_with_nothing_to_learn(tmp_path: Path) -> None:
     assert dict(load_bpo(g).skipped) == {"empty_prompt": 1}
 
 
+def test_load_bpo_training_layout_joins_instruction_and_context(tmp_path: Path) -> None:
+    # BPO's training data names the prompt `instruction` (+ `context`); load_any sniffs it as bpo, not dolly
+    f = tmp_path / "train.json"
+    rows = [
+        {
+            "instruction": "Summarise this.",
+            "context": "A long text.",
+            "optimized_prompt": "o",
+            "good_res": "g",
+            "bad_res": "b",
+            "source": "oasst1",
+        },
+        {"instruction": " Name a colour. ", "context": "", "good_res": "g", "bad_res": "b"},
+    ]
+    f.write_text(json.dumps(rows))
+    loaded = load_any(f)
+    assert loaded.kind == "bpo"
+    assert [r["prompt"] for r in loaded] == ["Summarise this.\nA long text.", "Name a colour."]
+    f.write_text(json.dumps([{"instruction": 3, "good_res": "g", "bad_res": "b"}]))
+    with pytest.raises(DataFormatError, match="instruction"):
+        load_bpo(f)
+
+
 def test_load_dolly_fixture(fixtures: Path) -> None:
     loaded = load_dolly(fixtures / "dolly_small.json")
     assert len(loaded) == 3

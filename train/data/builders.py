@@ -27,6 +27,7 @@ from train.data.formats import (
     UnpairedRecord,
     assistant,
     completion_text,
+    instruction_prompt,
     render_conversation,
     user,
 )
@@ -226,11 +227,9 @@ def preference_to_kto(prefs: Iterable[PreferenceRecord]) -> list[UnpairedRecord]
 def dolly_prompt(row: DollyRow) -> str:
     """The prompt a Dolly row stands for: the instruction, then its context on the next line when it has one.
 
-    This is BPO's ``{instruction}\\n{context}`` layout.
+    This is BPO's ``{instruction}\\n{context}`` layout (:func:`~train.data.formats.instruction_prompt`).
     """
-    if row["context"].strip():
-        return f"{row['instruction']}\n{row['context']}".strip()
-    return row["instruction"].strip()
+    return instruction_prompt(row["instruction"], row["context"])
 
 
 def sft_from_dolly(rows: Iterable[DollyRow]) -> list[PromptCompletionRecord]:

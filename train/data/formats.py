@@ -113,6 +113,13 @@ class DollyRow(TypedDict):
 SPEAKERS: dict[str, str] = {"system": "System", "user": "Human", "assistant": "Assistant"}
 
 
+def instruction_prompt(instruction: str, context: str) -> str:
+    """The prompt an instruction row stands for: BPO's ``{instruction}\\n{context}`` layout (context when present)."""
+    if context.strip():
+        return f"{instruction}\n{context}".strip()
+    return instruction.strip()
+
+
 def user(content: str) -> Message:
     """A user message."""
     return {"role": "user", "content": content}

@@ -22,7 +22,8 @@ kind                      input rows                                            
 ``messages``              ``{messages: [...]}`` ending with an assistant turn                    PromptCompletion
 ``prompt-completion``     ``{prompt, completion}``                                               PromptCompletion
 ``unpaired``              ``{prompt, completion, label}``                                        UnpairedRecord
-``bpo``                   ``{prompt, optimized_prompt?, good_res?, bad_res?}``                   BPORow
+``bpo``                   ``{prompt, optimized_prompt?, good_res?, bad_res?}`` (or BPO's         BPORow
+                          training layout: ``instruction`` + ``context?`` for ``prompt``)
 ``dolly``                 ``{instruction, context?, response, category?}``                       DollyRow
 ``aligner``               ``{question, answer, correction}`` (gateway export)                    AlignerTriplet
 ``rewriter``              ``{prompt, optimized_prompt}`` (gateway export)                        RewriterPair
@@ -53,6 +54,7 @@ from train.data.formats import (
     UnpairedRecord,
     assistant,
     completion_text,
+    instruction_prompt,
     iter_json_records,
     user,
 )
@@ -417,7 +419,11 @@ def load_unpaired(path: PathLike) -> Loaded[UnpairedRecord]:
 
 
 def _bpo_row(obj: dict[str, object], path: Path, where: str) -> BPORow:
-    prompt = _str_field(obj, "prompt", path, where)
+    if "prompt" in obj or "instruction" not in obj:
+        prompt = _str_field(obj, "prompt", path, where)
+    else:  # BPO's training-data layout: the prompt as instruction + context
+        instruction = _str_field(obj, "instruction", path, where)
+        prompt = instruction_prompt(instruction, _opt_str_field(obj, "context", path, where) or "")
     optimized = _opt_str_field(obj, "optimized_prompt", path, where)
     good = _opt_str_field(obj, "good_res", path, where)
     bad = _opt_str_field(obj, "bad_res", path, where)
@@ -437,6 +443,9 @@ def _bpo_row(obj: dict[str, object], path: Path, where: str) -> BPORow:
 
 def load_bpo(path: PathLike) -> Loaded[BPORow]:
     """BPO rows ``{prompt, optimized_prompt?, good_res?, bad_res?}`` (a JSON array, as BPO ships, or JSONL).
+
+    BPO's training-data rows name the prompt ``instruction`` (+ ``context``, joined as
+    :func:`~train.data.formats.instruction_prompt` joins them) instead of ``prompt``.
 
     Each row needs ``optimized_prompt`` (rewriter training) or ``good_res`` and ``bad_res`` (teacher
     construction), or all three. Skips ``empty_prompt``. The word-ratio filter is not applied here.
@@ -524,7 +533,7 @@ def sniff_kind(row: dict[str, object]) -> str | None:
         return "messages"
     if {"question", "answer", "correction"} <= keys:
         return "aligner"
-    if "prompt" in keys and ("good_res" in keys or "bad_res" in keys):
+    if ("prompt" in keys or "instruction" in keys) and ("good_res" in keys or "bad_res" in keys):
         return "bpo"
     if {"prompt", "optimized_prompt"} <= keys:
         return "rewriter"

@@ -4,6 +4,7 @@ resume, a running gateway over a socket, the shadow-store path, and the exit-2 f
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -90,6 +91,56 @@ def test_in_process_target_every_arm_judged_then_reused(procs: Procs, tmp_path: 
     assert changed.code == 0, changed.err
     assert changed.headline["answers"]["generated"] == 12 and len(be.posts()) == backend_calls + 12
     assert len(read_jsonl(out / "answers.jsonl")) == 24
+
+
+def test_blind_readers_verdicts_are_unblinded_and_reported(procs: Procs, tmp_path: Path) -> None:
+    _be, _helper, gw, prompts = _stack(procs, tmp_path)
+    pairs, verdicts = tmp_path / "blind" / "pairs.jsonl", tmp_path / "blind" / "verdicts.jsonl"
+    config = write_yaml(
+        tmp_path / "eval.yaml",
+        {
+            "prompts": [{"path": str(prompts), "name": "mine"}],
+            "target": {"gateway_config": str(gw)},
+            "arms": ["control", "align"],
+            "judges": [{"blind": {"pairs": str(pairs), "verdicts": str(verdicts)}}],
+            "generation": {"max_tokens": 64},
+        },
+    )
+    out = tmp_path / "out"
+    first = run_eval("--config", str(config), "--out", str(out), cwd=tmp_path)
+    assert first.code == 0, first.err
+    assert first.headline["judgements"]["unjudged"] == 3
+    (row,) = first.headline["results"]
+    assert (row["judge"], row["n"], row["delta_wr"]) == ("blind:verdicts", 0, None)
+    waiting = read_jsonl(pairs)
+    assert len(waiting) == 3 and {w["criterion"] for w in waiting} == {"helpful"}
+    # The arms are hidden and the sides shuffled: the aligner's answer (the helper's reply) is A in some pairs only
+    assert all("align" not in json.dumps(w).replace(HELPER_REPLY, "") for w in waiting)
+    sides = ["A" if w["A"] == HELPER_REPLY else "B" for w in waiting]
+    assert all(
+        w[side] == HELPER_REPLY and w["prompt"][-1]["role"] == "user" for w, side in zip(waiting, sides, strict=True)
+    )
+
+    # The reader prefers the aligner's answer on two pairs (whichever side it is on) and calls the third a tie
+    verdicts.write_text(
+        "".join(
+            json.dumps({"pair": w["pair"], "verdict": verdict, "why": "reason"}) + "\n"
+            for w, verdict in zip(waiting, [sides[0], sides[1], "tie"], strict=True)
+        )
+    )
+    second = run_eval("--config", str(config), "--out", str(out), cwd=tmp_path)
+    assert second.code == 0, second.err
+    (row,) = second.headline["results"]
+    assert (row["n"], row["wins"], row["ties"], row["losses"]) == (3, 2, 1, 0)
+    assert second.headline["judgements"]["unjudged"] == 0 and read_jsonl(pairs) == []
+
+    # A verdict that is not A, B or tie stops the run with its line; nothing cached is lost
+    with verdicts.open("a") as f:
+        f.write(json.dumps({"pair": waiting[2]["pair"], "verdict": "the first one"}) + "\n")
+    bad = run_eval("--config", str(config), "--out", str(out), cwd=tmp_path)
+    assert bad.code == 2 and "verdicts.jsonl:4: verdict must be A, B or tie" in bad.err
+    assert "Traceback" not in bad.err
+    assert len(read_jsonl(out / "answers.jsonl")) == 6
 
 
 def test_two_gateway_arms_compared_reusing_a_plain_runs_answers(procs: Procs, tmp_path: Path) -> None:

@@ -165,7 +165,9 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
         "prompts: [{bundled: nope}]": "unknown bundled set 'nope'",
         "prompts: [{bundled: dolly-eval, path: x.jsonl}]": "either `bundled: NAME` or `path",
         "judges: [{llm: {url: 'http://x/v1'}}]": "needs `url` and `model`",
-        "judges: [{reward_model: r, llm: {url: 'http://x', model: m}}]": "either `reward_model",
+        "judges: [{reward_model: r, llm: {url: 'http://x', model: m}}]": "give one of `reward_model",
+        "judges: [{blind: {pairs: p.jsonl}}]": "needs `pairs` (written) and `verdicts` (read)",
+        "judges: [{blind: {pairs: v.jsonl, verdicts: v.jsonl}}]": "must be different files",
         "target: {url: 'http://x', gateway_config: g.yaml}": "not several",
         "target: {candidate: {url: 'http://x', model: m}}": "target.baseline is missing",
         "target: {candidate: {url: 'http://x', model: m, gateway_config: g.yaml}, baseline: {local: {model: m}}}": (
