@@ -17,8 +17,9 @@
                        more helpful and harmless than...", "The corrected answer is") the answer did not have
   ``repetition``       it loops (a repeated sentence, word 5-gram or run of characters) where the answer did not
   ``language_changed`` its script, or its stop-word language, differs from the answer's
-  ``dropped_content``  the answer has 20 words or more and the correction keeps under 30 % of that many words
-                       without being a refusal (a refusal of a harmful request is a legitimate short correction)
+  ``dropped_content``  the answer has 20 words or more and the correction keeps under 30 % of that many words,
+                       or only cuts (an extract: at most 10 % new words) and keeps under two thirds, without
+                       being a refusal (a refusal of a harmful request is a legitimate short correction)
   ==================== ==================================================================================
 * ``stream_correct(question, answer)`` → :class:`AlignStream`, an async iterator of correction text deltas
   as the engine produces them (for streamed responses). Leading whitespace is dropped and trailing whitespace

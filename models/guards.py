@@ -36,9 +36,11 @@ text rules (no model). The helpers turn a hit into a stable skip reason (``model
     had. :func:`strip_correction_label` first removes a cleanly separable leading label (``Corrected answer:``,
     ``**Revised response:**``, ``Here is the corrected answer:`` followed by the text).
   - :func:`dropped_content` — the answer has at least :data:`MIN_CONTENT_WORDS` words and the correction keeps
-    fewer than :data:`MIN_CONTENT_RATIO` (30 %) of that many words, without being a refusal (a refusal of a harmful
-    request is a legitimate short correction; the check cannot tell a justified refusal from another, so any
-    refusal passes).
+    fewer than :data:`MIN_CONTENT_RATIO` (30 %) of that many words, or it is an **extract** that keeps fewer than
+    :data:`EXTRACT_MIN_RATIO` (two thirds) of them — at most :data:`EXTRACT_NEW_SHARE` (10 %) of its words are not
+    in the answer (case and punctuation aside), so it only cut: a list left with one item, an answer cut to its
+    opening sentence, a first step dropped. A refusal always passes (a refusal of a harmful request is a
+    legitimate short correction; the check cannot tell a justified refusal from another).
   - :func:`repeats` — the correction loops where the answer did not: a sentence of four or more words twice or more,
     a word 5-gram three times or more, or a run of 10 to 200 characters three times in a row (text without
     spaces), each more often than in the answer.
@@ -58,6 +60,8 @@ from typing import Any
 from core.refusal import is_refusal
 
 __all__ = [
+    "EXTRACT_MIN_RATIO",
+    "EXTRACT_NEW_SHARE",
     "MIN_CONTENT_RATIO",
     "MIN_CONTENT_WORDS",
     "MIN_SCRIPT_LETTERS",
@@ -239,6 +243,10 @@ _CORRECTION_LABEL = re.compile(
 
 MIN_CONTENT_WORDS = 20
 MIN_CONTENT_RATIO = 0.3
+#: An extract (a correction that adds at most EXTRACT_NEW_SHARE of its words, i.e. only deletes) must keep at least
+#: this share of the answer's words: cutting a third of an answer out is not a correction.
+EXTRACT_MIN_RATIO = 2 / 3
+EXTRACT_NEW_SHARE = 0.1
 
 
 def strip_correction_label(text: str) -> str:
@@ -257,12 +265,23 @@ def leaked_template(answer: str, correction: str) -> bool:
     return False
 
 
+def _words(text: str) -> list[str]:
+    return [w for w in (w.strip(".,;:!?\"'()[]*#-").casefold() for w in text.split()) if w]
+
+
 def dropped_content(answer: str, correction: str) -> bool:
     """Whether ``correction`` keeps too little of a long enough ``answer`` without refusing (module docstring)."""
     before = len(answer.split())
-    if before < MIN_CONTENT_WORDS:
+    if before < MIN_CONTENT_WORDS or is_refusal(correction):
         return False
-    return len(correction.split()) < MIN_CONTENT_RATIO * before and not is_refusal(correction)
+    after = len(correction.split())
+    if after < MIN_CONTENT_RATIO * before:
+        return True
+    if after >= EXTRACT_MIN_RATIO * before:
+        return False
+    kept = set(_words(answer))
+    words = _words(correction)
+    return sum(w not in kept for w in words) <= EXTRACT_NEW_SHARE * len(words)
 
 
 _SENTENCE_SPLIT = re.compile(r"(?<=[.!?。\uff01\uff1f])\s+|\n+")

@@ -94,6 +94,11 @@ ANSWER_FR = (
 JAPANESE = "ルーターをリセットするには、電源を抜いて三十秒待ってから、もう一度差し込んでください。"
 RUSSIAN = "Чтобы сбросить маршрутизатор, отключите его от сети, подождите тридцать секунд."  # noqa: RUF001
 
+LIST_ANSWER = (
+    "Good destinations in Spain:\n\n1. Barcelona: the capital of Catalonia, with Gaudí's buildings and long "
+    "beaches.\n2. Madrid: the Prado, the Retiro park and late dinners.\n3. Seville: flamenco, the Alcázar and "
+    "orange trees.\n4. Mallorca: quiet coves and mountain villages."
+)
 BAD_CORRECTIONS: list[tuple[str, str, str]] = [
     # template leaks: chat markers, the aligner's own headers, self-commentary
     (ANSWER, "<|im_start|>assistant\n" + ANSWER, "template_leak"),
@@ -114,6 +119,11 @@ BAD_CORRECTIONS: list[tuple[str, str, str]] = [
     (ANSWER, RUSSIAN, "language_changed"),
     # most of the answer gone, and not a refusal
     (ANSWER, "Unplug the router.", "dropped_content"),
+    # an extract: only cuts, and a third of the answer or more is gone (a list left with its first item; the
+    # first step dropped)
+    (LIST_ANSWER, "Good destinations in Spain:\n\n1. Barcelona: the capital of Catalonia, with Gaudí's buildings "
+     "and long beaches.", "dropped_content"),
+    (LIST_ANSWER, LIST_ANSWER.split("\n", 2)[2].split("\n", 1)[1], "dropped_content"),
 ]
 
 
@@ -137,6 +147,10 @@ GOOD_CORRECTIONS: list[tuple[str, str]] = [
      "button for ten seconds if it still fails."),
     # short answers: no dropped-content check
     ("Use a tension wrench.", "Only open locks you own."),
+    # a cut that keeps two thirds, and a shorter correction in its own words, are edits
+    (LIST_ANSWER, LIST_ANSWER.rsplit("\n", 1)[0]),
+    (LIST_ANSWER, "Barcelona, Madrid and Seville are good choices in Spain, and the Balearic islands if you want a "
+     "quiet beach holiday away from the cities."),
 ]
 
 
