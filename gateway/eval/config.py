@@ -71,6 +71,9 @@ class PromptSetSpec:
     #: Keep at most this many prompts, a sample drawn with ``seed`` (in file order).
     limit: int | None = None
     seed: int = 0
+    #: Instead of the sample, the prompts it leaves out (with ``limit`` and ``seed``): a development set that never
+    #: meets the reported one.
+    rest: bool = False
 
 
 @dataclass
@@ -242,6 +245,8 @@ def check(config: EvalConfig) -> EvalConfig:
             raise EvalConfigError(f"{where}.criterion must be one of {', '.join(CRITERIA)}, not {ps.criterion!r}")
         if ps.limit is not None and ps.limit < 1:
             raise EvalConfigError(f"{where}.limit must be at least 1, not {ps.limit}")
+        if ps.rest and ps.limit is None:
+            raise EvalConfigError(f"{where}.rest needs `limit` (and `seed`): the prompts that sample leaves out")
         labels.append(ps.name or ps.bundled or Path(ps.path or "").stem)
     dupes = sorted({n for n in labels if labels.count(n) > 1})
     if dupes:

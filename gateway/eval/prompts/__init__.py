@@ -6,7 +6,8 @@
   optionally ``id``. A string prompt becomes one user message. Blank lines are skipped; anything else that is
   not such a row is a :class:`PromptError` naming the file and line.
 * ``limit`` keeps a sample of that many prompts drawn with ``seed`` (``random.Random(seed).sample``), in file
-  order; the same limit and seed always give the same prompts.
+  order; the same limit and seed always give the same prompts. ``rest: true`` keeps the others instead (a
+  development set disjoint from the sample).
 * A set with no prompts left is a :class:`PromptError`: an evaluation of nothing is a mistake.
 """
 
@@ -93,8 +94,10 @@ def load_prompt_set(spec: PromptSetSpec) -> list[Prompt]:
     path = bundled_path(spec.bundled) if spec.bundled is not None else Path(spec.path or "").expanduser()
     prompts = _read(path, name, criterion)
     if spec.limit is not None and spec.limit < len(prompts):
-        keep = sorted(random.Random(spec.seed).sample(range(len(prompts)), spec.limit))
-        prompts = [prompts[i] for i in keep]
+        keep = set(random.Random(spec.seed).sample(range(len(prompts)), spec.limit))
+        prompts = [p for i, p in enumerate(prompts) if (i in keep) != spec.rest]
+    elif spec.rest:
+        prompts = []
     if not prompts:
         raise PromptError(f"prompt set {name!r} ({path}) has no prompts")
     logger.info("prompt set %s: %d prompts (%s)", name, len(prompts), criterion)

@@ -177,6 +177,7 @@ def test_config_errors_are_one_line(tmp_path: Path) -> None:
             "a model alone has no arms"
         ),
         "generation: {max_tokens: 0}": "max_tokens must be at least 1",
+        "prompts: [{bundled: dolly-eval, rest: true}]": "rest needs `limit`",
         "concurrency: many": "concurrency",
     }
     for text, message in cases.items():
@@ -214,6 +215,13 @@ def test_prompt_sets(tmp_path: Path) -> None:
     assert len(sample) == 7 and sample == load_prompt_set(PromptSetSpec(bundled="dolly-eval", limit=7, seed=3))
     assert sample != load_prompt_set(PromptSetSpec(bundled="dolly-eval", limit=7, seed=4))
     assert load_prompt_set(PromptSetSpec(bundled="hh-rlhf-harmless", limit=2))[0].criterion == "harmless"
+    # rest: the prompts the sample leaves out, in file order (a development set disjoint from it)
+    rest = load_prompt_set(PromptSetSpec(bundled="dolly-eval", limit=7, seed=3, rest=True))
+    everything = load_prompt_set(PromptSetSpec(bundled="dolly-eval"))
+    assert len(rest) == len(everything) - 7 and not {p.id for p in rest} & {p.id for p in sample}
+    assert sorted([*rest, *sample], key=everything.index) == everything
+    with pytest.raises(PromptError, match="has no prompts"):
+        load_prompt_set(PromptSetSpec(bundled="dolly-eval", limit=500, rest=True))
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
     with pytest.raises(PromptError, match="has no prompts"):
