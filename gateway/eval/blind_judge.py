@@ -95,18 +95,7 @@ class BlindJudge:
         outcome: Outcome = "tie"
         if verdict != "tie":
             outcome = "win" if (verdict == "A") == candidate_is_a(pid) else "lose"
-        return Judgement(
-            key=item.key,
-            judge=self.name,
-            set=item.prompt.set,
-            prompt_id=item.prompt.id,
-            arm=item.arm,
-            baseline=item.baseline,
-            outcome=outcome,
-            reason=f"pair {pid}",
-            verdicts=(verdict,),
-            reasoning=(why,) if why else (),
-        )
+        return item.judgement(self.name, outcome, f"pair {pid}", verdicts=(verdict,), reasoning=(why,) if why else ())
 
     async def judge_all(self, items: Sequence[PairItem], done: Callable[[Judgement], None]) -> int:
         waiting: list[dict[str, object]] = []

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from gateway.eval.config import JudgeSpec, judge_name
-from gateway.eval.records import Judgement, Prompt
+from gateway.eval.records import Judgement, Outcome, Prompt
 
 __all__ = ["Judge", "JudgeError", "PairItem", "build_judge"]
 
@@ -40,6 +40,11 @@ class PairItem:
     candidate: str
     baseline_text: str
     criterion: str
+
+    def judgement(self, judge: str, outcome: Outcome, reason: str | None = None, **details: Any) -> Judgement:
+        """``judge``'s verdict on this pair (``details``: ``verdicts``, ``reasoning``, ``scores``)."""
+        p = self.prompt
+        return Judgement(self.key, judge, p.set, p.id, self.arm, self.baseline, outcome, reason, **details)
 
 
 class Judge(Protocol):

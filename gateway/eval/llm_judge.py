@@ -117,17 +117,8 @@ class LLMJudge:
         )
         v1, v2 = parse_verdict(first), parse_verdict(second)
         combined = combine(v1, v2)
-        return Judgement(
-            key=item.key,
-            judge=self.name,
-            set=item.prompt.set,
-            prompt_id=item.prompt.id,
-            arm=item.arm,
-            baseline=item.baseline,
-            outcome=combined.outcome,
-            reason=combined.reason,
-            verdicts=(v1, v2),
-            reasoning=(first, second),
+        return item.judgement(
+            self.name, combined.outcome, combined.reason, verdicts=(v1, v2), reasoning=(first, second)
         )
 
     async def judge_all(self, items: Sequence[PairItem], done: Callable[[Judgement], None]) -> int:

@@ -110,17 +110,8 @@ class RMJudge:
         diff = candidate - baseline
         margin = self.spec.tie_margin
         outcome: Outcome = "win" if diff > margin else "lose" if diff < -margin else "tie"
-        return Judgement(
-            key=item.key,
-            judge=self.name,
-            set=item.prompt.set,
-            prompt_id=item.prompt.id,
-            arm=item.arm,
-            baseline=item.baseline,
-            outcome=outcome,
-            reason="within_margin" if outcome == "tie" else None,
-            scores=(candidate, baseline),
-        )
+        reason = "within_margin" if outcome == "tie" else None
+        return item.judgement(self.name, outcome, reason, scores=(candidate, baseline))
 
     async def judge_all(self, items: Sequence[PairItem], done: Callable[[Judgement], None]) -> int:
         # Score every distinct (prompt, answer) once, a prompt set's worth of batches per worker-thread call.

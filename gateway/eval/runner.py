@@ -185,17 +185,6 @@ class JudgingResult:
     unjudged: int = 0
 
 
-def _identical(judge: Judge, item: PairItem) -> Judgement:
-    return Judgement(
-        key=item.key,
-        judge=judge.name,
-        set=item.prompt.set,
-        prompt_id=item.prompt.id,
-        arm=item.arm,
-        baseline=item.baseline,
-        outcome="tie",
-        reason="identical",
-    )
 
 
 async def judge(
@@ -216,7 +205,7 @@ async def judge(
                 kept.append(cached)
                 result.reused += 1
             elif item.candidate == item.baseline_text:
-                tie = _identical(j, item)
+                tie = item.judgement(j.name, "tie", "identical")
                 cache.add(tie)
                 kept.append(tie)
                 result.judged += 1
