@@ -69,9 +69,11 @@ def pairwise_accuracy(model: Any, tokenizer: Any, rows: Any, max_length: int = 5
 
 
 def source_name(spec: DatasetSpec) -> str:
-    """A short name for a dataset in metric keys: the folder of a bundled file, else the file's stem."""
+    """A short name for a dataset in metric keys: a bundled ``FOLDER/pairs.jsonl`` is its folder, any other file
+    its stem (``bundled:bpo/bpo_test.json`` → ``bpo_test``)."""
     if spec.path and spec.path.startswith("bundled:"):
-        return Path(spec.path[len("bundled:") :]).parent.name or Path(spec.path).stem
+        rel = Path(spec.path[len("bundled:") :])
+        return rel.parent.name if rel.stem == "pairs" and rel.parent.name else rel.stem
     if spec.path:
         return Path(spec.path).stem
     return spec.kind or "default"

@@ -72,6 +72,19 @@ def test_bundled_recipes_parse(recipe: str) -> None:
     assert dataset_path(config.dataset, bundled.HH_RLHF_HARMLESS).is_file()
 
 
+@pytest.mark.parametrize("recipe", sorted(p.name for p in RECIPES.glob("rm*.yaml")))
+def test_reward_recipes_split_every_source(recipe: str) -> None:
+    # each source is loaded and split under its own name (two bundled files of one folder once shared a name)
+    pytest.importorskip("trl")
+    from train import rm
+    from train.run import build
+
+    _, config = build("rm", str(RECIPES / recipe), ["max_steps=1"])
+    assert isinstance(config, rm.RMRecipe)
+    train_rows, held_out = rm.split_sources(config)
+    assert len(held_out) == 1 + len(config.extra_datasets) and all(held_out.values()) and train_rows
+
+
 def test_recipe_count() -> None:
     names = {p.stem for p in RECIPES.glob("*.yaml")}
     base = {"rewriter-sft", "aligner-sft", "base-sft", "rm", "dpo", "kto"}
