@@ -64,7 +64,8 @@ def pairwise_rows(
             by.setdefault((j.set, j.arm, name), []).append(j)
     rows: list[PairwiseRow] = []
     for (set_name, arm, judge), items in by.items():
-        values = [OUTCOME_VALUE[j.outcome] for j in items if j.outcome != "invalid"]
+        # sorted: the interval depends on the outcomes alone, not on the order their verdicts were made or cached
+        values = sorted(OUTCOME_VALUE[j.outcome] for j in items if j.outcome != "invalid")
         n = len(values)
         wins = sum(1 for v in values if v > 0)
         losses = sum(1 for v in values if v < 0)

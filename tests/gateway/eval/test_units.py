@@ -152,7 +152,10 @@ def test_pairwise_rows_delta_wr_and_bootstrap_over_prompts() -> None:
     (row,) = pairwise_rows({"j": js}, {("s", "align", "j"): 12}, "control")
     assert (row.n, row.wins, row.ties, row.losses, row.invalid, row.unjudged) == (10, 6, 2, 2, 1, 1)
     assert row.delta_wr == pytest.approx(0.4)
-    assert (row.low, row.high) == bootstrap_mean_interval([1] * 6 + [0] * 2 + [-1] * 2, 0.95, 2000, seed=0)
+    assert (row.low, row.high) == bootstrap_mean_interval([-1] * 2 + [0] * 2 + [1] * 6, 0.95, 2000, seed=0)
+    # the interval is the outcomes', whatever order their verdicts arrived in
+    (shuffled,) = pairwise_rows({"j": js[::-1]}, {("s", "align", "j"): 12}, "control")
+    assert (shuffled.low, shuffled.high) == (row.low, row.high)
     (empty,) = pairwise_rows({}, {("s", "rewrite", "j"): 3}, "control")
     assert empty.n == 0 and empty.delta_wr is None and empty.unjudged == 3
 
