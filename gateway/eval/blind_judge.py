@@ -17,6 +17,7 @@ JSON, lacks ``pair``, or says anything but A, B or tie stops the run (:class:`Ju
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable, Sequence
@@ -52,27 +53,24 @@ def candidate_is_a(pid: str) -> bool:
     return int(pid[-1], 16) % 2 == 0
 
 
-def read_verdicts(path: Path, name: str) -> dict[str, tuple[str, str | None]]:
-    """pair id → (verdict, why) from a verdicts file (missing or empty: none)."""
+def read_verdicts(body: bytes, where: str) -> dict[str, tuple[str, str | None]]:
+    """pair id → (verdict, why) from a verdicts file's bytes (``where``: the file, for messages)."""
     found: dict[str, tuple[str, str | None]] = {}
-    if not path.is_file():
-        return found
-    with path.open(encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"judge {name}: {path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError:
-                raise JudgeError(f"{where}: not a JSON object") from None
-            if not isinstance(row, dict) or not isinstance(row.get("pair"), str):
-                raise JudgeError(f'{where}: a verdict is {{"pair": ID, "verdict": "A" | "B" | "tie"}}')
-            verdict = row.get("verdict")
-            if verdict not in VERDICTS:
-                raise JudgeError(f"{where}: verdict must be A, B or tie, not {verdict!r}")
-            why = row.get("why")
-            found[row["pair"]] = (str(verdict), why if isinstance(why, str) else None)
+    for number, line in enumerate(body.decode("utf-8", "replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        at = f"{where}:{number}"
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise JudgeError(f"{at}: not a JSON object") from None
+        if not isinstance(row, dict) or not isinstance(row.get("pair"), str):
+            raise JudgeError(f'{at}: a verdict is {{"pair": ID, "verdict": "A" | "B" | "tie"}}')
+        verdict = row.get("verdict")
+        if verdict not in VERDICTS:
+            raise JudgeError(f"{at}: verdict must be A, B or tie, not {verdict!r}")
+        why = row.get("why")
+        found[row["pair"]] = (str(verdict), why if isinstance(why, str) else None)
     return found
 
 
@@ -80,13 +78,15 @@ class BlindJudge:
     def __init__(self, name: str, spec: BlindJudgeSpec) -> None:
         self.name = name
         self.pairs = Path(spec.pairs).expanduser()
-        self.verdicts_path = Path(spec.verdicts).expanduser()
-        self._verdicts = read_verdicts(self.verdicts_path, name)
-        body = self.verdicts_path.read_bytes() if self.verdicts_path.is_file() else b""
-        self.identity = digest({"kind": "blind", "verdicts": digest({"bytes": body.hex()})})
+        verdicts = Path(spec.verdicts).expanduser()
+        body = verdicts.read_bytes() if verdicts.is_file() else b""
+        self._verdicts = read_verdicts(body, f"judge {name}: {verdicts}")
+        self.identity = digest({"kind": "blind", "verdicts": hashlib.sha256(body).hexdigest()})
 
     async def start(self) -> None:
-        """Nothing to start: the verdicts were read when the judge was built."""
+        """Empty the pairs file: a run whose pairs all have verdicts (or are cached) leaves none waiting."""
+        self.pairs.parent.mkdir(parents=True, exist_ok=True)
+        self.pairs.write_text("", encoding="utf-8")
 
     async def close(self) -> None:
         """Nothing to close."""
@@ -116,7 +116,6 @@ class BlindJudge:
                     "B": b,
                 }
             )
-        self.pairs.parent.mkdir(parents=True, exist_ok=True)
         with self.pairs.open("w", encoding="utf-8") as f:
             for row in waiting:
                 f.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -133,6 +133,10 @@ def test_blind_readers_verdicts_are_unblinded_and_reported(procs: Procs, tmp_pat
     (row,) = second.headline["results"]
     assert (row["n"], row["wins"], row["ties"], row["losses"]) == (3, 2, 1, 0)
     assert second.headline["judgements"]["unjudged"] == 0 and read_jsonl(pairs) == []
+    # every verdict cached: the pairs file is still rewritten (a stale one from another run does not linger)
+    pairs.write_text(json.dumps(waiting[0]) + "\n")
+    cached = run_eval("--config", str(config), "--out", str(out), cwd=tmp_path)
+    assert cached.code == 0 and cached.headline["judgements"]["made"] == 0 and read_jsonl(pairs) == []
 
     # A verdict that is not A, B or tie stops the run with its line; nothing cached is lost
     with verdicts.open("a") as f:
