@@ -39,12 +39,33 @@ def _request_id(scope: Scope) -> str:
     return new_request_id()
 
 
+#: Random bytes for request ids, read from the OS 4 KiB at a time (one system call per 409 ids instead of one each).
+_POOL_BYTES = 4096
+_pool = b""
+_pos = 0
+
+
+def _reset_pool() -> None:
+    global _pool, _pos
+    _pool, _pos = b"", 0
+
+
+# a forked worker must not hand out the random bits its parent already holds
+os.register_at_fork(after_in_child=_reset_pool)
+
+
 def new_request_id() -> str:
-    """A random UUID (version 4) in hex, as ``uuid.uuid4().hex`` gives it, without building the UUID object."""
-    raw = bytearray(os.urandom(16))
-    raw[6] = raw[6] & 0x0F | 0x40  # version 4
-    raw[8] = raw[8] & 0x3F | 0x80  # RFC 4122 variant
-    return raw.hex()
+    """A UUID version 7 (RFC 9562) in hex: 48 bits of Unix time in milliseconds, then 74 random bits from
+    ``os.urandom``. Ids sort by time, so the trace store's primary-key index grows at its end: SQLite inserts a
+    random (version 4) id about three times slower, and slower still as the table grows."""
+    global _pool, _pos
+    if _pos + 10 > len(_pool):
+        _pool, _pos = os.urandom(_POOL_BYTES), 0
+    rand = bytearray(_pool[_pos:_pos + 10])  # bytes 6-15 of the UUID
+    _pos += 10
+    rand[0] = rand[0] & 0x0F | 0x70  # version 7
+    rand[2] = rand[2] & 0x3F | 0x80  # RFC 4122 variant
+    return (time.time_ns() // 1_000_000).to_bytes(6, "big").hex() + rand.hex()
 
 
 class RequestMiddleware:

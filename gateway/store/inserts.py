@@ -4,20 +4,20 @@ Postgres gets SQLAlchemy Core's ``INSERT ... ON CONFLICT DO NOTHING``. SQLite ge
 SQL, with the rows handed to the driver's ``executemany`` as tuples: SQLAlchemy's per-row parameter processing
 cost more than SQLite's own insert (about 36 against 24 µs a row), and the store writes one row per request
 on the serving process's event loop. The values are what SQLAlchemy's column types would bind: JSON columns
-as ``json.dumps`` text (None as SQL NULL), booleans as integers (the driver's own conversion), a missing key
-as NULL.
+as JSON text (``orjson``, which SQLAlchemy's ``json.loads`` reads back the same; None as SQL NULL), booleans as
+integers (the driver's own conversion), a missing key as NULL.
 """
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-#: Per table name: the SQLite statement, its column names, and which of them hold JSON.
-_SQLITE: dict[str, tuple[str, tuple[str, ...], frozenset[str]]] = {}
+#: Per table name: the SQLite statement, its column names, and the positions of those that hold JSON.
+_SQLITE: dict[str, tuple[str, tuple[str, ...], tuple[int, ...]]] = {}
 
 
 def insert_ignore(dialect: str, table: sa.Table) -> Any:
@@ -31,8 +31,9 @@ def insert_ignore(dialect: str, table: sa.Table) -> Any:
     return sqlite_insert(table).on_conflict_do_nothing(index_elements=["id"])
 
 
-def sqlite_statement(table: sa.Table) -> tuple[str, tuple[str, ...], frozenset[str]]:
-    """The plain-SQL insert-or-ignore of ``table`` for SQLite, its columns in order, and its JSON columns."""
+def sqlite_statement(table: sa.Table) -> tuple[str, tuple[str, ...], tuple[int, ...]]:
+    """The plain-SQL insert-or-ignore of ``table`` for SQLite, its columns in order, and the positions of its
+    JSON columns."""
     known = _SQLITE.get(table.name)
     if known is None:
         columns = tuple(c.name for c in table.columns)
@@ -42,20 +43,19 @@ def sqlite_statement(table: sa.Table) -> tuple[str, tuple[str, ...], frozenset[s
         known = _SQLITE[table.name] = (
             sql,
             columns,
-            frozenset(c.name for c in table.columns if isinstance(c.type, sa.JSON)),
+            tuple(i for i, c in enumerate(table.columns) if isinstance(c.type, sa.JSON)),
         )
     return known
 
 
-def sqlite_params(row: dict[str, Any], columns: tuple[str, ...], json_columns: frozenset[str]) -> tuple[Any, ...]:
+def sqlite_params(row: dict[str, Any], columns: tuple[str, ...], json_columns: tuple[int, ...]) -> tuple[Any, ...]:
     """One row as the tuple ``sqlite_statement``'s SQL takes."""
-    get = row.get
-    if not json_columns:
-        return tuple(get(name) for name in columns)
-    return tuple(
-        (None if (value := get(name)) is None else json.dumps(value)) if name in json_columns else get(name)
-        for name in columns
-    )
+    values = list(map(row.get, columns))
+    for i in json_columns:
+        value = values[i]
+        if value is not None:
+            values[i] = orjson.dumps(value).decode()
+    return tuple(values)
 
 
 async def insert_rows(conn: AsyncConnection, table: sa.Table, rows: list[dict[str, Any]]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import time
 import uuid
 from typing import Any
 
@@ -227,9 +229,35 @@ async def test_lifespan_and_other_scopes_pass_through() -> None:
     assert seen == ["lifespan", "websocket"]
 
 
-def test_new_request_ids_are_uuid4_hex() -> None:
-    ids = {new_request_id() for _ in range(1000)}
-    assert len(ids) == 1000
-    for rid in list(ids)[:50]:
+def test_new_request_ids_are_time_ordered_uuid7_hex() -> None:
+    before = time.time_ns() // 1_000_000
+    ids = [new_request_id() for _ in range(1000)]  # more than one pool of random bytes
+    after = time.time_ns() // 1_000_000
+    assert len(set(ids)) == 1000
+    for rid in ids:
         parsed = uuid.UUID(hex=rid)
-        assert parsed.version == 4 and parsed.variant == uuid.RFC_4122 and parsed.hex == rid
+        assert parsed.version == 7 and parsed.variant == uuid.RFC_4122 and parsed.hex == rid
+        assert before <= parsed.int >> 80 <= after
+    # sorted by time: a later id never sorts before an earlier millisecond's
+    millis = [int(rid[:12], 16) for rid in ids]
+    assert millis == sorted(millis)
+    # the random part varies in every bit it has (74 bits: 12 after the version, 62 after the variant)
+    ors = 0
+    for rid in ids:
+        ors |= uuid.UUID(hex=rid).int
+    assert ors & (0xFFF << 64) == 0xFFF << 64 and ors & (2**62 - 1) == 2**62 - 1
+
+
+def test_a_forked_child_does_not_reuse_its_parents_random_bits() -> None:
+    new_request_id()  # the parent holds a pool
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, written to the pipe
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    parent = new_request_id()
+    assert child[13:16] + child[17:] != parent[13:16] + parent[17:]

@@ -74,6 +74,6 @@ async def test_sqlite_fast_insert_matches_sqlalchemy_core(tmp_path: Path) -> Non
 def test_sqlite_params_missing_keys_are_null() -> None:
     sql, columns, json_columns = sqlite_statement(schema.feedback)
     assert sql.startswith('INSERT INTO "feedback" ("id", "request_id", "time"') and "ON CONFLICT" in sql
-    assert json_columns == frozenset()
+    assert json_columns == ()
     assert sqlite_params({"id": "f", "rating": 1}, columns, json_columns) == ("f", None, None, 1, None, None)
-    assert sqlite_statement(schema.requests)[2] == frozenset({"messages"})
+    assert [schema.requests.c[i].name for i in sqlite_statement(schema.requests)[2]] == ["messages"]
