@@ -516,15 +516,48 @@ async def test_a_full_queue_spills_instead_of_blocking(tmp_path: Path, opened: A
         await real_insert(records)
 
     monkeypatch.setattr(store, "_insert", stalled)
+    appends: list[int] = []
+    real_append = store.spill.append
+
+    def counted(records: list[tuple[str, dict[str, Any]]]) -> None:
+        appends.append(len(records))
+        real_append(records)
+
+    monkeypatch.setattr(store.spill, "append", counted)
     submit(store, "first")
     await asyncio.sleep(0.05)  # the writer is now stuck on the first batch
     t = time.perf_counter()
     submit(store, *(f"r{i}" for i in range(40)))
     assert time.perf_counter() - t < 0.5
     assert spilled_lines(tmp_path) == 35  # 5 fit in the queue
+    assert appends == [5] * 7  # one write and fsync per batch_size records, not one per record
+    submit(store, "late-1", "late-2")  # fewer than a batch: spilled flush_interval_s after the first
+    assert spilled_lines(tmp_path) == 35
+    await eventually(lambda: spilled_lines(tmp_path) == 37, what="the partial overflow spilled by its timer")
+    assert appends[-1] == 2
     gate.set()
-    await eventually(lambda: count(db) == 41, what="queue and spill written")
+    await eventually(lambda: count(db) == 43, what="queue and spill written")
     await eventually(lambda: spilled_lines(tmp_path) == 0, what="spill replayed")
+
+
+async def test_an_overflow_waiting_for_its_batch_is_spilled_at_close(tmp_path: Path, opened: Any,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    db = tmp_path / "t.db"
+    store = await opened(settings(db, queue_size=2, batch_size=50, flush_interval_s=30, retry_s=0.1))
+    gate = asyncio.Event()
+
+    async def stalled(records: list[tuple[str, dict[str, Any]]]) -> None:
+        await gate.wait()
+
+    monkeypatch.setattr(store, "_insert", stalled)
+    submit(store, "first")
+    await asyncio.sleep(0.05)  # the writer waits (up to 30 s) for its batch to fill
+    submit(store, *(f"r{i}" for i in range(5)))  # the queue is full at 2: 4 wait in the overflow (timer: 30 s)
+    assert spilled_lines(tmp_path) == 0
+    # the writer takes the 2 queued records and the database never answers: the close gives up on it, and what
+    # it held, like the overflow, is spilled, not lost
+    await store.close(timeout_s=0.2)
+    assert spilled_lines(tmp_path) == 6
 
 
 async def test_spill_files_of_a_dead_process_are_replayed_at_start(tmp_path: Path) -> None:
