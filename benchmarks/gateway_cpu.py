@@ -8,12 +8,12 @@ them), 32 requests at a time, helpers off; with the trace store off and on (SQLi
 and flushed inside the timing). CPU time of the whole process (the store's writer thread included) per request.
 
 Each measurement runs in its own process pinned to one CPU, and the variants alternate round by round. With
-``--baseline PATH`` the same runs are made from another source tree (a worktree of the previous commit,
+``--baseline-tree DIR`` the same runs are made from another source tree (a worktree of the previous commit,
 ``git worktree add ../base HEAD~1``) and the ratios are per-round, so a change is measured side by side.
 
 Prints a table, writes ``benchmarks/results/gateway_cpu.md`` and ends with one JSON line.
 
-    python benchmarks/gateway_cpu.py [--rounds 5] [--requests 20000] [--baseline PATH]
+    python benchmarks/gateway_cpu.py [--rounds 5] [--requests 20000] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -147,7 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--requests", type=int, default=20000, help="requests per measurement")
-    parser.add_argument("--baseline", type=Path, help="also measure this source tree (a worktree)")
+    parser.add_argument("--baseline-tree", type=Path, help="also measure this source tree (a worktree)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--store", action="store_true", help=argparse.SUPPRESS)
@@ -158,8 +158,8 @@ def main() -> None:
 
     cpu = min(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 0
     trees = {"this tree": ROOT}
-    if args.baseline is not None:
-        trees["baseline"] = args.baseline.resolve()
+    if args.baseline_tree is not None:
+        trees["baseline"] = args.baseline_tree.resolve()
     variants = [(name, store) for name in trees for store in (False, True)]
     samples: dict[tuple[str, bool], list[float]] = {v: [] for v in variants}
     for r in range(args.rounds):
@@ -191,13 +191,13 @@ def main() -> None:
     this_plain = statistics.median(samples[("this tree", False)])
     lines += ["", f"The trace store's share: {this_store - this_plain:.1f} µs per request."]
     summary["store_us"] = round(this_store - this_plain, 1)
-    if args.baseline is not None:
+    if args.baseline_tree is not None:
         lines.append("")
         for store in (False, True):
             ratio = statistics.median(
                 a / b for a, b in zip(samples[("this tree", store)], samples[("baseline", store)], strict=True)
             )
-            lines.append(f"This tree / baseline (`{args.baseline}`), {label(store)}: {ratio:.2f}x (median of "
+            lines.append(f"This tree / baseline (`{args.baseline_tree}`), {label(store)}: {ratio:.2f}x (median of "
                          "per-round ratios).")
             summary[f"vs_baseline_{'store' if store else 'no_store'}"] = round(ratio, 3)
     lines.append("")

@@ -17,7 +17,7 @@ For each: the proxy's CPU time per request (all its processes, from /proc) and i
 proxy-core-second** (the capacity of one core spent on proxying), with ratios to the floor; and, for the record,
 requests per second at concurrency ``--concurrency`` and how busy the proxy's core was (a proxy whose core is not
 saturated is held back by the upstream and the client on the other core, so its req/s is not its capacity).
-``--baseline PATH`` adds ``baseline``: ``aligngate serve`` (store on) run from another source tree, e.g. a worktree
+``--baseline-tree DIR`` adds ``baseline``: ``aligngate serve`` (store on) run from another source tree, e.g. a worktree
 of the previous commit (``git worktree add ../base HEAD~1``), to measure a change side by side in one run.
 ``--scale`` measures ``aligngate serve --workers 1``
 against ``--workers 2``, the proxy pinned to both cores (this machine has two, so the client and the upstream
@@ -26,7 +26,7 @@ share them: a lower bound on what a second core gives).
 Prints a table, writes ``benchmarks/results/proxy_capacity.md`` and ends with one JSON line.
 
     python benchmarks/proxy_capacity.py [--rounds 5] [--duration 5] [--concurrency 32] [--litellm] [--scale]
-        [--baseline PATH]
+        [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -84,7 +84,8 @@ def start_aligngate(
 ) -> Proc:
     workdir.mkdir()
     config = aligngate_config(workdir, upstream, workers, store)
-    proc = start_gateway(workdir, config.read_text(), timeout_s=60, cwd=tree)
+    env = None if tree == ROOT else {"PYTHONPATH": str(tree)}
+    proc = start_gateway(workdir, config.read_text(), timeout_s=60, cwd=tree, env=env)
     proc.name = name
     return proc
 
@@ -211,7 +212,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--litellm", action="store_true", help="add the LiteLLM proxy (builds its venv once)")
     parser.add_argument("--scale", action="store_true", help="also aligngate --workers 1 vs 2 on both cores")
-    parser.add_argument("--baseline", type=Path, help="also aligngate from this source tree (a worktree)")
+    parser.add_argument("--baseline-tree", type=Path, help="also aligngate from this source tree (a worktree)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -238,9 +239,9 @@ def main() -> None:
                 workdir / "no-store", upstream.base_url, 1, "aligngate-no-store", store=False
             )
             procs["granian"] = start_granian(workdir / "granian", upstream.base_url)
-            if args.baseline is not None:
+            if args.baseline_tree is not None:
                 procs["baseline"] = start_aligngate(
-                    workdir / "baseline", upstream.base_url, 1, "baseline", tree=args.baseline.resolve()
+                    workdir / "baseline", upstream.base_url, 1, "baseline", tree=args.baseline_tree.resolve()
                 )
             if args.litellm:
                 (workdir / "litellm").mkdir()
@@ -314,7 +315,7 @@ def main() -> None:
         paired = statistics.median(
             a.cpu_us / b.cpu_us for a, b in zip(pinned["aligngate"].samples, pinned["baseline"].samples, strict=True)
         )
-        lines += ["", f"aligngate / baseline (`{args.baseline}`), CPU per request, median of per-round ratios: "
+        lines += ["", f"aligngate / baseline (`{args.baseline_tree}`), CPU per request, median of per-round ratios: "
                       f"{paired:.2f}x."]
         summary["aligngate_vs_baseline_cpu"] = round(paired, 3)
     summary.update(

@@ -184,8 +184,11 @@ class LocalModelSettings(_Section):
     adapter: str | None = None
     #: ``torch`` (continuous batching, prompt lookup) or ``ctranslate2`` (needs the ``ctranslate2`` extra).
     runtime: Literal["torch", "ctranslate2"] = "torch"
-    #: Weights' type: ``float32``; torch also ``bfloat16``/``float16``, ctranslate2 also ``int8``.
-    dtype: Literal["float32", "bfloat16", "float16", "int8"] = "float32"
+    #: Weights' type: ``auto`` (float32 on the CPU, bfloat16 on a GPU), ``float32``; torch also
+    #: ``bfloat16``/``float16``, ctranslate2 also ``int8``.
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = "auto"
+    #: Where a torch engine runs: ``auto`` (the first CUDA GPU torch sees, else the CPU), ``cpu`` or ``cuda``.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
 
     @field_validator("adapter")
     @classmethod
@@ -197,9 +200,12 @@ class LocalModelSettings(_Section):
 
     @model_validator(mode="after")
     def _dtype_fits_runtime(self) -> LocalModelSettings:
-        allowed = ("float32", "int8") if self.runtime == "ctranslate2" else ("float32", "bfloat16", "float16")
+        allowed = ("auto", "float32", "int8") if self.runtime == "ctranslate2" else (
+            "auto", "float32", "bfloat16", "float16")
         if self.dtype not in allowed:
-            raise ValueError(f"runtime {self.runtime} takes dtype {' or '.join(allowed)}, not {self.dtype}")
+            raise ValueError(f"runtime {self.runtime} takes dtype {', '.join(allowed)}, not {self.dtype}")
+        if self.runtime == "ctranslate2" and self.device == "cuda":
+            raise ValueError("runtime ctranslate2 runs on the CPU here; device cuda needs runtime torch")
         return self
 
 
@@ -528,6 +534,21 @@ def _local_specs(settings: Settings) -> list[tuple[str, str, LocalModelSettings]
     return [(name, key, spec) for name, key, spec in found if spec is not None]
 
 
+def _check_gpu(specs: list[tuple[str, str, LocalModelSettings]]) -> None:
+    """A model set to ``device: cuda`` has a GPU to run on (torch is imported for the check only then)."""
+    wanted = [(name, key) for name, key, spec in specs if spec.device == "cuda"]
+    if not wanted:
+        return
+    import torch  # the engine needs it moments later anyway
+
+    if not torch.cuda.is_available():
+        name, key = wanted[0]
+        raise ConfigError(
+            f"{name} sets `{key}.device: cuda`, but torch sees no CUDA GPU (no GPU, or a CPU-only build of torch); "
+            "use `device: auto` (the GPU when there is one) or `cpu`"
+        )
+
+
 def _check_adapters_fit(specs: list[tuple[str, str, LocalModelSettings]]) -> None:
     """Each local ``adapter`` fits its ``model``'s layer sizes (read from its config or GGUF header, no torch; once
     per model)."""
@@ -565,6 +586,7 @@ def check_servable(settings: Settings) -> None:
     ):
         raise ConfigError("`local: {runtime: ctranslate2}` needs `pip install 'aligngate[ctranslate2]'`")
     _check_adapters_fit(specs)
+    _check_gpu(specs)
     for arm, weight in settings.experiment.arms.items():
         if weight > 0:
             for helper in Arm(arm).helpers:

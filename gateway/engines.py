@@ -48,14 +48,14 @@ def aligner_template(settings: HelperSettings) -> str:
     return "aligner-chat" if local else "aligner-v1"
 
 
-def _key(spec: LocalModelSettings) -> tuple[str, str | None, str, str]:
-    return (spec.model, spec.adapter, spec.runtime, spec.dtype)
+def _key(spec: LocalModelSettings) -> tuple[str, str | None, str, str, str]:
+    return (spec.model, spec.adapter, spec.runtime, spec.dtype, spec.device)
 
 
 class EngineSet:
     def __init__(self, helpers: HelpersSettings, session: aiohttp.ClientSession) -> None:
         self._session = session
-        self._local: dict[tuple[str, str | None, str, str], Any] = {}
+        self._local: dict[tuple[str, str | None, str, str, str], Any] = {}
         aligner = helpers.aligner
         #: Local models an aligner runs on get prompt-lookup decoding (it leaves sampled requests alone).
         self._lookup = {_key(aligner.local)} if aligner is not None and aligner.local is not None else set()
@@ -76,7 +76,7 @@ class EngineSet:
             lookup = ALIGNER_LOOKUP_TOKENS if key in self._lookup else 0
             engine = LocalEngine(
                 spec.model, adapter=spec.adapter, prompt_lookup_num_tokens=lookup, runtime=spec.runtime,
-                dtype=spec.dtype,
+                dtype=spec.dtype, device=spec.device,
             )  # fmt: skip
             self._local[key] = engine
         result: Engine = engine

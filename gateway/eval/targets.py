@@ -103,16 +103,21 @@ def fingerprint(path: str | None) -> object:
 
 def local_identity(local: LocalModelSettings) -> list[object]:
     """A local model, its adapter and its engine for caching; a shipped adapter (``builtin:NAME``, validated with
-    the settings) by its package folder's files, so a retrained one invalidates its answers. The runtime and the
-    weights' precision count only when they are not the defaults (``torch``, ``float32``), so keys made before
-    they were settings stay valid."""
+    the settings) by its package folder's files, so a retrained one invalidates its answers. The runtime, the
+    weights' precision and the device count only when they are not the defaults (``torch``; ``auto`` or
+    ``float32``; ``auto`` or ``cpu``), so keys made before they were settings stay valid. (``auto`` is not
+    resolved here, where torch is not loaded: answers cached on a CPU are reused by a GPU host's ``auto`` run;
+    name ``device: cuda`` to keep them apart.)"""
     adapter = local.adapter
     if adapter is not None and adapter.startswith(BUILTIN_PREFIX):
         found: list[object] = [fingerprint(local.model), [adapter, fingerprint(str(resolve_adapter(adapter)))]]
     else:
         found = [fingerprint(local.model), fingerprint(adapter)]
-    if (local.runtime, local.dtype) != ("torch", "float32"):
-        found.append([local.runtime, local.dtype])
+    dtype = "float32" if local.dtype == "auto" else local.dtype
+    if (local.runtime, dtype) != ("torch", "float32"):
+        found.append([local.runtime, dtype])
+    if local.device == "cuda":
+        found.append(["cuda"])
     return found
 
 

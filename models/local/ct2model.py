@@ -114,7 +114,7 @@ def ensure_ct2(source: ResolvedSource, adapter: Path | None, cache_dir: str | os
         try:
             model_dir = source.path
             if adapter is not None:  # merge the adapter with peft, then convert the merged weights
-                merged = load_local_model(str(source.path), adapter=adapter)
+                merged = load_local_model(str(source.path), adapter=adapter, dtype="float32", device="cpu")
                 model_dir = work / "merged"
                 merged.model.save_pretrained(model_dir)
                 merged.tokenizer.save_pretrained(model_dir)

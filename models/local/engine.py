@@ -100,8 +100,11 @@ class LocalEngine:
         num_threads: torch CPU threads, process-wide (default: all cores but one).
         cache_dir: where converted GGUF models are cached (default ``$ALIGNGATE_CACHE_DIR``,
             ``$XDG_CACHE_HOME/aligngate`` or ``~/.cache/aligngate``).
-        dtype: ``float32`` (default; the fast choice on CPU), ``bfloat16`` or ``float16``; with runtime
-            ``ctranslate2``: ``float32`` or ``int8`` (faster; its outputs differ from float32's).
+        dtype: ``auto`` (default: ``float32`` on the CPU, the fast choice there; ``bfloat16`` on a GPU), ``float32``,
+            ``bfloat16`` or ``float16``; with runtime ``ctranslate2``: ``float32`` (``auto``) or ``int8`` (faster;
+            its outputs differ from float32's).
+        device: ``auto`` (default: the first CUDA GPU when torch sees one, else the CPU), ``cpu`` or ``cuda``
+            (runtime torch only; ``ctranslate2`` runs on the CPU).
         runtime: ``torch`` (default: continuous batching, prompt lookup) or ``ctranslate2`` (the model
             converted once to CTranslate2, cached; with ``int8`` ~3-4x torch's tokens/s, float32 ~1.5x; batches
             per group of concurrent requests; no prompt lookup; seeded sampled requests go to a torch worker
@@ -124,11 +127,14 @@ class LocalEngine:
         max_prefill_tokens: int = 8192,
         num_threads: int | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
-        dtype: str = "float32",
+        dtype: str = "auto",
         runtime: Runtime = "torch",
+        device: str = "auto",
     ) -> None:
         if runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {', '.join(RUNTIMES)}, not {runtime!r}")
+        if runtime == "ctranslate2" and device not in ("auto", "cpu"):
+            raise ValueError(f"runtime ctranslate2 runs on the CPU, not on device {device!r}")
         if max_batch < 1 or max_queue < 0 or batch_window_s < 0 or prompt_lookup_num_tokens < 0:
             raise ValueError("max_batch must be >= 1; max_queue, batch_window_s, prompt_lookup_num_tokens >= 0")
         self.model = model
@@ -139,6 +145,7 @@ class LocalEngine:
         self.cache_dir = cache_dir
         self.dtype = dtype
         self.runtime = runtime
+        self.device = device
         self.config = WorkerConfig(
             max_batch=max_batch,
             batch_window_s=batch_window_s,
@@ -175,20 +182,23 @@ class LocalEngine:
                     self.model,
                     adapter=self.adapter,
                     cache_dir=self.cache_dir,
-                    dtype=self.dtype,
+                    dtype="float32" if self.dtype == "auto" else self.dtype,
                     threads=threads,
                 )
                 worker, self.loaded = Ct2Worker(ct2, self.config, thread_name=thread_name), ct2
+                where = "cpu"
             else:
                 loaded = await asyncio.to_thread(
-                    load_local_model, self.model, adapter=self.adapter, cache_dir=self.cache_dir, dtype=self.dtype
+                    load_local_model, self.model, adapter=self.adapter, cache_dir=self.cache_dir, dtype=self.dtype,
+                    device=self.device,
                 )
                 worker, self.loaded = BatchWorker(loaded, self.config, thread_name=thread_name), loaded
+                where = str(next(loaded.model.parameters()).device)
             worker.start()
             self._worker = worker
             log.info(
-                "local engine %s ready (%s, runtime %s, %d threads)",
-                self.name, self.loaded.source.path, self.runtime, threads,
+                "local engine %s ready (%s, runtime %s, %s, %d threads)",
+                self.name, self.loaded.source.path, self.runtime, where, threads,
             )  # fmt: skip
 
     async def close(self) -> None:
@@ -274,8 +284,9 @@ class LocalEngine:
         async with self._start_lock:
             if self._seeded is None:
                 log.info("local engine %s: loading the torch runtime for seeded sampling", self.name)
-                loaded = await asyncio.to_thread(
-                    load_local_model, self.model, adapter=self.adapter, cache_dir=self.cache_dir
+                loaded = await asyncio.to_thread(  # the CPU and float32, as the CTranslate2 runtime beside it
+                    load_local_model, self.model, adapter=self.adapter, cache_dir=self.cache_dir, dtype="float32",
+                    device="cpu",
                 )
                 seeded = BatchWorker(loaded, self.config, thread_name=f"aligngate-local-{self.name}-seeded")
                 seeded.start()

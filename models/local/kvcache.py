@@ -1,10 +1,11 @@
 """The decode batch's key/value cache and attention mask, with the row surgery continuous batching needs.
 
-Layout: every layer holds keys/values of shape (rows, kv_heads, columns, head_dim); ``mask`` (rows x
-columns, True = a real token) says which columns each row attends to. Rows are left-padded when they join
-(columns before a row's prompt are False), and prompt-lookup verification leaves holes (rejected draft
-tokens stay in the tensors, masked off). The models' causal mask is column-based (query i sees columns
-<= its own) and rotary positions come from explicit ``position_ids``, so holes and padding are exact.
+Layout: every layer holds keys/values of shape (rows, kv_heads, columns, head_dim), on the model's device;
+``mask`` (rows x columns, True = a real token, on the CPU) says which columns each row attends to. Rows are
+left-padded when they join (columns before a row's prompt are False), and prompt-lookup verification leaves
+holes (rejected draft tokens stay in the tensors, masked off). The models' causal mask is column-based (query i
+sees columns <= its own) and rotary positions come from explicit ``position_ids``, so holes and padding are
+exact.
 
 Operations: ``select`` (drop finished or cancelled rows), ``merge`` (append rows that were prefilled
 separately, padding the shorter side on the left) and ``compact`` (re-pack each row's real columns to the
@@ -137,7 +138,8 @@ class BatchKV:
         self.mask = self.mask.index_select(0, index)
         for layer in _layers(self.cache):
             keys, values = layer.states()
-            layer.set_states(keys.index_select(0, index), values.index_select(0, index))
+            on = index.to(keys.device)  # the cache may live on a GPU, the mask stays on the CPU
+            layer.set_states(keys.index_select(0, on), values.index_select(0, on))
         if not rows:
             self.cache = new_cache()
             self.mask = torch.zeros((0, 0), dtype=torch.bool)
@@ -175,7 +177,8 @@ class BatchKV:
         self.mask = self.mask.gather(1, order)
         for layer in _layers(self.cache):
             keys, values = layer.states()
-            layer.set_states(_gather_columns(keys, order), _gather_columns(values, order))
+            on = order.to(keys.device)
+            layer.set_states(_gather_columns(keys, on), _gather_columns(values, on))
 
 
 def _gather_columns(states: torch.Tensor, order: torch.Tensor) -> torch.Tensor:

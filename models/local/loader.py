@@ -1,4 +1,5 @@
-"""Load a resolved model source into torch: the causal LM (fp32 on CPU), its tokenizer and an optional LoRA.
+"""Load a resolved model source into torch: the causal LM (fp32 on the CPU, bf16 on a CUDA GPU by default), its
+tokenizer and an optional LoRA (merged into the weights).
 
 Also reads what generation needs from them once (``generation_limits``, shared with the CTranslate2
 runtime): the EOS ids (generation config and tokenizer), a pad id and the context length. Blocking; the
@@ -26,6 +27,29 @@ from models.local.source import ModelSourceError, ResolvedSource, adapter_dir, r
 log = logging.getLogger(__name__)
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+#: Where the engine runs: ``auto`` is CUDA when torch sees a GPU, else the CPU.
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_device(device: str) -> torch.device:
+    """The torch device for the ``device`` setting (``auto``: the first CUDA GPU when there is one)."""
+    if device not in DEVICES:
+        raise ModelSourceError(f"device must be one of {', '.join(DEVICES)}, not {device!r}")
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelSourceError("device cuda: torch sees no CUDA GPU (no GPU, or a CPU-only build of torch)")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The weights' type for the ``dtype`` setting (``auto``: float32 on the CPU, where it is the fast choice;
+    bfloat16 on a GPU)."""
+    if dtype == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype not in _DTYPES:
+        raise ModelSourceError(f"dtype must be one of auto, {', '.join(_DTYPES)}, not {dtype!r}")
+    return _DTYPES[dtype]
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,20 +98,24 @@ def load_local_model(
     *,
     adapter: str | os.PathLike[str] | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
-    dtype: str = "float32",
+    dtype: str = "auto",
+    device: str = "auto",
 ) -> LoadedModel:
-    """Resolve ``model`` (directory, GGUF file or ``builtin:NAME``), load it and merge ``adapter`` if any."""
-    if dtype not in _DTYPES:
-        raise ModelSourceError(f"dtype must be one of {sorted(_DTYPES)}, not {dtype!r}")
+    """Resolve ``model`` (directory, GGUF file or ``builtin:NAME``), load it onto ``device``, merge ``adapter`` if
+    any."""
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
     source = resolve_source(model, cache_dir)
     try:
-        lm: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=_DTYPES[dtype])
+        lm: PreTrainedModel = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=torch_dtype)
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
     except (OSError, ValueError) as exc:
         raise ModelSourceError(f"cannot load {source.path}: {exc}") from exc
     adapter_path = adapter_dir(adapter)
     if adapter_path is not None:
         lm = _apply_adapter(lm, adapter_path)
+    if where.type != "cpu":
+        torch.nn.Module.to(lm, where)  # in place (transformers types its own `to` for dtypes only)
     lm.train(False)
     lm.requires_grad_(False)
 

@@ -7,7 +7,8 @@ and merged into it at the next step boundary (no waiting for the batch to drain)
 rows leave at every step, so no compute is spent on them. Each step feeds every row its newest token
 (plus, for greedy rows with prompt lookup on and a small batch, up to ``prompt_lookup_num_tokens`` draft
 tokens that the same forward verifies: a row keeps the longest draft prefix the model agrees with, plus
-the model's own next token, which is exactly what greedy decoding would have produced).
+the model's own next token, which is exactly what greedy decoding would have produced). On a GPU the model and
+its KV cache live there; the step's small bookkeeping tensors are made on the CPU and copied over per forward.
 
 Why not ``model.generate``: it cannot admit requests into a running batch, stop rows on per-row stop
 strings or budgets, stream per row, nor do prompt lookup beyond batch size 1.
@@ -142,6 +143,9 @@ class BatchWorker(ThreadWorker):
         super().__init__(config, thread_name=thread_name)
         self._loaded = loaded
         self._model = loaded.model
+        #: Where the model runs: the batch's bookkeeping (ids, masks, positions) stays on the CPU and goes there
+        #: for each forward; the KV cache lives there; the logits come back for sampling.
+        self._device = next(loaded.model.parameters()).device
         self._tokenizer = loaded.tokenizer
         self._kv = BatchKV.empty()
 
@@ -238,17 +242,18 @@ class BatchWorker(ThreadWorker):
         self, kv: BatchKV, input_ids: torch.Tensor, new_mask: torch.Tensor, positions: torch.Tensor, *, keep: int = 0
     ) -> torch.Tensor:
         """Run the model over ``input_ids`` appended to ``kv`` (the caller commits ``new_mask``); float logits."""
+        device = self._device
         out = self._model(
-            input_ids=input_ids,
-            attention_mask=kv.attention_mask(new_mask),
-            position_ids=positions,
+            input_ids=input_ids.to(device),
+            attention_mask=kv.attention_mask(new_mask).to(device),
+            position_ids=positions.to(device),
             past_key_values=kv.cache,
             use_cache=True,
             logits_to_keep=keep,
         )
         self._stats.forward_calls += 1
         logits: torch.Tensor = out.logits
-        return logits.float()
+        return logits.float().cpu()  # sampling reads it on the CPU (a no-op there; one copy a step from a GPU)
 
     def _step(self) -> None:
         """One forward over every live row (with drafts when prompt lookup applies)."""

@@ -337,7 +337,8 @@ def test_local_runtime_and_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     local = {"model": "builtin:smollm2-135m-instruct"}
     default = load_settings(overrides={"backends": [{"name": "m", "local": local}]})
     assert default.backends[0].local is not None
-    assert (default.backends[0].local.runtime, default.backends[0].local.dtype) == ("torch", "float32")
+    assert (default.backends[0].local.runtime, default.backends[0].local.dtype) == ("torch", "auto")
+    assert default.backends[0].local.device == "auto"
     fast = {"backends": [{"name": "m", "local": {**local, "runtime": "ctranslate2", "dtype": "int8"}}]}
     assert load_settings(overrides=fast).backends[0].local == LocalModelSettings(
         model=local["model"], runtime="ctranslate2", dtype="int8"
@@ -348,6 +349,21 @@ def test_local_runtime_and_dtype(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
             load_settings(overrides={"backends": [{"name": "m", "local": bad}]})
     with pytest.raises(ConfigError, match="runtime"):
         load_settings(overrides={"backends": [{"name": "m", "local": {**local, "runtime": "onnx"}}]})
+    with pytest.raises(ConfigError, match="runtime ctranslate2 runs on the CPU"):
+        load_settings(overrides={"backends": [{"name": "m", "local": {**local, "runtime": "ctranslate2",
+                                                                      "device": "cuda"}}]})
+    with pytest.raises(ConfigError, match="device"):
+        load_settings(overrides={"backends": [{"name": "m", "local": {**local, "device": "tpu"}}]})
+    gpu = load_settings(overrides={"backends": [{"name": "m", "local": {**local, "device": "cuda",
+                                                                         "dtype": "float16"}}]})
+    assert gpu.backends[0].local == LocalModelSettings(model=local["model"], device="cuda", dtype="float16")
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ConfigError, match=r"backend 'm' sets `backends\[0\].local.device: cuda`, but torch sees no "
+                                          "CUDA GPU"):
+        check_servable(gpu)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert check_servable(gpu) is None
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "ctranslate2" else real_find_spec(name, *a)

@@ -279,9 +279,12 @@ def test_the_runtime_and_precision_are_part_of_an_answers_identity() -> None:
 
     default = settings_identity(settings(), "control")
     assert settings_identity(settings(runtime="torch", dtype="float32"), "control") == default
+    assert settings_identity(settings(dtype="auto", device="cpu"), "control") == default
     int8 = settings_identity(settings(runtime="ctranslate2", dtype="int8"), "control")
     fp32 = settings_identity(settings(runtime="ctranslate2"), "control")
-    assert len({default, int8, fp32}) == 3
+    cuda = settings_identity(settings(device="cuda"), "control")
+    bf16 = settings_identity(settings(dtype="bfloat16"), "control")
+    assert len({default, int8, fp32, cuda, bf16}) == 5
 
 
 def test_an_answer_is_identified_by_the_backend_it_asked() -> None:
