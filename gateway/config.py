@@ -43,11 +43,11 @@ class Arm(StrEnum):
 
     @property
     def rewrites(self) -> bool:
-        return self in (Arm.REWRITE, Arm.REWRITE_ALIGN)
+        return "rewriter" in _HELPERS[self]
 
     @property
     def aligns(self) -> bool:
-        return self in (Arm.ALIGN, Arm.REWRITE_ALIGN)
+        return "aligner" in _HELPERS[self]
 
 
 _HELPERS: dict[Arm, tuple[str, ...]] = {

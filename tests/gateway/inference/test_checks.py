@@ -154,6 +154,14 @@ async def test_values_at_the_bounds_pass_through_untouched(gw, up) -> None:  # t
     assert r.status_code == 200, r.text
 
 
+async def test_brackets_inside_strings_are_not_nesting(gw, up) -> None:  # type: ignore[no-untyped-def]
+    # more brackets than the limit (8) send the body to the full walk, which finds it shallow
+    body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "[{" * 20}]})
+    r = await gw.post("/v1/chat/completions", content=body)
+    assert r.status_code == 200, r.text
+    assert up.seen[0].body == body
+
+
 async def test_a_limit_of_zero_is_no_limit(gateway, up) -> None:  # type: ignore[no-untyped-def]
     off = {"max_n": 0, "max_tokens": 0, "max_messages": 0, "max_body_depth": 0}
     async with gateway([{"name": "m", "urls": [up.url]}], limits=off) as (_, client):
