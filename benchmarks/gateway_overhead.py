@@ -88,7 +88,7 @@ def start_aligngate(workdir: Path, upstream: str, workers: int, tree: Path | Non
     sub = workdir / "baseline"
     sub.mkdir(exist_ok=True)
     proc = start_gateway(sub, config + f"store: {{url: 'sqlite:///{sub / 'aligngate.db'}'}}\n", timeout_s=60,
-                         cwd=tree, env={"PYTHONPATH": str(tree)})
+                         cwd=tree)
     proc.name = "baseline"
     return proc
 

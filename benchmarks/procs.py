@@ -88,7 +88,8 @@ def start_gateway(
     cwd: Path = ROOT,
 ) -> Proc:
     """``aligngate serve`` on a free port with ``config`` (YAML text; None: the embedded default), run from the
-    source tree ``cwd`` (default: this checkout)."""
+    source tree ``cwd`` (default: this checkout; another tree, e.g. a worktree of the previous commit, is put first
+    on ``PYTHONPATH`` so that its code is the one imported)."""
     port = free_port()
     cmd = [sys.executable, "-m", "gateway", "serve", "--port", str(port), "--log-level", "warning"]
     if config is not None:
@@ -96,8 +97,9 @@ def start_gateway(
         path.write_text(config)
         cmd += ["--config", str(path)]
     log = workdir / "gateway.log"
+    tree = {} if cwd == ROOT else {"PYTHONPATH": str(cwd)}
     popen = subprocess.Popen(
-        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **(env or {})}
+        cmd, cwd=cwd, stdout=subprocess.DEVNULL, stderr=log.open("wb"), env={**os.environ, **tree, **(env or {})}
     )
     url = f"http://127.0.0.1:{port}"
     wait_healthy("aligngate", popen, url + "/healthz", log, timeout_s)

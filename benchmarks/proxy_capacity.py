@@ -84,8 +84,7 @@ def start_aligngate(
 ) -> Proc:
     workdir.mkdir()
     config = aligngate_config(workdir, upstream, workers, store)
-    env = None if tree == ROOT else {"PYTHONPATH": str(tree)}
-    proc = start_gateway(workdir, config.read_text(), timeout_s=60, cwd=tree, env=env)
+    proc = start_gateway(workdir, config.read_text(), timeout_s=60, cwd=tree)
     proc.name = name
     return proc
 

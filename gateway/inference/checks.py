@@ -159,10 +159,8 @@ def checked_request(raw: bytes, schema: type[R], limits: LimitsSettings) -> R:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise _refused(raw) from None
-    depth = limits.max_body_depth
-    # each nesting level opens with a bracket: a body with no more brackets than the limit needs no walk
-    if depth and raw.count(b"{") + raw.count(b"[") > depth:
-        _check_depth(data, depth)
+    if limits.max_body_depth:
+        _check_depth(data, limits.max_body_depth)
     try:
         req = schema.model_validate(data)
     except ValidationError as exc:

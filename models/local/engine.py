@@ -193,7 +193,7 @@ class LocalEngine:
                     device=self.device,
                 )
                 worker, self.loaded = BatchWorker(loaded, self.config, thread_name=thread_name), loaded
-                where = str(next(loaded.model.parameters()).device)
+                where = str(loaded.model.device)
             worker.start()
             self._worker = worker
             log.info(

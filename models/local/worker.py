@@ -145,7 +145,7 @@ class BatchWorker(ThreadWorker):
         self._model = loaded.model
         #: Where the model runs: the batch's bookkeeping (ids, masks, positions) stays on the CPU and goes there
         #: for each forward; the KV cache lives there; the logits come back for sampling.
-        self._device = next(loaded.model.parameters()).device
+        self._device = loaded.model.device
         self._tokenizer = loaded.tokenizer
         self._kv = BatchKV.empty()
 

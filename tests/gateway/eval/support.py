@@ -69,8 +69,14 @@ def eval_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
+def _default_sigint() -> None:
+    # A suite started in the background by a non-interactive shell ignores SIGINT, and an ignored signal stays
+    # ignored across exec: the eval would never see the Ctrl-C a test sends it. Start it as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_eval(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    """``python -m gateway eval ARGS`` as its own process (``env``: extra variables)."""
+    """``python -m gateway eval ARGS`` as its own process (``env``: extra variables), SIGINT at its default."""
     return subprocess.Popen(
         [sys.executable, "-m", "gateway", "eval", *args],
         cwd=cwd,
@@ -79,6 +85,7 @@ def start_eval(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subp
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         stdin=subprocess.DEVNULL,
+        preexec_fn=_default_sigint,
     )
 
 

@@ -155,7 +155,7 @@ async def test_values_at_the_bounds_pass_through_untouched(gw, up) -> None:  # t
 
 
 async def test_brackets_inside_strings_are_not_nesting(gw, up) -> None:  # type: ignore[no-untyped-def]
-    # more brackets than the limit (8) send the body to the full walk, which finds it shallow
+    # more brackets than the limit (8), all inside a string: the body is two levels deep
     body = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "[{" * 20}]})
     r = await gw.post("/v1/chat/completions", content=body)
     assert r.status_code == 200, r.text
