@@ -87,6 +87,9 @@ def seeded(module_procs: Procs) -> Seeded:
         assert r.status_code == 200, r.text
         time.sleep(0.01)
     wait_for(lambda: len(traces(gw, limit=100)["data"]) == len(ids), 10, what="every request stored")
+    # the two ratings may be written in two of the store's batches: wait for both, not only for the requests
+    wait_for(lambda: len(api(gw, "/ui/api/trace", {"id": ids["c2"]}).json()["feedback"]) == 2, 10,
+             what="both ratings stored")
     return Seeded(gw, ids)
 
 
